@@ -1,0 +1,1 @@
+"""iommufs C extensions built with cffi: I/O page tables and walker, client-memory access."""

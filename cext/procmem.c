@@ -1,0 +1,115 @@
+#define _GNU_SOURCE
+#include "procmem.h"
+#include <errno.h>
+#include <poll.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+/* The kernel caps one process_vm_* call at IOV_MAX iovecs per side. */
+#define IOFS_IOV_BATCH 1024
+
+int64_t iofs_vm_read(int pid, uint64_t remote, void *local, uint64_t len)
+{
+    struct iovec l = { local, len }, r = { (void *)(uintptr_t)remote, len };
+    if (len == 0)
+        return 0;
+    ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    if (n < 0)
+        return -errno;
+    return (uint64_t)n == len ? n : -EFAULT;
+}
+
+int64_t iofs_vm_write(int pid, uint64_t remote, const void *local, uint64_t len)
+{
+    struct iovec l = { (void *)local, len }, r = { (void *)(uintptr_t)remote, len };
+    if (len == 0)
+        return 0;
+    ssize_t n = process_vm_writev(pid, &l, 1, &r, 1, 0);
+    if (n < 0)
+        return -errno;
+    return (uint64_t)n == len ? n : -EFAULT;
+}
+
+int64_t iofs_vm_rw_segs(int pid, const struct iofs_seg *segs, size_t nsegs,
+                        void *local, int write)
+{
+    struct iovec r[IOFS_IOV_BATCH];
+    char *p = local;
+    int64_t done = 0;
+    size_t i = 0;
+
+    while (i < nsegs) {
+        size_t k = 0;
+        uint64_t want = 0;
+        for (; k < IOFS_IOV_BATCH && i + k < nsegs; k++) {
+            r[k].iov_base = (void *)(uintptr_t)segs[i + k].addr;
+            r[k].iov_len = segs[i + k].len;
+            want += segs[i + k].len;
+        }
+        struct iovec l = { p, want };
+        ssize_t n = write ? process_vm_writev(pid, &l, 1, r, k, 0)
+                          : process_vm_readv(pid, &l, 1, r, k, 0);
+        if (n < 0)
+            return done ? done : -errno;
+        done += n;
+        if ((uint64_t)n != want)
+            return done ? done : -EFAULT;
+        p += want;
+        i += k;
+    }
+    return done;
+}
+
+int iofs_vm_probe(int pid, uint64_t remote, uint64_t len, uint64_t page_size)
+{
+    struct iovec r[IOFS_IOV_BATCH];
+    char sink[IOFS_IOV_BATCH];
+    uint64_t end = remote + len, a = remote;
+
+    if (len == 0)
+        return 0;
+    while (a < end) {
+        size_t k = 0;
+        for (; k < IOFS_IOV_BATCH && a < end; k++) {
+            r[k].iov_base = (void *)(uintptr_t)a;
+            r[k].iov_len = 1;
+            a = (a & ~(page_size - 1)) + page_size;
+        }
+        struct iovec l = { sink, k };
+        ssize_t n = process_vm_readv(pid, &l, 1, r, k, 0);
+        if (n < 0)
+            return errno == ESRCH ? -ESRCH : -EFAULT;
+        if ((size_t)n != k)
+            return -EFAULT;
+    }
+    return 0;
+}
+
+int iofs_pidfd_open(int pid, unsigned int flags)
+{
+    long fd = syscall(SYS_pidfd_open, pid, flags);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int iofs_pidfd_getfd(int pidfd, int targetfd, unsigned int flags)
+{
+    long fd = syscall(SYS_pidfd_getfd, pidfd, targetfd, flags);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int iofs_pidfd_exited(int pidfd)
+{
+    struct pollfd p = { .fd = pidfd, .events = POLLIN };
+    int n = poll(&p, 1, 0);
+    if (n < 0)
+        return -errno;
+    return n > 0 ? 1 : 0;
+}

@@ -1,0 +1,35 @@
+/* Client-memory access for iommufs: process_vm_readv/writev in batches, and
+ * the pidfd system calls. Every function returns >= 0 or -errno. */
+#ifndef IOFS_PROCMEM_H
+#define IOFS_PROCMEM_H
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* One contiguous piece of a remote (client) address range. */
+struct iofs_seg {
+    uint64_t addr;   /* address in the remote process */
+    uint64_t len;    /* bytes */
+};
+
+/* Copy len bytes between local and remote memory of pid (a tid is fine: the
+ * kernel resolves it to its mm). Returns bytes moved (== len) or -errno;
+ * a short transfer is reported as -EFAULT. */
+int64_t iofs_vm_read(int pid, uint64_t remote, void *local, uint64_t len);
+int64_t iofs_vm_write(int pid, uint64_t remote, const void *local, uint64_t len);
+
+/* Scatter/gather: the remote side is nsegs segments, the local side one
+ * buffer of their total length. write != 0 moves local -> remote. Returns
+ * bytes moved before the first failure, or -errno if nothing moved. */
+int64_t iofs_vm_rw_segs(int pid, const struct iofs_seg *segs, size_t nsegs,
+                        void *local, int write);
+
+/* Probe that [remote, remote+len) is readable in pid, one byte per page
+ * (page = page_size bytes). Returns 0 or -EFAULT. */
+int iofs_vm_probe(int pid, uint64_t remote, uint64_t len, uint64_t page_size);
+
+int iofs_pidfd_open(int pid, unsigned int flags);
+int iofs_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
+/* 1 if the process behind pidfd has exited, 0 if alive, -errno on error. */
+int iofs_pidfd_exited(int pidfd);
+#endif

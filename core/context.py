@@ -1,0 +1,188 @@
+"""One open of /dev/iommu: the object table (reference §4, "Object model").
+
+- IDs start at 1 and the lowest free ID is reused after destroy; one ID space
+  for every object type.
+- An object created by an ioctl is *pending* (ID reserved, invisible to
+  lookups) until the ioctl succeeds; if anything fails it is aborted and its
+  ID released (the kernel's finalize/abort, reference §3 step 7).
+- ``refs`` counts references held by other objects (HWPT -> IOAS, attached
+  device -> HWPT, ...); IOMMU_DESTROY of a referenced object is EBUSY.
+- close() destroys everything leaf-first. While a VFIO device is still bound
+  to the context, the context lives on after close (the bound device file
+  holds the iommufd, as in the kernel) and is destroyed when the last device
+  unbinds.
+"""
+import errno
+import heapq
+import weakref
+
+from .errors import UapiError
+from .usermem import OwnerTable
+
+_live = weakref.WeakSet()
+
+
+class Obj:
+    """Base of every iommufd object.
+
+    ``kind``: the type name used in messages; ``id``: the object ID (u32);
+    ``refs``: references held by other objects (0 = destroyable);
+    ``user_destroyable``: False for objects only their owner may destroy
+    (DEVICE: unbound by closing the VFIO device fd; IOMMU_DESTROY gives EBUSY).
+    """
+
+    kind = "object"
+    user_destroyable = True
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.id = 0
+        self.refs = 0
+
+    def get(self):
+        self.refs += 1
+        return self
+
+    def put(self):
+        assert self.refs > 0, self
+        self.refs -= 1
+
+    def destroy(self):
+        """Release what the object holds (refs on others, page tables, ...).
+
+        Called once, when refs == 0, by IOMMU_DESTROY, close() or abort.
+        """
+
+    def __repr__(self):
+        return f"<{self.kind} {self.id}>"
+
+
+class Context:
+    """An iommufd context: the object table of one open of /dev/iommu.
+
+    ``uid``: the uid that opened it; only that uid may use it (EACCES).
+    """
+
+    def __init__(self, emulator, uid):
+        self.emulator = emulator
+        self.uid = uid
+        self.objects = {}        # id -> published object
+        self.pending = []        # objects created by the running ioctl
+        self._free = []          # heap of released IDs below _next
+        self._next = 1
+        self.file_open = True    # the /dev/iommu file is still open
+        self.bound = 0           # VFIO device files bound to this context
+        self.closed = False      # everything destroyed
+        self.rlimit_mm = False   # IOMMU_OPTION RLIMIT_MODE (§7)
+        self.vfio_ioas = None    # IOMMU_VFIO_IOAS compat IOAS (§7)
+        self.owners = OwnerTable()  # processes owning this context's mappings
+        _live.add(self)
+
+    @staticmethod
+    def live(emulator):
+        """Contexts of ``emulator`` that are not yet destroyed."""
+        return [c for c in _live if c.emulator is emulator and not c.closed]
+
+    # -- IDs ------------------------------------------------------------------
+    def _take_id(self):
+        if self._free:
+            return heapq.heappop(self._free)
+        if self._next >= 1 << 31:
+            raise UapiError(errno.ENOSPC, "object IDs exhausted")
+        self._next += 1
+        return self._next - 1
+
+    def _release_id(self, oid):
+        heapq.heappush(self._free, oid)
+
+    def add(self, obj):
+        """Reserve an ID for ``obj`` and keep it pending until the ioctl ends.
+
+        Returns the ID. The object becomes visible when the dispatcher calls
+        :meth:`commit`; it is destroyed by :meth:`rollback` on failure.
+        """
+        obj.id = self._take_id()
+        self.pending.append(obj)
+        return obj.id
+
+    def add_published(self, obj):
+        """Reserve an ID and publish at once (bind finalizes inside the call, §8)."""
+        obj.id = self._take_id()
+        self.objects[obj.id] = obj
+        return obj.id
+
+    def commit(self):
+        for obj in self.pending:
+            self.objects[obj.id] = obj
+        self.pending.clear()
+
+    def rollback(self):
+        """Abort pending objects, newest first, releasing their IDs."""
+        while self.pending:
+            obj = self.pending.pop()
+            obj.destroy()
+            self._release_id(obj.id)
+
+    # -- lookup / destroy -------------------------------------------------------
+    def get(self, oid, *types):
+        """The published object ``oid`` of one of ``types`` (any type if none).
+
+        Raises UapiError(ENOENT) when absent, pending, or of another type (§4).
+        """
+        obj = self.objects.get(oid)
+        if obj is None or (types and not isinstance(obj, types)):
+            raise UapiError(errno.ENOENT, f"no object {oid} of {[t.kind for t in types]}")
+        return obj
+
+    def find(self, oid):
+        """The published object ``oid`` or None."""
+        return self.objects.get(oid)
+
+    def destroy(self, oid):
+        """IOMMU_DESTROY: ENOENT if absent, EBUSY if referenced (§4)."""
+        obj = self.get(oid)
+        if obj.refs or not obj.user_destroyable:
+            raise UapiError(errno.EBUSY, f"{obj!r} has {obj.refs} users")
+        self.remove(obj)
+
+    def remove(self, obj):
+        """Destroy a published object whose refs are 0 and free its ID."""
+        assert obj.refs == 0, obj
+        del self.objects[obj.id]
+        obj.destroy()
+        self._release_id(obj.id)
+
+    # -- lifetime ---------------------------------------------------------------
+    def check_caller(self, caller):
+        """EBADF after a synchronous close; EACCES for another uid."""
+        if not self.file_open:
+            raise UapiError(errno.EBADF, "context closed")
+        if caller.uid != self.uid:
+            raise UapiError(errno.EACCES, f"context of uid {self.uid}")
+
+    def close(self):
+        """close() of the iommufd (idempotent). Destroys everything once no
+        VFIO device is bound any more."""
+        self.file_open = False
+        if self.bound == 0:
+            self._destroy_all()
+
+    def unbound(self):
+        """A VFIO device file bound to this context unbound (close of the device fd)."""
+        self.bound -= 1
+        if self.bound == 0 and not self.file_open:
+            self._destroy_all()
+
+    def _destroy_all(self):
+        if self.closed:
+            return
+        self.rollback()
+        # Leaf-first: destroy what nobody references, until nothing is left.
+        while self.objects:
+            leaves = [o for o in self.objects.values() if o.refs == 0]
+            if not leaves:
+                raise AssertionError(f"reference cycle in {list(self.objects.values())}")
+            for obj in sorted(leaves, key=lambda o: -o.id):
+                if obj.id in self.objects and obj.refs == 0:
+                    self.remove(obj)
+        self.closed = True

@@ -1,0 +1,173 @@
+"""DEVICE objects: a topology device bound to a context (reference §8).
+
+A :class:`BoundDevice` is the RFC's ``iommu_dev`` (seed 000): the device plus
+its context, made by VFIO_DEVICE_BIND_IOMMUFD. Its attachments are keyed by
+PASID (``None`` = the RID), each naming the HWPT that translates that route;
+the PASID lives in the attachment, not in the page table (seed 003).
+"""
+import errno
+
+from . import uapi
+from .context import Obj
+from .dispatch import ioctl
+from .errors import UapiError
+from .hwpt import HwptPaging, new_paging_hwpt
+
+RID = None  # the attachment key of DMA without PASID
+
+
+class BoundDevice(Obj):
+    """The DEVICE object. ``device``: the topology Device; ``attachments``:
+    {pasid or RID: HwptPaging}. Not destroyable by IOMMU_DESTROY (EBUSY, §4):
+    closing the VFIO device fd unbinds it."""
+
+    kind = "DEVICE"
+    user_destroyable = False
+
+    def __init__(self, ctx, device):
+        super().__init__(ctx)
+        self.device = device
+        self.attachments = {}
+
+    def hwpt_for(self, pasid):
+        """The HWPT that DMA with ``pasid`` (None = RID) translates through, or None."""
+        return self.attachments.get(pasid)
+
+    # -- attach / replace / detach (§8) -----------------------------------------
+    def _resolve_pt(self, pt_id, pasid):
+        from .ioas import Ioas
+
+        obj = self.ctx.find(pt_id)
+        if obj is None:
+            raise UapiError(errno.ENOENT, f"pt_id {pt_id}")
+        if isinstance(obj, Ioas):
+            if pasid is not RID:
+                raise UapiError(errno.EINVAL, "an IOAS cannot be attached to a PASID")
+            return obj
+        if isinstance(obj, HwptPaging):
+            return obj
+        raise UapiError(errno.EINVAL, f"pt_id {pt_id} is a {obj.kind}")
+
+    def _check_group(self, hwpt, pasid):
+        # Devices sharing a RID reach one domain per PASID (seed 001, §8).
+        for other in self.group_peers():
+            theirs = other.bound.attachments.get(pasid) if other.bound else None
+            if theirs is not None and theirs is not hwpt:
+                raise UapiError(errno.EINVAL, f"group peer {other.name} uses HWPT {theirs.id}")
+
+    def group_peers(self):
+        """Other topology devices of this device's group."""
+        groups = self.ctx.emulator.topology.groups if self.ctx.emulator else {}
+        return [d for d in groups.get(self.device.group, []) if d is not self.device]
+
+    def _check_pasid_compat(self, hwpt, pasid):
+        if pasid is not RID:
+            if not hwpt.pasid_compat:
+                raise UapiError(errno.EINVAL, "HWPT was not allocated with IOMMU_HWPT_ALLOC_PASID")
+            rid = self.attachments.get(RID)
+            if rid is not None and not rid.pasid_compat:
+                raise UapiError(errno.EINVAL, "RID is attached to a non-PASID HWPT")
+        elif not hwpt.pasid_compat and any(p is not RID for p in self.attachments):
+            raise UapiError(errno.EINVAL, "PASIDs attached: the RID needs a PASID-compatible HWPT")
+
+    def _auto_domain(self, ioas):
+        for obj in list(self.ctx.objects.values()):
+            if (isinstance(obj, HwptPaging) and obj.auto and obj.ioas is ioas
+                    and obj.iommu.key() == self.device.iommu.key()):
+                return obj, False
+        return new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
+
+    def attach(self, pt_id, pasid=RID):
+        """Attach (or, when something is attached there, replace) the route
+        ``pasid`` (RID when None) to ``pt_id`` (an IOAS: auto domain; or a
+        paging HWPT). Returns the HWPT id now attached.
+
+        Errors (§8): ENOENT unknown pt_id; EINVAL another object type, an
+        IOAS for a PASID, a group peer on another HWPT, PASID
+        incompatibility; EADDRINUSE the device's reserved ranges collide in
+        the IOAS; EFAULT a lazy mapping whose memory is gone. On error the
+        previous attachment stays as it was.
+        """
+        from .ioas import Ioas
+
+        target = self._resolve_pt(pt_id, pasid)
+        created = False
+        if isinstance(target, Ioas):
+            hwpt, created = self._auto_domain(target)
+        else:
+            hwpt = target
+        old = self.attachments.get(pasid)
+        try:
+            if old is hwpt:
+                return hwpt.id
+            self._check_group(hwpt, pasid)
+            self._check_pasid_compat(hwpt, pasid)
+            if pasid is RID:
+                key = ("device", id(self))
+                if old is None or old.ioas is not hwpt.ioas:
+                    hwpt.ioas.add_reserved(key, self.device.iommu.reserved)
+                    if old is not None:
+                        old.ioas.remove_reserved(key)
+        except BaseException:
+            if created:
+                self._drop_if_unused(hwpt)
+            raise
+        self.attachments[pasid] = hwpt.get()
+        if old is not None:
+            self._release(old)
+        return hwpt.id
+
+    def detach(self, pasid=RID):
+        """Detach the route ``pasid``; nothing attached is not an error (§8)."""
+        hwpt = self.attachments.pop(pasid, None)
+        if hwpt is None:
+            return
+        if pasid is RID:
+            hwpt.ioas.remove_reserved(("device", id(self)))
+        self._release(hwpt)
+
+    def _release(self, hwpt):
+        hwpt.put()
+        self._drop_if_unused(hwpt)
+
+    def _drop_if_unused(self, hwpt):
+        if hwpt.auto and hwpt.refs == 0 and self.ctx.find(hwpt.id) is hwpt:
+            self.ctx.remove(hwpt)
+
+    def destroy(self):
+        for pasid in [p for p in self.attachments if p is not RID] + [RID]:
+            if pasid in self.attachments:
+                self.detach(pasid)
+        if self.device.bound is self:
+            self.device.bound = None
+
+
+@ioctl(uapi.IOMMU_GET_HW_INFO, "iommu_hw_info", "__reserved")
+def get_hw_info(ctx, caller, cmd):
+    """IOMMU_GET_HW_INFO (reference §9.2).
+
+    EOPNOTSUPP: flags other than INPUT_TYPE, non-zero ``__reserved``, or an
+    INPUT_TYPE other than NONE (the emulated IOMMU has no driver data yet);
+    ENOENT: unknown dev_id; EFAULT: unwritable data_uptr buffer.
+    """
+    if cmd.flags & ~uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
+        raise UapiError(errno.EOPNOTSUPP, f"flags {cmd.flags:#x}")
+    if any(cmd.__reserved):
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
+    idev = ctx.get(cmd.dev_id, BoundDevice)
+    dev = idev.device
+    if cmd.flags & uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE and cmd.out_data_type != uapi.IOMMU_HW_INFO_TYPE_NONE:
+        raise UapiError(errno.EOPNOTSUPP, f"hw_info type {cmd.out_data_type}")
+    kernel_len = 0
+    if cmd.data_len and cmd.data_uptr:
+        # min(data_len, kernel_len) bytes of data, then the rest zero-filled.
+        caller.mem.write(cmd.data_uptr, bytes(cmd.data_len))
+    caps = 0
+    if dev.dirty_tracking:
+        caps |= uapi.IOMMU_HW_CAP_DIRTY_TRACKING
+    if not dev.ats:
+        caps |= uapi.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    cmd.data_len = kernel_len
+    cmd.out_data_type = uapi.IOMMU_HW_INFO_TYPE_NONE
+    cmd.out_max_pasid_log2 = dev.pasid_bits
+    cmd.out_capabilities = caps

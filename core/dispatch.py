@@ -1,0 +1,146 @@
+"""The one dispatch table of /dev/iommu ioctls and its generic rules.
+
+Reference §3 ("Generic dispatch rules"), in the kernel's order:
+
+1. ``nr < 0x80`` or past the table: the VFIO type1 compatibility handler
+   (ENOTTY for what it does not know, without touching the argument);
+2. read the leading ``size`` u32: EFAULT if unreadable;
+3. the slot's full command differs from ``cmd`` (or the slot is empty): ENOTTY;
+4. ``size`` below the op's minimum (offsetofend of its last mandatory field):
+   EINVAL;
+5. copy_struct_from_user: a short struct is zero-filled; bytes between the
+   kernel's sizeof and ``size`` must be zero, else E2BIG;
+6. run the handler; write back ``min(size, sizeof)`` bytes of the struct;
+7. objects created by the handler are published only when everything
+   succeeded, and destroyed otherwise.
+
+Handlers are registered with :func:`ioctl` in the module of their object type
+and receive ``(ctx, caller, cmd)`` where ``cmd`` is the decoded cffi struct.
+They return the ioctl result (normally 0) or raise UapiError.
+"""
+import errno
+
+from . import uapi
+from .errors import UapiError
+from .uapi import ffi
+
+# The table's last slot: IOMMU_TEST_CMD (the emulator is built like a kernel
+# with CONFIG_IOMMUFD_TEST, §2), so 0x95..0x9f are empty slots.
+_FIRST_NR = 0x80
+_LAST_NR = 0xA0
+
+
+class Op:
+    """One table slot: full command, struct type, minimum size, handler.
+
+    ``respond``: "struct" writes back min(size, sizeof) bytes after success;
+    a callable ``respond(arg, cdata, size)`` does the write-back itself.
+    """
+
+    __slots__ = ("cmd", "ctype", "sizeof", "min_size", "handler", "respond")
+
+    def __init__(self, cmd, struct, last, handler, respond):
+        self.cmd = cmd
+        self.ctype = ffi.typeof(f"struct {struct} *")
+        self.sizeof = ffi.sizeof(f"struct {struct}")
+        field = dict(ffi.typeof(f"struct {struct}").fields)[last]
+        self.min_size = field.offset + ffi.sizeof(field.type)
+        self.handler = handler
+        self.respond = respond
+
+
+OPS = {}
+
+
+def ioctl(cmd, struct, last, respond="struct"):
+    """Register the decorated handler for ``cmd`` with ``struct <struct>``.
+
+    ``last`` names the last mandatory field: the minimum size is its
+    offsetofend (reference §2 table, "min").
+    """
+
+    def register(handler):
+        OPS[cmd & 0xFF] = Op(cmd, struct, last, handler, respond)
+        return handler
+
+    return register
+
+
+def read_struct(arg, ctype, kernel_size, user_size):
+    """copy_struct_from_user: ``user_size`` bytes of the argument into a new
+    cffi struct of ``kernel_size`` bytes. Short: zero-filled. Long: the tail
+    must be zero (E2BIG). Unreadable: EFAULT."""
+    if user_size <= kernel_size:
+        data = arg.read(0, user_size)
+    else:
+        data = arg.read(0, user_size)
+        if any(data[kernel_size:]):
+            raise UapiError(errno.E2BIG, "non-zero bytes past the kernel struct")
+        data = data[:kernel_size]
+    cdata = ffi.new(ctype)
+    ffi.memmove(cdata, data, len(data))
+    return cdata
+
+
+def write_struct(arg, cdata, kernel_size, user_size):
+    """iommufd_ucmd_respond: write back min(user_size, kernel_size) bytes."""
+    n = min(user_size, kernel_size)
+    arg.write(0, ffi.buffer(cdata, n)[:])
+
+
+def iommufd_ioctl(ctx, caller, cmd, arg):
+    """Run ioctl(iommufd, cmd, arg) against ``ctx``: the result or UapiError.
+
+    The generic rules above are applied here and nowhere else.
+    """
+    ctx.check_caller(caller)
+    nr = cmd & 0xFF
+    if nr < _FIRST_NR or nr > _LAST_NR:
+        from .compat import vfio_compat_ioctl
+
+        return vfio_compat_ioctl(ctx, caller, cmd, arg)
+    size = int.from_bytes(arg.read(0, 4), "little")
+    op = OPS.get(nr)
+    if op is None or op.cmd != cmd:
+        raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x}")
+    if size < op.min_size:
+        raise UapiError(errno.EINVAL, f"size {size} < {op.min_size}")
+    cdata = read_struct(arg, op.ctype, op.sizeof, size)
+    try:
+        result = op.handler(ctx, caller, cdata)
+        if op.respond == "struct":
+            write_struct(arg, cdata, op.sizeof, size)
+        elif op.respond is not None:
+            op.respond(arg, cdata, size)
+    except UapiError as e:
+        ctx.rollback()
+        if getattr(e, "respond", False):
+            # EMSGSIZE of IOVA_RANGES: the struct is written back all the same.
+            write_struct(arg, cdata, op.sizeof, size)
+        raise
+    except BaseException:
+        ctx.rollback()
+        raise
+    ctx.commit()
+    return result or 0
+
+
+def respond_anyway(err, detail=""):
+    """A UapiError after which the dispatcher still writes the struct back."""
+    e = UapiError(err, detail)
+    e.respond = True
+    return e
+
+
+@ioctl(uapi.IOMMU_DESTROY, "iommu_destroy", "id")
+def iommu_destroy(ctx, caller, cmd):
+    """IOMMU_DESTROY: ENOENT if ``id`` is absent, EBUSY while referenced (§4)."""
+    ctx.destroy(cmd.id)
+
+
+# Importing the handler modules fills OPS.
+from . import ioas as _ioas  # noqa: E402,F401
+from . import hwpt as _hwpt  # noqa: E402,F401
+from . import device as _device  # noqa: E402,F401
+
+__all__ = ["iommufd_ioctl", "ioctl", "OPS", "uapi"]

@@ -1,0 +1,150 @@
+"""HWPT objects (I/O page tables) and IOMMU_HWPT_ALLOC (reference §9.1).
+
+A paging HWPT is a domain of one IOAS: it holds a C radix page table
+(cext.pagetable) that mirrors the IOAS's areas, translating IOVA to the
+owner's virtual address. Devices attach to HWPTs (core.device).
+"""
+import errno
+
+from cext.pagetable import PageTable
+
+from . import uapi
+from .context import Obj
+from .dispatch import ioctl
+from .errors import UapiError
+
+PAGING_FLAGS = (uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+                | uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID | uapi.IOMMU_HWPT_ALLOC_PASID)
+NESTED_FLAGS = uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID | uapi.IOMMU_HWPT_ALLOC_PASID
+
+
+class HwptPaging(Obj):
+    """A paging HWPT: an I/O page table filled from its IOAS.
+
+    ``ioas``: the IOAS it is a domain of (holds a ref); ``iommu``: the
+    topology's IommuModel it was made for; ``flags``: the IOMMU_HWPT_ALLOC
+    flags (NEST_PARENT, DIRTY_TRACKING, PASID are recorded: nesting, dirty
+    tracking and PASID routing use them); ``auto``: created by attaching a
+    device to an IOAS id, destroyed when its last device leaves (§4).
+    ``page_size``: smallest page in bytes (the domain interface of core.ioas).
+    """
+
+    kind = "HWPT_PAGING"
+
+    def __init__(self, ctx, ioas, iommu, flags=0, auto=False):
+        super().__init__(ctx)
+        self.ioas = ioas
+        self.iommu = iommu
+        self.flags = flags
+        self.auto = auto
+        self.page_size = iommu.granule
+        self.pt = PageTable(granule=iommu.granule, ias_bits=iommu.address_width,
+                            max_leaf_level=iommu.max_leaf_level)
+        self.fault = None
+        self.in_ioas = False
+
+    @property
+    def pasid_compat(self):
+        return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_PASID)
+
+    @property
+    def nest_parent(self):
+        return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+
+    # -- the domain interface used by core.ioas --------------------------------
+    def map(self, iova, user_va, length, prot, huge):
+        """Install [iova, iova+length) -> user_va with ``prot`` (READ=1, WRITE=2)."""
+        self.pt.map(iova, user_va, length, prot, huge=huge)
+
+    def unmap(self, iova, length):
+        """Remove the translations of [iova, iova+length); returns bytes removed."""
+        return self.pt.unmap(iova, length)
+
+    # -- lifetime ----------------------------------------------------------------
+    def join_ioas(self):
+        """Become a domain of the IOAS: every area is checked and mapped.
+
+        Raises EINVAL (page size), EADDRINUSE (misaligned areas), EFAULT (a
+        lazy mapping whose memory is gone) with nothing changed (§7, §8).
+        """
+        self.ioas.add_domain(self)
+        self.in_ioas = True
+        self.ioas.get()
+
+    def destroy(self):
+        if self.in_ioas:
+            self.ioas.remove_domain(self)
+            self.ioas.put()
+            self.in_ioas = False
+        if self.fault is not None:
+            self.fault.put()
+            self.fault = None
+        self.pt.close()
+
+
+def new_paging_hwpt(ctx, ioas, device, flags=0, auto=False, publish=False):
+    """Create a paging HWPT on ``ioas`` for ``device``'s IOMMU.
+
+    Pending until the ioctl commits unless ``publish`` (auto domains made by a
+    VFIO attach, which does not run through the iommufd dispatcher). Errors of
+    join_ioas propagate with nothing left behind.
+    """
+    hwpt = HwptPaging(ctx, ioas, device.iommu, flags, auto)
+    try:
+        hwpt.join_ioas()
+    except BaseException:
+        hwpt.destroy()
+        raise
+    if publish:
+        ctx.add_published(hwpt)
+    else:
+        ctx.add(hwpt)
+    return hwpt
+
+
+@ioctl(uapi.IOMMU_HWPT_ALLOC, "iommu_hwpt_alloc", "__reserved")
+def hwpt_alloc(ctx, caller, cmd):
+    """IOMMU_HWPT_ALLOC, checks in the order of reference §9.1.
+
+    EOPNOTSUPP: ``__reserved``/``__reserved2`` non-zero, unknown or
+    unsupported flags, driver data on a paging HWPT, DIRTY_TRACKING on a
+    device without it, nesting (not emulated yet); EINVAL: data_type/data_len
+    mismatch, unknown pt_id or one that is neither IOAS nor paging HWPT;
+    ENOENT: unknown dev_id, or FAULT_ID_VALID with an unknown fault_id.
+    """
+    from .device import BoundDevice
+    from .ioas import Ioas
+
+    if cmd.__reserved or cmd.__reserved2:
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
+    if (cmd.data_type == uapi.IOMMU_HWPT_DATA_NONE) != (cmd.data_len == 0):
+        raise UapiError(errno.EINVAL, "data_type/data_len mismatch")
+    idev = ctx.get(cmd.dev_id, BoundDevice)
+    pt = ctx.find(cmd.pt_id)
+    if pt is None:
+        raise UapiError(errno.EINVAL, f"pt_id {cmd.pt_id} unknown")
+    if isinstance(pt, Ioas):
+        flags = cmd.flags
+        if flags & ~PAGING_FLAGS:
+            raise UapiError(errno.EOPNOTSUPP, f"flags {flags:#x}")
+        if flags & uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID and flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT:
+            raise UapiError(errno.EOPNOTSUPP, "FAULT_ID_VALID with NEST_PARENT")
+        if cmd.data_type != uapi.IOMMU_HWPT_DATA_NONE:
+            raise UapiError(errno.EOPNOTSUPP, "no driver data for paging HWPTs")
+        if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not idev.device.dirty_tracking:
+            raise UapiError(errno.EOPNOTSUPP, "device has no dirty tracking")
+        hwpt = new_paging_hwpt(ctx, pt, idev.device, flags)
+    elif isinstance(pt, HwptPaging):
+        if cmd.flags & ~NESTED_FLAGS:
+            raise UapiError(errno.EOPNOTSUPP, f"nested flags {cmd.flags:#x}")
+        if cmd.data_len == 0:
+            raise UapiError(errno.EOPNOTSUPP, "nested HWPT needs driver data")
+        # The emulated IOMMU driver has no nested domain support yet.
+        raise UapiError(errno.EOPNOTSUPP, "nesting is not emulated yet")
+    else:
+        raise UapiError(errno.EINVAL, f"pt_id {cmd.pt_id} is a {pt.kind}")
+    if cmd.flags & uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID:
+        from .fault import Fault
+
+        hwpt.fault = ctx.get(cmd.fault_id, Fault).get()
+    cmd.out_hwpt_id = hwpt.id

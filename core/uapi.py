@@ -1,0 +1,198 @@
+"""The iommufd and VFIO-cdev uAPI: ioctl numbers, struct layouts, flags.
+
+Written from the facts in reference/iommufd-uapi.md (§1 encoding, §2 table,
+§5 layouts, §6 enums, §11 VFIO), not from kernel headers. Layouts are cffi
+declarations in ABI mode: cffi lays them out by the platform's C rules
+(x86-64 LP64), and tests/test_layout.py holds every offset and size against
+the reference tables.
+
+``ffi`` is shared by core (decoding requests) and the Python client (building
+them). Struct names are the uAPI's own.
+"""
+import cffi
+
+ffi = cffi.FFI()
+ffi.cdef(
+    """
+    struct iommu_destroy { uint32_t size; uint32_t id; };
+    struct iommu_ioas_alloc { uint32_t size; uint32_t flags; uint32_t out_ioas_id; };
+    struct iommu_iova_range { uint64_t start; uint64_t last; };
+    struct iommu_ioas_iova_ranges {
+        uint32_t size; uint32_t ioas_id; uint32_t num_iovas; uint32_t __reserved;
+        uint64_t allowed_iovas; uint64_t out_iova_alignment;
+    };
+    struct iommu_ioas_allow_iovas {
+        uint32_t size; uint32_t ioas_id; uint32_t num_iovas; uint32_t __reserved;
+        uint64_t allowed_iovas;
+    };
+    struct iommu_ioas_map {
+        uint32_t size; uint32_t flags; uint32_t ioas_id; uint32_t __reserved;
+        uint64_t user_va; uint64_t length; uint64_t iova;
+    };
+    struct iommu_ioas_map_file {
+        uint32_t size; uint32_t flags; uint32_t ioas_id; int32_t fd;
+        uint64_t start; uint64_t length; uint64_t iova;
+    };
+    struct iommu_ioas_copy {
+        uint32_t size; uint32_t flags; uint32_t dst_ioas_id; uint32_t src_ioas_id;
+        uint64_t length; uint64_t dst_iova; uint64_t src_iova;
+    };
+    struct iommu_ioas_unmap {
+        uint32_t size; uint32_t ioas_id; uint64_t iova; uint64_t length;
+    };
+    struct iommu_option {
+        uint32_t size; uint32_t option_id; uint16_t op; uint16_t __reserved;
+        uint32_t object_id; uint64_t val64;
+    };
+    struct iommu_vfio_ioas {
+        uint32_t size; uint32_t ioas_id; uint16_t op; uint16_t __reserved;
+    };
+    struct iommu_hwpt_alloc {
+        uint32_t size; uint32_t flags; uint32_t dev_id; uint32_t pt_id;
+        uint32_t out_hwpt_id; uint32_t __reserved; uint32_t data_type;
+        uint32_t data_len; uint64_t data_uptr; uint32_t fault_id;
+        uint32_t __reserved2;
+    };
+    struct iommu_hw_info {
+        uint32_t size; uint32_t flags; uint32_t dev_id; uint32_t data_len;
+        uint64_t data_uptr; uint32_t out_data_type; uint8_t out_max_pasid_log2;
+        uint8_t __reserved[3]; uint64_t out_capabilities;
+    };
+    struct iommu_hwpt_pgfault {
+        uint32_t flags; uint32_t dev_id; uint32_t pasid; uint32_t grpid;
+        uint32_t perm; uint32_t __reserved; uint64_t addr; uint32_t length;
+        uint32_t cookie;
+    };
+    struct iommu_hwpt_page_response { uint32_t cookie; uint32_t code; };
+    struct iommu_fault_alloc {
+        uint32_t size; uint32_t flags; uint32_t out_fault_id; uint32_t out_fault_fd;
+    };
+
+    struct vfio_device_bind_iommufd {
+        uint32_t argsz; uint32_t flags; int32_t iommufd; uint32_t out_devid;
+        uint64_t token_uuid_ptr;
+    };
+    struct vfio_device_attach_iommufd_pt {
+        uint32_t argsz; uint32_t flags; uint32_t pt_id; uint32_t pasid;
+    };
+    struct vfio_device_detach_iommufd_pt {
+        uint32_t argsz; uint32_t flags; uint32_t pasid;
+    };
+    struct vfio_device_info {
+        uint32_t argsz; uint32_t flags; uint32_t num_regions; uint32_t num_irqs;
+        uint32_t cap_offset; uint32_t pad;
+    };
+    """
+)
+
+# §1: every iommufd and VFIO ioctl is _IO(';', nr): no size, no direction.
+IOMMUFD_TYPE = 0x3B
+
+
+def _io(nr):
+    return (IOMMUFD_TYPE << 8) | nr
+
+
+IOMMU_DESTROY = _io(0x80)
+IOMMU_IOAS_ALLOC = _io(0x81)
+IOMMU_IOAS_ALLOW_IOVAS = _io(0x82)
+IOMMU_IOAS_COPY = _io(0x83)
+IOMMU_IOAS_IOVA_RANGES = _io(0x84)
+IOMMU_IOAS_MAP = _io(0x85)
+IOMMU_IOAS_UNMAP = _io(0x86)
+IOMMU_OPTION = _io(0x87)
+IOMMU_VFIO_IOAS = _io(0x88)
+IOMMU_HWPT_ALLOC = _io(0x89)
+IOMMU_GET_HW_INFO = _io(0x8A)
+IOMMU_HWPT_SET_DIRTY_TRACKING = _io(0x8B)
+IOMMU_HWPT_GET_DIRTY_BITMAP = _io(0x8C)
+IOMMU_HWPT_INVALIDATE = _io(0x8D)
+IOMMU_FAULT_QUEUE_ALLOC = _io(0x8E)
+IOMMU_IOAS_MAP_FILE = _io(0x8F)
+IOMMU_VIOMMU_ALLOC = _io(0x90)
+IOMMU_VDEVICE_ALLOC = _io(0x91)
+IOMMU_IOAS_CHANGE_PROCESS = _io(0x92)
+IOMMU_VEVENTQ_ALLOC = _io(0x93)
+IOMMU_HW_QUEUE_ALLOC = _io(0x94)
+IOMMU_TEST_CMD = _io(0xA0)
+
+# §11.1: VFIO_BASE = 100.
+VFIO_BASE = 100
+VFIO_GET_API_VERSION = _io(VFIO_BASE + 0)
+VFIO_CHECK_EXTENSION = _io(VFIO_BASE + 1)
+VFIO_SET_IOMMU = _io(VFIO_BASE + 2)
+VFIO_DEVICE_GET_INFO = _io(VFIO_BASE + 7)
+VFIO_DEVICE_GET_REGION_INFO = _io(VFIO_BASE + 8)
+VFIO_DEVICE_GET_IRQ_INFO = _io(VFIO_BASE + 9)
+VFIO_DEVICE_SET_IRQS = _io(VFIO_BASE + 10)
+VFIO_DEVICE_RESET = _io(VFIO_BASE + 11)
+VFIO_IOMMU_GET_INFO = _io(VFIO_BASE + 12)
+VFIO_IOMMU_MAP_DMA = _io(VFIO_BASE + 13)
+VFIO_IOMMU_UNMAP_DMA = _io(VFIO_BASE + 14)
+VFIO_DEVICE_FEATURE = _io(VFIO_BASE + 17)
+VFIO_DEVICE_BIND_IOMMUFD = _io(VFIO_BASE + 18)
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(VFIO_BASE + 19)
+VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(VFIO_BASE + 20)
+
+# §6 flags and enums.
+IOMMU_IOAS_MAP_FIXED_IOVA = 1
+IOMMU_IOAS_MAP_WRITEABLE = 2
+IOMMU_IOAS_MAP_READABLE = 4
+
+IOMMU_OPTION_RLIMIT_MODE = 0
+IOMMU_OPTION_HUGE_PAGES = 1
+IOMMU_OPTION_OP_SET = 0
+IOMMU_OPTION_OP_GET = 1
+
+IOMMU_VFIO_IOAS_GET = 0
+IOMMU_VFIO_IOAS_SET = 1
+IOMMU_VFIO_IOAS_CLEAR = 2
+
+IOMMU_HWPT_ALLOC_NEST_PARENT = 1
+IOMMU_HWPT_ALLOC_DIRTY_TRACKING = 2
+IOMMU_HWPT_ALLOC_FAULT_ID_VALID = 4
+IOMMU_HWPT_ALLOC_PASID = 8
+
+IOMMU_HWPT_DATA_NONE = 0
+IOMMU_HWPT_DATA_VTD_S1 = 1
+
+IOMMU_HW_INFO_TYPE_NONE = 0
+IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
+IOMMU_HW_INFO_FLAG_INPUT_TYPE = 1
+
+IOMMU_HW_CAP_DIRTY_TRACKING = 1
+IOMMU_HW_CAP_PCI_PASID_EXEC = 2
+IOMMU_HW_CAP_PCI_PASID_PRIV = 4
+IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED = 8
+
+IOMMU_PGFAULT_FLAGS_PASID_VALID = 1
+IOMMU_PGFAULT_FLAGS_LAST_PAGE = 2
+IOMMU_PGFAULT_PERM_READ = 1
+IOMMU_PGFAULT_PERM_WRITE = 2
+IOMMU_PAGE_RESP_SUCCESS = 0
+IOMMU_PAGE_RESP_INVALID = 1
+
+VFIO_DEVICE_BIND_FLAG_TOKEN = 1
+VFIO_DEVICE_ATTACH_PASID = 1
+VFIO_DEVICE_DETACH_PASID = 1
+
+VFIO_DEVICE_FLAGS_RESET = 1
+VFIO_DEVICE_FLAGS_PCI = 2
+
+U64_MAX = (1 << 64) - 1
+# ULONG_MAX on LP64: the kernel's EOVERFLOW bound for iova/length (§7).
+ULONG_MAX = U64_MAX
+# The host page size: pinning granule of the kernel and of this emulator.
+PAGE_SIZE = 4096
+
+# The project's own ioctls on its nodes (README, "Private ioctls"). _IO encoded,
+# type 0xF5, so that FUSE hands the raw pointer over like it does for ';'.
+IOMMUFS_TYPE = 0xF5
+IOMMUFS_NULL = (IOMMUFS_TYPE << 8) | 0x00
+IOMMUFS_SYNC_CLOSE = (IOMMUFS_TYPE << 8) | 0x01
+IOMMUFS_WHOAMI = (IOMMUFS_TYPE << 8) | 0x02
+
+
+def sizeof(struct_name):
+    """Bytes of ``struct <struct_name>`` as laid out here (x86-64)."""
+    return ffi.sizeof("struct " + struct_name)

@@ -1,0 +1,231 @@
+"""The one module through which core touches client memory (DESIGN.md, layers).
+
+- :class:`ProcessMemory`: copy_from_user / copy_to_user for one calling thread
+  (``process_vm_readv/writev`` on its tid: the kernel resolves a tid to the
+  thread's mm, so a request is served against the memory of the exact process
+  that made it, also after a fork).
+- :class:`Owner`: the process that made a mapping, held by a pidfd so that a
+  reused pid never receives another process's DMA.
+- :class:`MemArg` / :class:`FrameArg`: the ioctl argument, either a pointer in
+  the caller (real ioctl()) or the bytes of a request frame (DESIGN.md, wire
+  protocol: bytes past ``arg_len`` are unreadable memory).
+
+Failures raise :class:`core.errors.UapiError` with EFAULT, as the kernel's
+copy_from_user/copy_to_user would.
+"""
+import errno
+import os
+
+from cext._native import ffi, lib
+
+from .errors import UapiError
+
+
+class ProcessMemory:
+    """Memory of the process behind thread ``tid``.
+
+    ``read(addr, n) -> bytes`` and ``write(addr, data)``: addresses are virtual
+    addresses in that process, lengths in bytes. Any failure (unmapped,
+    unwritable, process gone) raises UapiError(EFAULT).
+    """
+
+    __slots__ = ("pid",)
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def read(self, addr, n):
+        if n == 0:
+            return b""
+        if addr < 0 or addr + n > (1 << 64):
+            raise UapiError(errno.EFAULT, "address out of range")
+        buf = ffi.new("char[]", n)
+        r = lib.iofs_vm_read(self.pid, addr, buf, n)
+        if r < 0:
+            raise UapiError(errno.EFAULT, f"read {n} bytes at {addr:#x} in {self.pid}: {-r}")
+        return ffi.buffer(buf, n)[:]
+
+    def write(self, addr, data):
+        n = len(data)
+        if n == 0:
+            return
+        if addr < 0 or addr + n > (1 << 64):
+            raise UapiError(errno.EFAULT, "address out of range")
+        r = lib.iofs_vm_write(self.pid, addr, ffi.from_buffer(data), n)
+        if r < 0:
+            raise UapiError(errno.EFAULT, f"write {n} bytes at {addr:#x} in {self.pid}: {-r}")
+
+    def probe(self, addr, length, page_size=4096):
+        """Raise EFAULT unless every page of [addr, addr+length) is readable."""
+        if length and lib.iofs_vm_probe(self.pid, addr, length, page_size) < 0:
+            raise UapiError(errno.EFAULT, f"range {addr:#x}+{length:#x} not readable")
+
+
+def tgid_of(tid):
+    """The thread-group id (process id) of thread ``tid``, from /proc.
+
+    Raises UapiError(ESRCH) when the thread is gone.
+    """
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    raise UapiError(errno.ESRCH, f"thread {tid} is gone")
+
+
+class Owner:
+    """A client process that owns mappings: its tgid, uid and a pidfd on it.
+
+    The pidfd guards against pid reuse: every access checks, after the copy,
+    that the process has not exited, so bytes never move to or from a process
+    that merely inherited the pid. ``close()`` releases the pidfd; owners are
+    shared by reference count (``get``/``put``) between areas.
+    """
+
+    def __init__(self, tgid, uid):
+        fd = lib.iofs_pidfd_open(tgid, 0)
+        if fd < 0:
+            raise UapiError(errno.ESRCH, f"pidfd_open({tgid}) = {-fd}")
+        self.tgid = tgid
+        self.uid = uid
+        self.pidfd = fd
+        self.mem = ProcessMemory(tgid)
+        self.refs = 0
+        self._segs = None
+
+    def alive(self):
+        """True while the process has not exited."""
+        return self.pidfd >= 0 and lib.iofs_pidfd_exited(self.pidfd) == 0
+
+    def rw_segments(self, segs, nsegs, local, write):
+        """Move bytes between ``local`` (a cffi buffer of the segments' total
+        length) and the owner's memory at ``segs`` (``struct iofs_seg[]``).
+
+        Returns bytes moved (may be short at the first unmapped or read-only
+        page); raises UapiError(EFAULT) if the process is gone.
+        """
+        if not self.alive():
+            raise UapiError(errno.EFAULT, f"owner {self.tgid} has exited")
+        n = lib.iofs_vm_rw_segs(self.tgid, segs, nsegs, local, 1 if write else 0)
+        if not self.alive():
+            # The pid may have been reused during the copy: trust nothing.
+            raise UapiError(errno.EFAULT, f"owner {self.tgid} exited during DMA")
+        return max(n, 0)
+
+    def close(self):
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+class MemArg:
+    """An ioctl argument at ``addr`` in the caller's memory (real ioctl())."""
+
+    __slots__ = ("mem", "addr")
+
+    def __init__(self, mem, addr):
+        self.mem = mem
+        self.addr = addr
+
+    def read(self, off, n):
+        return self.mem.read(self.addr + off, n)
+
+    def write(self, off, data):
+        self.mem.write(self.addr + off, data)
+
+
+class FrameArg:
+    """An ioctl argument carried in a request frame.
+
+    Reads past the sent bytes fault (EFAULT); writes land in ``self.buf``,
+    which becomes the argument part of the reply frame (DESIGN.md, frames).
+    """
+
+    __slots__ = ("buf",)
+
+    def __init__(self, data):
+        self.buf = bytearray(data)
+
+    def read(self, off, n):
+        if off + n > len(self.buf):
+            raise UapiError(errno.EFAULT, "read past the frame's argument")
+        return bytes(self.buf[off:off + n])
+
+    def write(self, off, data):
+        if off + len(data) > len(self.buf):
+            raise UapiError(errno.EFAULT, "write past the frame's argument")
+        self.buf[off:off + len(data)] = data
+
+
+def check_access(pid, addr, length, write, page_size=4096):
+    """Pin-time check of [addr, addr+length) in process ``pid``: every page
+    must be mapped and readable, and writable when ``write`` (the kernel pins
+    with FOLL_WRITE for IOMMU_IOAS_MAP_WRITEABLE; reference §7, "Pinning").
+
+    Readability is probed with process_vm_readv (which also faults the pages
+    in, like pinning). Writability is read from /proc/<pid>/maps rather than
+    tested by writing, so the client's bytes are never touched.
+    Raises UapiError(EFAULT).
+    """
+    if length == 0:
+        return
+    if lib.iofs_vm_probe(pid, addr, length, page_size) < 0:
+        raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not readable in {pid}")
+    if not write:
+        return
+    end = addr + length
+    need = addr
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            for line in f:
+                span, perms = line.split(b" ", 2)[:2]
+                lo, hi = (int(x, 16) for x in span.split(b"-"))
+                if hi <= need:
+                    continue
+                if lo > need or perms[1:2] != b"w":
+                    break
+                need = hi
+                if need >= end:
+                    return
+    except OSError:
+        pass
+    raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not writable in {pid}")
+
+
+class OwnerTable:
+    """The owners of one context's mappings, one :class:`Owner` per live process.
+
+    ``hold(caller) -> Owner`` takes a reference for a new area (reusing the
+    owner of the caller's process while it lives); ``release(owner)`` drops
+    it and closes the pidfd with the last reference.
+    """
+
+    def __init__(self):
+        self.by_tgid = {}
+
+    def hold(self, caller):
+        tgid = caller.tgid
+        owner = self.by_tgid.get(tgid)
+        if owner is None or not owner.alive():
+            owner = Owner(tgid, caller.uid)
+            self.by_tgid[tgid] = owner
+        owner.refs += 1
+        return owner
+
+    def share(self, owner):
+        """Another reference on an existing owner (IOAS_COPY shares pages)."""
+        owner.refs += 1
+        return owner
+
+    def release(self, owner):
+        owner.refs -= 1
+        if owner.refs == 0:
+            owner.close()
+            if self.by_tgid.get(owner.tgid) is owner:
+                del self.by_tgid[owner.tgid]
+
+    def __len__(self):
+        return len(self.by_tgid)

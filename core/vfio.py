@@ -1,0 +1,209 @@
+"""The VFIO device cdev (/dev/vfio/devices/vfioN), reference §11.
+
+Each open of a node is a :class:`VfioFile`. Dispatch order (§11.3): BIND is
+handled first; before a successful BIND every other ioctl is EINVAL; then
+ATTACH/DETACH; then VFIO_DEVICE_FEATURE; then the device driver (an emulated
+vfio-pci: GET_INFO, ENOTTY for what it does not know).
+
+VFIO ioctls do not go through the iommufd dispatcher: each reads its
+``argsz``-prefixed struct itself with the rules of its own section.
+"""
+import errno
+
+from . import uapi
+from .device import RID, BoundDevice
+from .dispatch import read_struct
+from .errors import UapiError
+from .uapi import ffi
+
+# vfio-pci's fixed counts: BAR0-5, ROM, CONFIG, VGA regions; INTX, MSI, MSIX, ERR, REQ irqs.
+VFIO_PCI_NUM_REGIONS = 9
+VFIO_PCI_NUM_IRQS = 5
+
+
+class VfioFile:
+    """One open VFIO device file: ``device`` (topology Device), ``idev``
+    (the BoundDevice after BIND), ``uid`` of the opener."""
+
+    def __init__(self, emulator, device, uid):
+        self.emulator = emulator
+        self.device = device
+        self.uid = uid
+        self.idev = None
+        self.open = True
+
+    def close(self):
+        """close() of the device fd: detach the RID and every PASID, destroy
+        the DEVICE object, release the context (§11.3). Idempotent."""
+        self.open = False
+        idev, self.idev = self.idev, None
+        if idev is None:
+            return
+        ctx = idev.ctx
+        if ctx.find(idev.id) is idev:
+            ctx.remove(idev)
+        ctx.unbound()
+
+
+def _u32(arg, off):
+    return int.from_bytes(arg.read(off, 4), "little")
+
+
+def _read_min(arg, struct, minsz):
+    """copy_from_user of the first ``minsz`` bytes into a zeroed struct."""
+    data = arg.read(0, minsz)
+    cdata = ffi.new(f"struct {struct} *")
+    ffi.memmove(cdata, data, minsz)
+    return cdata
+
+
+def bind(vfile, caller, arg):
+    """VFIO_DEVICE_BIND_IOMMUFD, in the order of §11.3.
+
+    EFAULT unreadable; EINVAL argsz < 16, iommufd < 0, unknown flags or the
+    TOKEN flag (the emulated driver has no VF token), already bound; E2BIG
+    non-zero bytes past the 24-byte struct; EBADF/EBADFD the fd is not an
+    open iommufs /dev/iommu; EACCES the context belongs to another uid;
+    EBUSY the device is bound to a context already (DMA ownership, §8);
+    EFAULT unwritable out_devid (bind undone).
+    """
+    argsz = _u32(arg, 0)
+    if argsz < 16:
+        raise UapiError(errno.EINVAL, f"argsz {argsz}")
+    sz = ffi.sizeof("struct vfio_device_bind_iommufd")
+    cmd = read_struct(arg, "struct vfio_device_bind_iommufd *", sz, argsz)
+    if cmd.iommufd < 0 or cmd.flags & ~uapi.VFIO_DEVICE_BIND_FLAG_TOKEN:
+        raise UapiError(errno.EINVAL, "iommufd < 0 or unknown flags")
+    if vfile.idev is not None:
+        raise UapiError(errno.EINVAL, "already bound")
+    if cmd.flags & uapi.VFIO_DEVICE_BIND_FLAG_TOKEN:
+        raise UapiError(errno.EINVAL, "no VF token support")
+    ctx = caller.iommufd(cmd.iommufd)
+    ctx.check_caller(caller)
+    dev = vfile.device
+    if dev.bound is not None:
+        raise UapiError(errno.EBUSY, f"{dev.name} is bound to another context")
+    idev = BoundDevice(ctx, dev)
+    ctx.add_published(idev)
+    dev.bound = idev
+    ctx.bound += 1
+    vfile.idev = idev
+    try:
+        arg.write(12, idev.id.to_bytes(4, "little"))
+    except UapiError:
+        vfile.close()
+        raise
+    return 0
+
+
+def attach(vfile, caller, arg):
+    """VFIO_DEVICE_ATTACH_IOMMUFD_PT (§11.3, §8): a second attach replaces.
+
+    EFAULT unreadable; EINVAL argsz < 12 (16 with the PASID flag) or unknown
+    flags; EOPNOTSUPP the PASID flag on a device without PASID; then the
+    errors of BoundDevice.attach. Writes back pt_id only; if that write
+    faults the RID attachment is detached and EFAULT returned.
+    """
+    cmd = _read_min(arg, "vfio_device_attach_iommufd_pt", 12)
+    if cmd.argsz < 12 or cmd.flags & ~uapi.VFIO_DEVICE_ATTACH_PASID:
+        raise UapiError(errno.EINVAL, "argsz or flags")
+    pasid = RID
+    if cmd.flags & uapi.VFIO_DEVICE_ATTACH_PASID:
+        if vfile.device.pasid_bits == 0:
+            raise UapiError(errno.EOPNOTSUPP, "device has no PASID")
+        if cmd.argsz < 16:
+            raise UapiError(errno.EINVAL, "argsz < 16 with PASID")
+        pasid = _u32(arg, 12)
+        if pasid >= 1 << vfile.device.pasid_bits:
+            raise UapiError(errno.EINVAL, f"PASID {pasid} beyond {vfile.device.pasid_bits} bits")
+    hwpt_id = vfile.idev.attach(cmd.pt_id, pasid)
+    try:
+        arg.write(8, hwpt_id.to_bytes(4, "little"))
+    except UapiError:
+        vfile.idev.detach(RID)
+        raise
+    return 0
+
+
+def detach(vfile, caller, arg):
+    """VFIO_DEVICE_DETACH_IOMMUFD_PT (§11.3): always 0 after the argument checks.
+
+    EFAULT unreadable; EINVAL argsz < 8 (12 with the PASID flag) or unknown
+    flags; EOPNOTSUPP the PASID flag on a device without PASID.
+    """
+    cmd = _read_min(arg, "vfio_device_detach_iommufd_pt", 8)
+    if cmd.argsz < 8 or cmd.flags & ~uapi.VFIO_DEVICE_DETACH_PASID:
+        raise UapiError(errno.EINVAL, "argsz or flags")
+    pasid = RID
+    if cmd.flags & uapi.VFIO_DEVICE_DETACH_PASID:
+        if vfile.device.pasid_bits == 0:
+            raise UapiError(errno.EOPNOTSUPP, "device has no PASID")
+        if cmd.argsz < 12:
+            raise UapiError(errno.EINVAL, "argsz < 12 with PASID")
+        pasid = _u32(arg, 8)
+    vfile.idev.detach(pasid)
+    return 0
+
+
+def get_info(vfile, caller, arg):
+    """VFIO_DEVICE_GET_INFO of the emulated vfio-pci driver.
+
+    EFAULT unreadable; EINVAL argsz < 20 (offsetofend cap_offset). Writes
+    back the 20-byte minimum: flags RESET|PCI, 9 regions, 5 irqs, no caps.
+    """
+    minsz = 20
+    cmd = _read_min(arg, "vfio_device_info", minsz)
+    if cmd.argsz < minsz:
+        raise UapiError(errno.EINVAL, f"argsz {cmd.argsz}")
+    cmd.flags = uapi.VFIO_DEVICE_FLAGS_RESET | uapi.VFIO_DEVICE_FLAGS_PCI
+    cmd.num_regions = VFIO_PCI_NUM_REGIONS
+    cmd.num_irqs = VFIO_PCI_NUM_IRQS
+    cmd.cap_offset = 0
+    arg.write(0, ffi.buffer(cmd, minsz)[:])
+    return 0
+
+
+FEATURE_GET, FEATURE_SET, FEATURE_PROBE = 1 << 16, 1 << 17, 1 << 18
+
+
+def feature(vfile, caller, arg):
+    """VFIO_DEVICE_FEATURE core checks (§11.2): EINVAL argsz < 8, unknown
+    flag bits, GET and SET without PROBE; ENOTTY for every feature (the
+    emulated driver implements none yet)."""
+    argsz, flags = _u32(arg, 0), _u32(arg, 4)
+    if argsz < 8:
+        raise UapiError(errno.EINVAL, f"argsz {argsz}")
+    if flags & ~(0xFFFF | FEATURE_GET | FEATURE_SET | FEATURE_PROBE):
+        raise UapiError(errno.EINVAL, f"flags {flags:#x}")
+    if flags & FEATURE_GET and flags & FEATURE_SET and not flags & FEATURE_PROBE:
+        raise UapiError(errno.EINVAL, "GET|SET without PROBE")
+    raise UapiError(errno.ENOTTY, f"feature {flags & 0xFFFF}")
+
+
+_DRIVER = {uapi.VFIO_DEVICE_GET_INFO: get_info}
+
+
+def vfio_ioctl(vfile, caller, cmd, arg):
+    """ioctl(devfd, cmd, arg) on a VFIO cdev file: result or UapiError.
+
+    EBADF after the file was closed synchronously; EACCES for another uid
+    than the opener; EINVAL for anything but BIND before BIND (§11.3).
+    """
+    if not vfile.open:
+        raise UapiError(errno.EBADF, "device file closed")
+    if caller.uid != vfile.uid:
+        raise UapiError(errno.EACCES, f"device file of uid {vfile.uid}")
+    if cmd == uapi.VFIO_DEVICE_BIND_IOMMUFD:
+        return bind(vfile, caller, arg)
+    if vfile.idev is None:
+        raise UapiError(errno.EINVAL, "not bound")
+    if cmd == uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
+        return attach(vfile, caller, arg)
+    if cmd == uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT:
+        return detach(vfile, caller, arg)
+    if cmd == uapi.VFIO_DEVICE_FEATURE:
+        return feature(vfile, caller, arg)
+    handler = _DRIVER.get(cmd)
+    if handler is None:
+        raise UapiError(errno.ENOTTY, f"vfio-pci has no ioctl {cmd:#x}")
+    return handler(vfile, caller, arg)

@@ -1,0 +1,319 @@
+"""A small Python client for an iommufs mount.
+
+It opens the nodes, builds the uAPI structs with cffi (core.uapi layouts),
+calls real ioctl() on them (or, with ``frames=True``, the write/read frame
+protocol of DESIGN.md), and raises ``OSError`` with the kernel's errno.
+
+    from devfs.client import Iommufd, VfioDevice, DmaPort, Buffer
+    iommufd = Iommufd("/mnt/iommufs")
+    dev = VfioDevice("/mnt/iommufs", "0000:00:03.0")
+    dev_id = dev.bind(iommufd)
+    ioas = iommufd.ioas_alloc()
+    hwpt = dev.attach(ioas)
+    buf = Buffer(1 << 20)
+    iommufd.ioas_map(ioas, buf.va, len(buf), iova=0x100000)
+    DmaPort("/mnt/iommufs", "0000:00:03.0").write(0x100000, b"hello")
+    assert buf[:5] == b"hello"
+
+Pointers inside structs (``user_va``, ``allowed_iovas``, ``data_uptr``) are
+addresses in this process: use :class:`Buffer` (page-aligned anonymous
+memory) or any cffi allocation kept alive during the call.
+"""
+import json
+import mmap
+import os
+import struct
+
+import cffi
+
+from core import uapi
+from core.uapi import ffi
+
+_libc_ffi = cffi.FFI()
+_libc_ffi.cdef("int ioctl(int fd, unsigned long request, void *arg);")
+_libc = _libc_ffi.dlopen(None)
+
+FRAME_HDR = struct.Struct("<4sIII")
+REPLY_HDR = struct.Struct("<4siII")
+DMA_REQ = struct.Struct("<4sIIIQII")
+DMA_REPLY = struct.Struct("<4siIIQ")
+MAX_REPLY = 1 << 20
+
+
+def _raise(err, what):
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+class Buffer:
+    """``size`` bytes of page-aligned anonymous memory in this process.
+
+    ``va`` is its virtual address (to pass as ``user_va``); it behaves as a
+    writable bytes-like object (slicing, assignment, ``len``).
+    """
+
+    def __init__(self, size):
+        self.map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._cbuf = ffi.from_buffer(self.map)
+        self.va = int(ffi.cast("uintptr_t", self._cbuf))
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, k):
+        return self.map[k]
+
+    def __setitem__(self, k, v):
+        self.map[k] = v
+
+    def close(self):
+        self._cbuf = None
+        self.map.close()
+
+
+class Node:
+    """An open iommufs node speaking ioctl() or frames.
+
+    ``ioctl(cmd, cdata)`` passes a pointer to the cffi struct and returns
+    the ioctl result; with ``frames`` it sends the struct bytes in a request
+    frame and copies the reply's argument back into ``cdata``. Failures
+    raise OSError(errno).
+    """
+
+    def __init__(self, path, frames=False, flags=os.O_RDWR):
+        self.path = path
+        self.fd = os.open(path, flags | os.O_CLOEXEC)
+        self.frames = frames
+        self.last_extra = b""
+
+    def fileno(self):
+        return self.fd
+
+    def ioctl(self, cmd, cdata=None, size=None):
+        """ioctl(fd, cmd, &cdata); ``size`` bytes of the struct travel in a frame."""
+        if self.frames:
+            return self.frame(cmd, cdata, size)
+        ptr = ffi.NULL if cdata is None else cdata
+        r = _libc.ioctl(self.fd, cmd, _libc_ffi.cast("void *", int(ffi.cast("uintptr_t", ptr))))
+        if r < 0:
+            _raise(_libc_ffi.errno, f"ioctl {cmd:#x}")
+        return r
+
+    def frame(self, cmd, cdata=None, size=None):
+        """One request frame and its reply (DESIGN.md, frames)."""
+        if cdata is None:
+            arg = b""
+        else:
+            n = ffi.sizeof(cdata[0]) if size is None else size
+            arg = ffi.buffer(cdata, n)[:]
+        os.write(self.fd, FRAME_HDR.pack(b"IOFS", cmd, len(arg), 0) + arg)
+        rep = os.read(self.fd, MAX_REPLY)
+        magic, result, arg_len, extra_len = REPLY_HDR.unpack_from(rep)
+        if magic != b"IOFS":
+            raise OSError(0, "bad reply magic")
+        if cdata is not None and arg_len:
+            ffi.memmove(cdata, rep[16:16 + arg_len], arg_len)
+        self.last_extra = rep[16 + arg_len:16 + arg_len + extra_len]
+        if result < 0:
+            _raise(-result, f"frame {cmd:#x}")
+        return result
+
+    def sync_close(self):
+        """Close with the server's teardown finished before returning."""
+        try:
+            self.ioctl(uapi.IOMMUFS_SYNC_CLOSE) if not self.frames else self.frame(0)
+        finally:
+            self.close()
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _new(struct_name, **fields):
+    c = ffi.new(f"struct {struct_name} *")
+    first = ffi.typeof(c[0]).fields[0][0]
+    setattr(c, first, ffi.sizeof(c[0]))
+    for k, v in fields.items():
+        setattr(c, k, v)
+    return c
+
+
+class Iommufd(Node):
+    """An open ``<mount>/iommu``: one iommufd context. A method per ioctl."""
+
+    def __init__(self, mount, frames=False):
+        super().__init__(os.path.join(mount, "iommu"), frames)
+
+    def destroy(self, obj_id):
+        """IOMMU_DESTROY."""
+        self.ioctl(uapi.IOMMU_DESTROY, _new("iommu_destroy", id=obj_id))
+
+    def ioas_alloc(self, flags=0):
+        """IOMMU_IOAS_ALLOC -> ioas_id."""
+        c = _new("iommu_ioas_alloc", flags=flags)
+        self.ioctl(uapi.IOMMU_IOAS_ALLOC, c)
+        return c.out_ioas_id
+
+    def iova_ranges(self, ioas_id, capacity=16):
+        """IOMMU_IOAS_IOVA_RANGES -> ([(start, last), ...], out_iova_alignment).
+
+        Retries with a larger array on EMSGSIZE, as a careful caller does.
+        """
+        while True:
+            arr = ffi.new("struct iommu_iova_range[]", max(capacity, 1))
+            c = _new("iommu_ioas_iova_ranges", ioas_id=ioas_id, num_iovas=capacity,
+                     allowed_iovas=int(ffi.cast("uintptr_t", arr)))
+            try:
+                self.ioctl(uapi.IOMMU_IOAS_IOVA_RANGES, c)
+            except OSError as e:
+                if e.errno == 90 and c.num_iovas > capacity:  # EMSGSIZE
+                    capacity = c.num_iovas
+                    continue
+                raise
+            return [(arr[i].start, arr[i].last) for i in range(c.num_iovas)], c.out_iova_alignment
+
+    def allow_iovas(self, ioas_id, ranges):
+        """IOMMU_IOAS_ALLOW_IOVAS with inclusive (start, last) ranges."""
+        arr = ffi.new("struct iommu_iova_range[]", max(len(ranges), 1))
+        for i, (s, l) in enumerate(ranges):
+            arr[i].start, arr[i].last = s, l
+        c = _new("iommu_ioas_allow_iovas", ioas_id=ioas_id, num_iovas=len(ranges),
+                 allowed_iovas=int(ffi.cast("uintptr_t", arr)))
+        self.ioctl(uapi.IOMMU_IOAS_ALLOW_IOVAS, c)
+
+    def ioas_map(self, ioas_id, user_va, length, iova=None,
+                 flags=uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE):
+        """IOMMU_IOAS_MAP of ``length`` bytes at ``user_va``; fixed IOVA when
+        ``iova`` is given. Returns the IOVA."""
+        if iova is not None:
+            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+        c = _new("iommu_ioas_map", flags=flags, ioas_id=ioas_id, user_va=user_va,
+                 length=length, iova=iova or 0)
+        self.ioctl(uapi.IOMMU_IOAS_MAP, c)
+        return c.iova
+
+    def ioas_unmap(self, ioas_id, iova, length):
+        """IOMMU_IOAS_UNMAP -> bytes unmapped."""
+        c = _new("iommu_ioas_unmap", ioas_id=ioas_id, iova=iova, length=length)
+        self.ioctl(uapi.IOMMU_IOAS_UNMAP, c)
+        return c.length
+
+    def ioas_copy(self, dst_ioas_id, src_ioas_id, src_iova, length, dst_iova=None,
+                  flags=uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE):
+        """IOMMU_IOAS_COPY -> dst IOVA."""
+        if dst_iova is not None:
+            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+        c = _new("iommu_ioas_copy", flags=flags, dst_ioas_id=dst_ioas_id,
+                 src_ioas_id=src_ioas_id, length=length, dst_iova=dst_iova or 0,
+                 src_iova=src_iova)
+        self.ioctl(uapi.IOMMU_IOAS_COPY, c)
+        return c.dst_iova
+
+    def option(self, option_id, op, object_id=0, val64=0):
+        """IOMMU_OPTION -> val64 as written back."""
+        c = _new("iommu_option", option_id=option_id, op=op, object_id=object_id, val64=val64)
+        self.ioctl(uapi.IOMMU_OPTION, c)
+        return c.val64
+
+    def hwpt_alloc(self, dev_id, pt_id, flags=0, fault_id=0):
+        """IOMMU_HWPT_ALLOC of a paging HWPT -> hwpt_id."""
+        c = _new("iommu_hwpt_alloc", flags=flags, dev_id=dev_id, pt_id=pt_id, fault_id=fault_id)
+        self.ioctl(uapi.IOMMU_HWPT_ALLOC, c)
+        return c.out_hwpt_id
+
+    def get_hw_info(self, dev_id, data_len=0):
+        """IOMMU_GET_HW_INFO -> dict of the out fields (and ``data`` bytes)."""
+        data = ffi.new("char[]", max(data_len, 1))
+        c = _new("iommu_hw_info", dev_id=dev_id, data_len=data_len,
+                 data_uptr=int(ffi.cast("uintptr_t", data)) if data_len else 0)
+        self.ioctl(uapi.IOMMU_GET_HW_INFO, c)
+        return {"data_len": c.data_len, "out_data_type": c.out_data_type,
+                "out_max_pasid_log2": c.out_max_pasid_log2,
+                "out_capabilities": c.out_capabilities,
+                "data": ffi.buffer(data, min(data_len, c.data_len))[:]}
+
+
+class VfioDevice(Node):
+    """An open VFIO cdev node, by node name (``vfio0``) or device name (BDF)."""
+
+    def __init__(self, mount, name, frames=False):
+        if not name.startswith("vfio"):
+            with open(os.path.join(mount, "devices", name, "info")) as f:
+                name = json.load(f)["vfio"]
+        super().__init__(os.path.join(mount, "vfio", "devices", name), frames)
+
+    def bind(self, iommufd):
+        """VFIO_DEVICE_BIND_IOMMUFD to an open Iommufd (or fd number) -> dev_id."""
+        fd = iommufd if isinstance(iommufd, int) else iommufd.fileno()
+        c = _new("vfio_device_bind_iommufd", iommufd=fd)
+        self.ioctl(uapi.VFIO_DEVICE_BIND_IOMMUFD, c)
+        return c.out_devid
+
+    def attach(self, pt_id, pasid=None):
+        """VFIO_DEVICE_ATTACH_IOMMUFD_PT (RID, or a PASID) -> attached HWPT id."""
+        c = _new("vfio_device_attach_iommufd_pt", pt_id=pt_id)
+        if pasid is not None:
+            c.flags, c.pasid = uapi.VFIO_DEVICE_ATTACH_PASID, pasid
+        self.ioctl(uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, c)
+        return c.pt_id
+
+    def detach(self, pasid=None):
+        """VFIO_DEVICE_DETACH_IOMMUFD_PT (RID, or a PASID)."""
+        c = _new("vfio_device_detach_iommufd_pt")
+        if pasid is not None:
+            c.flags, c.pasid = uapi.VFIO_DEVICE_DETACH_PASID, pasid
+        self.ioctl(uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, c)
+
+    def get_info(self):
+        """VFIO_DEVICE_GET_INFO -> dict (flags, num_regions, num_irqs, cap_offset)."""
+        c = _new("vfio_device_info")
+        self.ioctl(uapi.VFIO_DEVICE_GET_INFO, c)
+        return {"flags": c.flags, "num_regions": c.num_regions, "num_irqs": c.num_irqs,
+                "cap_offset": c.cap_offset}
+
+
+class DmaError(OSError):
+    """A failed device DMA: ``errno`` is the status, ``iova`` the faulting IOVA,
+    ``moved`` the bytes that moved before the fault."""
+
+    def __init__(self, err, iova, moved):
+        super().__init__(err, f"DMA failed at IOVA {iova:#x}: {os.strerror(err)}")
+        self.iova = iova
+        self.moved = moved
+
+
+class DmaPort:
+    """The DMA engine of one emulated device: ``<mount>/devices/<name>/dma``."""
+
+    def __init__(self, mount, name):
+        self.fd = os.open(os.path.join(mount, "devices", name, "dma"), os.O_RDWR | os.O_CLOEXEC)
+
+    def _do(self, op, iova, length, data=b"", pasid=None, no_pri=False):
+        flags = (1 if pasid is not None else 0) | (2 if no_pri else 0)
+        os.write(self.fd, DMA_REQ.pack(b"IODM", op, flags, pasid or 0, iova, length, 0) + data)
+        rep = os.read(self.fd, DMA_REPLY.size + length)
+        magic, status, moved, _, fault_iova = DMA_REPLY.unpack_from(rep)
+        if status < 0:
+            raise DmaError(-status, fault_iova, moved)
+        return rep[DMA_REPLY.size:]
+
+    def read(self, iova, length, pasid=None, no_pri=False):
+        """Device reads ``length`` bytes of memory at ``iova`` -> bytes."""
+        return self._do(1, iova, length, pasid=pasid, no_pri=no_pri)
+
+    def write(self, iova, data, pasid=None, no_pri=False):
+        """Device writes ``data`` to memory at ``iova``."""
+        self._do(2, iova, len(data), bytes(data), pasid=pasid, no_pri=no_pri)
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
