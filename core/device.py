@@ -105,7 +105,7 @@ class BoundDevice(Obj):
             if pasid is RID:
                 key = ("device", id(self))
                 if old is None or old.ioas is not hwpt.ioas:
-                    hwpt.ioas.add_reserved(key, self.device.iommu.reserved)
+                    hwpt.ioas.add_reserved(key, self.device.iommu.reserved_ranges())
                     if old is not None:
                         old.ioas.remove_reserved(key)
         except BaseException:

@@ -91,6 +91,14 @@ class IommuModel:
             level += 1
         return level
 
+    def reserved_ranges(self):
+        """Inclusive IOVA ranges a device behind this IOMMU cannot use: the
+        topology's reserved windows plus everything past the aperture."""
+        out = list(self.reserved)
+        if self.address_width < 64:
+            out.append((1 << self.address_width, (1 << 64) - 1))
+        return out
+
     def key(self):
         """Domains are interchangeable between devices with equal keys (auto-domain reuse)."""
         return (self.address_width, tuple(self.page_sizes))

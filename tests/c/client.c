@@ -1,0 +1,190 @@
+/* A C client of iommufs, written only from DESIGN.md and the reference
+ * layouts (reference §5, §11.2): its own struct declarations, real ioctl()
+ * calls, the DMA node's frames. Prints "ok <check>" per check; exits 1 at the
+ * first mismatch with a "FAIL" line.
+ *
+ *   client MOUNT DEVICE_NAME VFIO_NODE
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define IO(nr) (0x3b00u | (nr))
+#define IOMMU_DESTROY IO(0x80)
+#define IOMMU_IOAS_ALLOC IO(0x81)
+#define IOMMU_IOAS_IOVA_RANGES IO(0x84)
+#define IOMMU_IOAS_MAP IO(0x85)
+#define IOMMU_IOAS_UNMAP IO(0x86)
+#define VFIO_DEVICE_BIND_IOMMUFD IO(100 + 18)
+#define VFIO_DEVICE_ATTACH_IOMMUFD_PT IO(100 + 19)
+#define VFIO_DEVICE_DETACH_IOMMUFD_PT IO(100 + 20)
+
+struct destroy { uint32_t size, id; };
+struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
+struct range { uint64_t start, last; };
+struct iova_ranges { uint32_t size, ioas_id, num_iovas, rsvd; uint64_t allowed_iovas, out_iova_alignment; };
+struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
+struct ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
+struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
+struct attach { uint32_t argsz, flags, pt_id, pasid; };
+struct detach { uint32_t argsz, flags, pasid; };
+
+#define MAP_FIXED_IOVA 1
+#define MAP_WRITEABLE 2
+#define MAP_READABLE 4
+
+static void fail(const char *what, long got, long want)
+{
+    printf("FAIL %s: got %ld want %ld\n", what, got, want);
+    exit(1);
+}
+
+/* Expect ioctl to fail with errno e. */
+static void expect_err(const char *what, int r, int e)
+{
+    if (r != -1 || errno != e)
+        fail(what, r == -1 ? -errno : r, -e);
+    printf("ok %s\n", what);
+}
+
+static void expect_ok(const char *what, int r)
+{
+    if (r != 0)
+        fail(what, -errno, 0);
+    printf("ok %s\n", what);
+}
+
+/* One DMA frame on the device's dma node; returns the status. */
+static int dma(int fd, uint32_t op, uint64_t iova, void *data, uint32_t len)
+{
+    static unsigned char buf[32 + 65536];
+    struct { char magic[4]; uint32_t op, flags, pasid; uint64_t iova; uint32_t len, rsvd; } __attribute__((packed)) req =
+        { {'I', 'O', 'D', 'M'}, op, 0, 0, iova, len, 0 };
+    memcpy(buf, &req, 32);
+    size_t n = 32;
+    if (op == 2) {
+        memcpy(buf + 32, data, len);
+        n += len;
+    }
+    if (write(fd, buf, n) != (ssize_t)n)
+        fail("dma write()", -errno, 0);
+    ssize_t r = read(fd, buf, sizeof(buf));
+    if (r < 24 || memcmp(buf, "IODM", 4))
+        fail("dma reply", r, 24);
+    int32_t status;
+    memcpy(&status, buf + 4, 4);
+    if (op == 1 && status == 0)
+        memcpy(data, buf + 24, len);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    char path[4096];
+    if (argc < 4) {
+        fprintf(stderr, "usage: client MOUNT DEVICE VFIO_NODE\n");
+        return 2;
+    }
+    const char *mnt = argv[1], *name = argv[2], *node = argv[3];
+
+    snprintf(path, sizeof(path), "%s/iommu", mnt);
+    int iommufd = open(path, O_RDWR);
+    if (iommufd < 0)
+        fail("open iommu", -errno, 0);
+
+    expect_err("destroy NULL -> EFAULT", ioctl(iommufd, IOMMU_DESTROY, NULL), EFAULT);
+    struct destroy d = { sizeof(d), 99 };
+    expect_err("destroy unknown -> ENOENT", ioctl(iommufd, IOMMU_DESTROY, &d), ENOENT);
+    struct ioas_alloc small = { 8, 0, 0 };
+    expect_err("ioas_alloc size 8 -> EINVAL", ioctl(iommufd, IOMMU_IOAS_ALLOC, &small), EINVAL);
+
+    struct ioas_alloc al = { sizeof(al), 0, 0 };
+    expect_ok("ioas_alloc", ioctl(iommufd, IOMMU_IOAS_ALLOC, &al));
+    if (al.out_ioas_id != 1)
+        fail("first id", al.out_ioas_id, 1);
+    uint32_t ioas = al.out_ioas_id;
+
+    snprintf(path, sizeof(path), "%s/vfio/devices/%s", mnt, node);
+    int devfd = open(path, O_RDWR);
+    if (devfd < 0)
+        fail("open vfio", -errno, 0);
+    struct attach at = { sizeof(at), 0, ioas, 0 };
+    expect_err("attach before bind -> EINVAL", ioctl(devfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at), EINVAL);
+    struct bind b = { sizeof(b), 0, iommufd, 0, 0 };
+    expect_ok("bind", ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &b));
+    if (b.out_devid != 2)
+        fail("dev_id", b.out_devid, 2);
+    expect_err("bind twice -> EINVAL", ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &b), EINVAL);
+    d.id = b.out_devid;
+    expect_err("destroy device -> EBUSY", ioctl(iommufd, IOMMU_DESTROY, &d), EBUSY);
+
+    size_t len = 2 << 20;
+    unsigned char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(mem, 0, len);
+    struct ioas_map m = { sizeof(m), MAP_FIXED_IOVA | MAP_READABLE | MAP_WRITEABLE, ioas, 0,
+                          (uintptr_t)mem, len, 0x100000 };
+    expect_ok("map fixed", ioctl(iommufd, IOMMU_IOAS_MAP, &m));
+    struct ioas_map m2 = m;
+    expect_err("map overlapping -> EEXIST", ioctl(iommufd, IOMMU_IOAS_MAP, &m2), EEXIST);
+
+    at.pt_id = ioas;
+    expect_ok("attach ioas", ioctl(devfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at));
+    if (at.pt_id != 3)
+        fail("auto hwpt id", at.pt_id, 3);
+    uint32_t hwpt = at.pt_id;
+
+    struct range rs[4];
+    struct iova_ranges ir = { sizeof(ir), ioas, 4, 0, (uintptr_t)rs, 0 };
+    expect_ok("iova_ranges", ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &ir));
+    if (ir.num_iovas != 2 || rs[0].start != 0 || rs[0].last != 0xfedfffffull
+        || rs[1].start != 0xfef00000ull || rs[1].last != (1ull << 48) - 1)
+        fail("ranges", ir.num_iovas, 2);
+    printf("ok ranges exclude the MSI window and the aperture\n");
+
+    snprintf(path, sizeof(path), "%s/devices/%s/dma", mnt, name);
+    int dmafd = open(path, O_RDWR);
+    if (dmafd < 0)
+        fail("open dma", -errno, 0);
+    unsigned char pat[4096];
+    for (int i = 0; i < 4096; i++)
+        pat[i] = (unsigned char)(i * 13 + 1);
+    int st = dma(dmafd, 2, 0x100000 + 0x3000, pat, sizeof(pat));
+    if (st != 0)
+        fail("dma write status", st, 0);
+    if (memcmp(mem + 0x3000, pat, sizeof(pat)))
+        fail("pattern in client memory", 0, 1);
+    printf("ok device DMA landed in the client's memory\n");
+    st = dma(dmafd, 2, 0x100000 + len, pat, 16);
+    if (st != -EFAULT)
+        fail("dma outside mapping", st, -EFAULT);
+    printf("ok DMA outside the mapping -> EFAULT\n");
+
+    struct ioas_unmap u = { sizeof(u), ioas, 0x100000 + 0x1000, 0x1000 };
+    expect_err("partial unmap -> ENOENT", ioctl(iommufd, IOMMU_IOAS_UNMAP, &u), ENOENT);
+    d.id = ioas;
+    expect_err("destroy busy ioas -> EBUSY", ioctl(iommufd, IOMMU_DESTROY, &d), EBUSY);
+    u.iova = 0;
+    u.length = UINT64_MAX;
+    expect_ok("unmap all", ioctl(iommufd, IOMMU_IOAS_UNMAP, &u));
+    if (u.length != len)
+        fail("unmapped bytes", u.length, len);
+
+    struct detach dt = { sizeof(dt), 0, 0 };
+    expect_ok("detach", ioctl(devfd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &dt));
+    d.id = hwpt;
+    expect_err("auto hwpt gone after detach -> ENOENT", ioctl(iommufd, IOMMU_DESTROY, &d), ENOENT);
+    d.id = ioas;
+    expect_ok("destroy ioas", ioctl(iommufd, IOMMU_DESTROY, &d));
+    close(dmafd);
+    close(devfd);
+    close(iommufd);
+    printf("done\n");
+    return 0;
+}
