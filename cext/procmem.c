@@ -113,3 +113,9 @@ int iofs_pidfd_exited(int pidfd)
         return -errno;
     return n > 0 ? 1 : 0;
 }
+
+int iofs_tgkill0(int tgid, int tid)
+{
+    /* Signal 0 sends nothing: it only checks that tid is a thread of tgid. */
+    return syscall(SYS_tgkill, tgid, tid, 0) < 0 ? -errno : 0;
+}

@@ -30,6 +30,8 @@ int iofs_vm_probe(int pid, uint64_t remote, uint64_t len, uint64_t page_size);
 
 int iofs_pidfd_open(int pid, unsigned int flags);
 int iofs_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
+/* 0 if thread tid belongs to process tgid now, else -ESRCH (tgkill with signal 0). */
+int iofs_tgkill0(int tgid, int tid);
 /* 1 if the process behind pidfd has exited, 0 if alive, -errno on error. */
 int iofs_pidfd_exited(int pidfd);
 #endif

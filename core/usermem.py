@@ -61,11 +61,28 @@ class ProcessMemory:
             raise UapiError(errno.EFAULT, f"range {addr:#x}+{length:#x} not readable")
 
 
-def tgid_of(tid):
-    """The thread-group id (process id) of thread ``tid``, from /proc.
+_tgid_cache = {}
 
+
+def tgid_of(tid):
+    """The thread-group id (process id) of thread ``tid``.
+
+    Read from /proc once per thread (about 30 µs), then answered from a cache
+    that a tgkill(tgid, tid, 0) probe (about 1 µs) re-validates on every use,
+    so a tid reused by another process is never mistaken for the old one.
     Raises UapiError(ESRCH) when the thread is gone.
     """
+    cached = _tgid_cache.get(tid)
+    if cached is not None and lib.iofs_tgkill0(cached, tid) == 0:
+        return cached
+    if len(_tgid_cache) > 4096:
+        _tgid_cache.clear()
+    tgid = _tgid_from_proc(tid)
+    _tgid_cache[tid] = tgid
+    return tgid
+
+
+def _tgid_from_proc(tid):
     try:
         with open(f"/proc/{tid}/status", "rb") as f:
             for line in f:
