@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/syscall.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -118,4 +119,32 @@ int iofs_tgkill0(int tgid, int tid)
 {
     /* Signal 0 sends nothing: it only checks that tid is a thread of tgid. */
     return syscall(SYS_tgkill, tgid, tid, 0) < 0 ? -errno : 0;
+}
+
+/* PROCMAP_QUERY (Linux 6.11+): ask /proc/<pid>/maps for the VMA covering an
+ * address with one ioctl instead of generating and parsing the whole text. */
+struct iofs_procmap_query {
+    uint64_t size, query_flags, query_addr;
+    uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+    uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+    uint64_t vma_name_addr, build_id_addr;
+};
+#define IOFS_PROCMAP_QUERY _IOWR('f', 17, struct iofs_procmap_query)
+#define IOFS_VMA_READABLE 0x01
+#define IOFS_VMA_WRITABLE 0x02
+
+int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write)
+{
+    uint64_t end = addr + len, need = addr;
+    uint64_t want = IOFS_VMA_READABLE | (write ? IOFS_VMA_WRITABLE : 0);
+
+    while (need < end) {
+        struct iofs_procmap_query q = { .size = sizeof(q), .query_addr = need };
+        if (ioctl(maps_fd, IOFS_PROCMAP_QUERY, &q) < 0)
+            return errno == ENOENT ? -EFAULT : -errno;
+        if (q.vma_start > need || (q.vma_flags & want) != want)
+            return -EFAULT;
+        need = q.vma_end;
+    }
+    return 0;
 }

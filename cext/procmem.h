@@ -34,4 +34,9 @@ int iofs_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 int iofs_tgkill0(int tgid, int tid);
 /* 1 if the process behind pidfd has exited, 0 if alive, -errno on error. */
 int iofs_pidfd_exited(int pidfd);
+/* 0 if every byte of [addr, addr+len) lies in VMAs that are readable (and
+ * writable when write != 0), asked through PROCMAP_QUERY on an open
+ * /proc/<pid>/maps; -EFAULT if not; -ENOTTY on kernels without the ioctl;
+ * -ESRCH once the process is gone. */
+int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write);
 #endif
