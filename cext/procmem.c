@@ -148,3 +148,30 @@ int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write)
     }
     return 0;
 }
+
+int64_t iofs_vm_read_upto(int pid, uint64_t remote, void *local, uint64_t len)
+{
+    /* One remote iovec per page: the kernel stops at the first element it
+     * cannot read and reports what came before it, so a short count tells
+     * exactly how far the caller's memory is readable. */
+    struct iovec r[16];
+    size_t k = 0;
+    uint64_t a = remote, end = remote + len;
+
+    if (len == 0)
+        return 0;
+    if (len > 16 * 4096 - 4096)
+        return -EINVAL;
+    while (a < end) {
+        uint64_t next = (a & ~4095ull) + 4096;
+        if (next > end)
+            next = end;
+        r[k].iov_base = (void *)(uintptr_t)a;
+        r[k].iov_len = next - a;
+        k++;
+        a = next;
+    }
+    struct iovec l = { local, len };
+    ssize_t n = process_vm_readv(pid, &l, 1, r, k, 0);
+    return n < 0 ? -errno : n;
+}

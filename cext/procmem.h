@@ -18,6 +18,10 @@ struct iofs_seg {
 int64_t iofs_vm_read(int pid, uint64_t remote, void *local, uint64_t len);
 int64_t iofs_vm_write(int pid, uint64_t remote, const void *local, uint64_t len);
 
+/* Read up to len (< 60 KiB) bytes: returns how many leading bytes were
+ * readable (possibly 0 if the first page faults: then -EFAULT). */
+int64_t iofs_vm_read_upto(int pid, uint64_t remote, void *local, uint64_t len);
+
 /* Scatter/gather: the remote side is nsegs segments, the local side one
  * buffer of their total length. write != 0 moves local -> remote. Returns
  * bytes moved before the first failure, or -errno if nothing moved. */

@@ -66,17 +66,25 @@ def ioctl(cmd, struct, last, respond="struct"):
     return register
 
 
-def read_struct(arg, ctype, kernel_size, user_size):
+def read_struct(arg, ctype, kernel_size, user_size, head=b""):
     """copy_struct_from_user: ``user_size`` bytes of the argument into a new
     cffi struct of ``kernel_size`` bytes. Short: zero-filled. Long: the tail
-    must be zero (E2BIG). Unreadable: EFAULT."""
+    must be zero (E2BIG). Unreadable: EFAULT.
+
+    ``head``: leading bytes already read from the argument (saves a copy).
+    """
     if user_size <= kernel_size:
-        data = arg.read(0, user_size)
+        data = head[:user_size] if user_size <= len(head) else arg.read(0, user_size)
     else:
-        data = arg.read(0, user_size)
-        if any(data[kernel_size:]):
-            raise UapiError(errno.E2BIG, "non-zero bytes past the kernel struct")
-        data = data[:kernel_size]
+        data = head[:kernel_size] if kernel_size <= len(head) else arg.read(0, kernel_size)
+        # check_zeroed_user: the tail is read in bounded chunks (size is a
+        # u32 chosen by the caller), stopping at the first non-zero byte.
+        off = kernel_size
+        while off < user_size:
+            n = min(1 << 16, user_size - off)
+            if any(arg.read(off, n)):
+                raise UapiError(errno.E2BIG, "non-zero bytes past the kernel struct")
+            off += n
     cdata = ffi.new(ctype)
     ffi.memmove(cdata, data, len(data))
     return cdata
@@ -99,13 +107,18 @@ def iommufd_ioctl(ctx, caller, cmd, arg):
         from .compat import vfio_compat_ioctl
 
         return vfio_compat_ioctl(ctx, caller, cmd, arg)
-    size = int.from_bytes(arg.read(0, 4), "little")
     op = OPS.get(nr)
+    # One copy for the size word and the struct: only the bytes the kernel
+    # would read are looked at, and a fault past them does not count.
+    head = arg.read_upto(0, op.sizeof if op is not None else 4)
+    if len(head) < 4:
+        raise UapiError(errno.EFAULT, "size unreadable")
+    size = int.from_bytes(head[:4], "little")
     if op is None or op.cmd != cmd:
         raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x}")
     if size < op.min_size:
         raise UapiError(errno.EINVAL, f"size {size} < {op.min_size}")
-    cdata = read_struct(arg, op.ctype, op.sizeof, size)
+    cdata = read_struct(arg, op.ctype, op.sizeof, size, head)
     try:
         result = op.handler(ctx, caller, cdata)
         if op.respond == "struct":

@@ -46,6 +46,14 @@ class ProcessMemory:
             raise UapiError(errno.EFAULT, f"read {n} bytes at {addr:#x} in {self.pid}: {-r}")
         return ffi.buffer(buf, n)[:]
 
+    def read_upto(self, addr, n):
+        """The readable leading part (0..n bytes, n < 60 KiB) of [addr, addr+n)."""
+        if addr < 0 or addr + n > (1 << 64):
+            return b""
+        buf = ffi.new("char[]", n)
+        r = lib.iofs_vm_read_upto(self.pid, addr, buf, n)
+        return ffi.buffer(buf, r)[:] if r > 0 else b""
+
     def write(self, addr, data):
         n = len(data)
         if n == 0:
@@ -184,6 +192,10 @@ class MemArg:
     def read(self, off, n):
         return self.mem.read(self.addr + off, n)
 
+    def read_upto(self, off, n):
+        """The readable leading part of the n bytes at ``off`` (may be short)."""
+        return self.mem.read_upto(self.addr + off, n)
+
     def write(self, off, data):
         self.mem.write(self.addr + off, data)
 
@@ -203,6 +215,9 @@ class FrameArg:
     def read(self, off, n):
         if off + n > len(self.buf):
             raise UapiError(errno.EFAULT, "read past the frame's argument")
+        return bytes(self.buf[off:off + n])
+
+    def read_upto(self, off, n):
         return bytes(self.buf[off:off + n])
 
     def write(self, off, data):
