@@ -96,26 +96,36 @@ def bind(vfile, caller, arg):
     return 0
 
 
+def _route(vfile, arg, struct, minsz, pasid_flag):
+    """Read an ATTACH/DETACH argument: its struct and the route it names.
+
+    The PASID field follows the fixed part (offset ``minsz``) and is read
+    only with ``pasid_flag``. EFAULT unreadable; EINVAL argsz < minsz
+    (minsz + 4 with the flag) or unknown flags; EOPNOTSUPP the flag on a
+    device without PASID (§11.3).
+    """
+    cmd = _read_min(arg, struct, minsz)
+    if cmd.argsz < minsz or cmd.flags & ~pasid_flag:
+        raise UapiError(errno.EINVAL, "argsz or flags")
+    if not cmd.flags & pasid_flag:
+        return cmd, RID
+    if vfile.device.pasid_bits == 0:
+        raise UapiError(errno.EOPNOTSUPP, "device has no PASID")
+    if cmd.argsz < minsz + 4:
+        raise UapiError(errno.EINVAL, f"argsz < {minsz + 4} with PASID")
+    return cmd, _u32(arg, minsz)
+
+
 def attach(vfile, caller, arg):
     """VFIO_DEVICE_ATTACH_IOMMUFD_PT (§11.3, §8): a second attach replaces.
 
-    EFAULT unreadable; EINVAL argsz < 12 (16 with the PASID flag) or unknown
-    flags; EOPNOTSUPP the PASID flag on a device without PASID; then the
-    errors of BoundDevice.attach. Writes back pt_id only; if that write
-    faults the RID attachment is detached and EFAULT returned.
+    Argument errors as :func:`_route`; EINVAL a PASID beyond the device's
+    width; then the errors of BoundDevice.attach. Writes back pt_id only; if
+    that write faults the RID attachment is detached and EFAULT returned.
     """
-    cmd = _read_min(arg, "vfio_device_attach_iommufd_pt", 12)
-    if cmd.argsz < 12 or cmd.flags & ~uapi.VFIO_DEVICE_ATTACH_PASID:
-        raise UapiError(errno.EINVAL, "argsz or flags")
-    pasid = RID
-    if cmd.flags & uapi.VFIO_DEVICE_ATTACH_PASID:
-        if vfile.device.pasid_bits == 0:
-            raise UapiError(errno.EOPNOTSUPP, "device has no PASID")
-        if cmd.argsz < 16:
-            raise UapiError(errno.EINVAL, "argsz < 16 with PASID")
-        pasid = _u32(arg, 12)
-        if pasid >= 1 << vfile.device.pasid_bits:
-            raise UapiError(errno.EINVAL, f"PASID {pasid} beyond {vfile.device.pasid_bits} bits")
+    cmd, pasid = _route(vfile, arg, "vfio_device_attach_iommufd_pt", 12, uapi.VFIO_DEVICE_ATTACH_PASID)
+    if pasid is not RID and pasid >= 1 << vfile.device.pasid_bits:
+        raise UapiError(errno.EINVAL, f"PASID {pasid} beyond {vfile.device.pasid_bits} bits")
     hwpt_id = vfile.idev.attach(cmd.pt_id, pasid)
     try:
         arg.write(8, hwpt_id.to_bytes(4, "little"))
@@ -126,21 +136,9 @@ def attach(vfile, caller, arg):
 
 
 def detach(vfile, caller, arg):
-    """VFIO_DEVICE_DETACH_IOMMUFD_PT (§11.3): always 0 after the argument checks.
-
-    EFAULT unreadable; EINVAL argsz < 8 (12 with the PASID flag) or unknown
-    flags; EOPNOTSUPP the PASID flag on a device without PASID.
-    """
-    cmd = _read_min(arg, "vfio_device_detach_iommufd_pt", 8)
-    if cmd.argsz < 8 or cmd.flags & ~uapi.VFIO_DEVICE_DETACH_PASID:
-        raise UapiError(errno.EINVAL, "argsz or flags")
-    pasid = RID
-    if cmd.flags & uapi.VFIO_DEVICE_DETACH_PASID:
-        if vfile.device.pasid_bits == 0:
-            raise UapiError(errno.EOPNOTSUPP, "device has no PASID")
-        if cmd.argsz < 12:
-            raise UapiError(errno.EINVAL, "argsz < 12 with PASID")
-        pasid = _u32(arg, 8)
+    """VFIO_DEVICE_DETACH_IOMMUFD_PT (§11.3): always 0 after the argument
+    checks of :func:`_route`, attached or not."""
+    _cmd, pasid = _route(vfile, arg, "vfio_device_detach_iommufd_pt", 8, uapi.VFIO_DEVICE_DETACH_PASID)
     vfile.idev.detach(pasid)
     return 0
 
