@@ -592,6 +592,14 @@ def test_auto_iova_errors(env):
     assert not env.obj(ioas_id).areas
 
 
+def test_adjacent_allowed_ranges_form_one_window(env):
+    ioas_id = env.ioas()
+    env.allow(ioas_id, [(0x1000, 0x1FFF), (0x2000, 0x2FFF)])
+    assert env.map(ioas_id, 0x1000, 0x2000) == 0x1000
+    env.allow(ioas_id, [(0x4000, 0x4FFF), (0x5001, 0x6FFF)])
+    assert env.map_err(ioas_id, 0x1000, 0x2000) == errno.ENOSPC
+
+
 def test_auto_iova_refuses_a_window_whose_aligned_start_is_its_last_byte(env):
     ioas_id = env.ioas()
     env.allow(ioas_id, [(0x1000, 0x1001)])
