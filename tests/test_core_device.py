@@ -347,3 +347,37 @@ def test_close_with_device_bound_keeps_context_until_unbind(kit):
     kit.emu.close_vfio(vf)
     assert kit.ctx.closed and not kit.ctx.objects and len(kit.ctx.owners) == 0
     assert kit.emu.devices[PLAIN].bound is None
+
+
+def test_feature_core_checks(kit):
+    vf, _ = kit.bind(PLAIN)
+    f = ffi.new("uint32_t[4]", [16, 0, 0, 0])
+    p = ffi.cast("struct vfio_device_info *", f)   # any buffer: FEATURE reads argsz and flags
+    f[0] = 7
+    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_FEATURE, p) == errno.EINVAL
+    f[0], f[1] = 16, 1 << 19
+    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_FEATURE, p) == errno.EINVAL
+    f[1] = (1 << 16) | (1 << 17) | 1
+    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_FEATURE, p) == errno.EINVAL
+    f[1] = (1 << 18) | 1
+    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_FEATURE, p) == errno.ENOTTY
+
+
+def test_close_frees_page_tables_and_pidfds():
+    from cext.pagetable import live_tables
+
+    before = live_tables()
+    kit = Kit()
+    ioas = kit.ioas()
+    vf, dev_id = kit.bind(PLAIN)
+    kit.attach(vf, kit.hwpt(dev_id, ioas))
+    kit.attach(kit.bind(BR0)[0], ioas)
+    buf = Buffer(4 * MB)
+    kit.map(ioas, buf.va, 4 * MB, iova=1 << 40)
+    assert live_tables() > before
+    assert len(kit.ctx.owners) == 1
+    owner = next(iter(kit.ctx.owners.by_tgid.values()))
+    kit.close()
+    assert live_tables() == before
+    assert owner.pidfd == -1 and owner.maps_fd == -1
+    assert kit.ctx.closed and not kit.ctx.objects
