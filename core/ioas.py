@@ -64,15 +64,42 @@ class Pages:
 
     Shared by the area the MAP made and every area IOAS_COPY made from it.
     ``writable``: registered writable (IOAS_MAP with WRITEABLE), which is
-    what COPY's EPERM rule looks at and how pinning checks the memory;
-    ``users``: the areas using it (to know what is already pinned).
+    what COPY's EPERM rule looks at and how pinning checks the memory.
+    :meth:`areas` lists the areas using it (to know what is already pinned).
     """
 
-    __slots__ = ("writable", "users", "__weakref__")
+    # The users are None, one Area, or a set of two or more: most memory is
+    # never copied, and a set per mapping would be one more object for the
+    # garbage collector to walk per area.
+    __slots__ = ("writable", "_users")
 
     def __init__(self, writable):
         self.writable = writable
-        self.users = set()
+        self._users = None
+
+    def areas(self):
+        u = self._users
+        if u is None:
+            return ()
+        return (u,) if isinstance(u, Area) else tuple(u)
+
+    def link(self, area):
+        u = self._users
+        if u is None:
+            self._users = area
+        elif isinstance(u, Area):
+            self._users = {u, area}
+        else:
+            u.add(area)
+
+    def unlink(self, area):
+        u = self._users
+        if u is area:
+            self._users = None
+        elif isinstance(u, set):
+            u.discard(area)
+            if len(u) == 1:
+                self._users = next(iter(u))
 
 
 class Area:
@@ -161,26 +188,22 @@ class Ioas(Obj):
         self.iova_alignment = 1
 
     # -- lookups ------------------------------------------------------------------
+    # Lookups go through irange, never positional indexing: sortedcontainers
+    # rebuilds its positional index after each change, O(n / load) a time.
     def area_at(self, iova):
         """The area holding IOVA ``iova``, or None. O(log n)."""
-        i = self.areas.bisect_right(iova) - 1
-        if i < 0:
+        k = next(self.areas.irange(maximum=iova, reverse=True), None)
+        if k is None:
             return None
-        area = self.areas.peekitem(i)[1]
+        area = self.areas[k]
         return area if area.last >= iova else None
 
     def _first_area(self, start, last):
-        i = self.areas.bisect_right(start) - 1
-        if i >= 0:
-            area = self.areas.peekitem(i)[1]
-            if area.last >= start:
-                return area
-        i += 1
-        if i < len(self.areas):
-            area = self.areas.peekitem(i)[1]
-            if area.iova <= last:
-                return area
-        return None
+        area = self.area_at(start)
+        if area is not None:
+            return area
+        k = next(self.areas.irange(minimum=start, maximum=last), None)
+        return None if k is None else self.areas[k]
 
     def areas_in(self, iova, last):
         """Areas meeting IOVA ``[iova, last]``, in ascending IOVA (a list)."""
@@ -214,7 +237,7 @@ class Ioas(Obj):
         what pinning must still check (memory already pinned stays usable
         even if the client unmapped it since, as pinned pages do)."""
         covered = merge((a.user_va, a.user_va + a.length - 1)
-                        for a in area.pages.users if a.pinned and a is not area)
+                        for a in area.pages.areas() if a.pinned and a is not area)
         return subtract([(area.user_va, area.user_va + area.length - 1)], covered)
 
     def _pin(self, areas):
@@ -357,6 +380,9 @@ class Ioas(Obj):
         last = iova + length - 1
         if last > U64_MAX:
             raise _err(errno.EOVERFLOW, "iova + length overflows")
+        hole = self.free.containing(iova)
+        if hole is not None and hole[1] >= last:
+            return  # inside one hole: neither reserved nor mapped
         if self.reserved.intersects(iova, last):
             raise _err(errno.EINVAL, f"{iova:#x}..{last:#x} meets a reserved range")
         if self._first_area(iova, last) is not None:
@@ -400,7 +426,7 @@ class Ioas(Obj):
         for area in new:
             area.pinned = bool(self.domains)
             owners.share(area.owner)
-            area.pages.users.add(area)
+            area.pages.link(area)
             self.areas[area.iova] = area
             self.free.take(area.iova, area.last)
         return iova
@@ -462,7 +488,7 @@ class Ioas(Obj):
             d.unmap(area.iova, area.length)
         del self.areas[area.iova]
         self.free.give(area.iova, area.last)
-        area.pages.users.discard(area)
+        area.pages.unlink(area)
         self.ctx.owners.release(area.owner)
 
     def _unmap_range(self, start, last):

@@ -10,14 +10,14 @@ errno.
   alignment rules (§7 "Auto IOVA"), bit for bit, overflow guards included.
 - :class:`FreeSpace` keeps the holes of (areas ∪ reserved) so that the
   allocator's first-fit search does not walk every area: holes are indexed by
-  start and by size class, and only classes that can hold the request are
+  address and by size class, and only classes that can hold the request are
   probed. Map and unmap cost O(log n) in the number of areas.
 - :class:`Reserved` keeps reserved ranges per owner key (a device, a domain,
   IOMMU_TEST ADD_RESERVED) and their merged union for O(log r) intersection.
 """
 import bisect
 
-from sortedcontainers import SortedDict, SortedList
+from sortedcontainers import SortedList
 
 U64_MAX = (1 << 64) - 1
 PAGE_SIZE = 4096
@@ -172,14 +172,21 @@ class FreeSpace:
     """The holes of (areas ∪ reserved) over ``[0, U64_MAX]``.
 
     ``take(start, last)`` marks a range used (parts may already be used);
-    ``give(start, last)`` frees a range that is entirely used now.
-    ``first_fit(lo, hi, length, align, page_offset)`` is the kernel's
-    first-fit over the holes inside ``[lo, hi]``.
+    ``give(start, last)`` frees a range that is entirely used now;
+    ``containing(iova)`` is the hole holding an IOVA; ``first_fit(lo, hi,
+    length, align, page_offset)`` is the kernel's first-fit over the holes
+    inside ``[lo, hi]``.
+
+    Holes are keyed by their last byte: carving an area from the start of a
+    hole (what the allocator does) keeps the key and only updates the start.
+    No lookup uses positional indexing, which sortedcontainers rebuilds after
+    every change (O(n / load) each time).
     """
 
     def __init__(self):
-        self._holes = SortedDict()           # start -> last
-        self._by_class = [SortedList() for _ in range(65)]
+        self._lasts = SortedList()           # every hole's last byte
+        self._start = {}                     # last -> start
+        self._by_class = [SortedList() for _ in range(65)]   # lasts, by floor(log2(size))
         self._classes = 0                    # bit c set: _by_class[c] not empty
         self._add(0, U64_MAX)
 
@@ -188,63 +195,81 @@ class FreeSpace:
         return (last - start + 1).bit_length() - 1
 
     def _add(self, s, l):
-        self._holes[s] = l
+        self._start[l] = s
+        self._lasts.add(l)
         c = self._cls(s, l)
-        self._by_class[c].add(s)
+        self._by_class[c].add(l)
         self._classes |= 1 << c
 
-    def _del(self, s):
-        l = self._holes.pop(s)
-        c = self._cls(s, l)
+    def _drop_class(self, c, l):
         lst = self._by_class[c]
-        lst.remove(s)
+        lst.remove(l)
         if not lst:
             self._classes &= ~(1 << c)
-        return l
+
+    def _del(self, l):
+        s = self._start.pop(l)
+        self._lasts.remove(l)
+        self._drop_class(self._cls(s, l), l)
+        return s
+
+    def _move_start(self, l, s):
+        old = self._cls(self._start[l], l)
+        self._start[l] = s
+        c = self._cls(s, l)
+        if c != old:
+            self._drop_class(old, l)
+            self._by_class[c].add(l)
+            self._classes |= 1 << c
 
     def __iter__(self):
-        return iter(self._holes.items())
+        return ((self._start[l], l) for l in self._lasts)
 
     def __len__(self):
-        return len(self._holes)
+        return len(self._lasts)
 
     def containing(self, iova):
         """The hole ``(start, last)`` holding ``iova``, or None."""
-        i = self._holes.bisect_right(iova) - 1
-        if i < 0:
+        l = next(self._lasts.irange(minimum=iova), None)
+        if l is None:
             return None
-        s, l = self._holes.peekitem(i)
-        return (s, l) if l >= iova else None
+        s = self._start[l]
+        return (s, l) if s <= iova else None
 
     def take(self, start, last):
-        i = self._holes.bisect_right(start) - 1
-        if i < 0 or self._holes.peekitem(i)[1] < start:
-            i += 1
+        hole = self.containing(start)
+        if hole is not None and hole[1] >= last:
+            # The usual case: a new area inside one hole.
+            hs, hl = hole
+            if last < hl:
+                self._move_start(hl, last + 1)
+            else:
+                self._del(hl)
+            if hs < start:
+                self._add(hs, start - 1)
+            return
         hit = []
-        keys = self._holes.keys()
-        while i < len(keys):
-            s = keys[i]
+        for l in self._lasts.irange(minimum=start):
+            s = self._start[l]
             if s > last:
                 break
-            hit.append((s, self._holes[s]))
-            i += 1
+            hit.append((s, l))
         for s, l in hit:
-            self._del(s)
+            self._del(l)
             if s < start:
                 self._add(s, start - 1)
             if l > last:
                 self._add(last + 1, l)
 
     def give(self, start, last):
-        s, l = start, last
-        if start > 0:
-            before = self.containing(start - 1)
-            if before is not None:
-                s = before[0]
-                self._del(before[0])
-        if last < U64_MAX and (last + 1) in self._holes:
-            l = self._del(last + 1)
-        self._add(s, l)
+        s = start
+        if start > 0 and (start - 1) in self._start:
+            s = self._del(start - 1)
+        after = self.containing(last + 1) if last < U64_MAX else None
+        if after is not None:
+            self._move_start(after[1], s)
+        else:
+            self._add(s, last)
 
     def first_fit(self, lo, hi, length, align, page_offset):
         """The lowest IOVA the kernel would pick in the holes within [lo, hi].
@@ -262,21 +287,21 @@ class FreeSpace:
                 return got
         best_start = None
         best = None
-        classes = self._classes >> (length.bit_length() - 1) << (length.bit_length() - 1)
+        k = length.bit_length() - 1
+        classes = self._classes >> k << k
         while classes:
             c = lowest_bit(classes).bit_length() - 1
             classes &= classes - 1
-            lst = self._by_class[c]
-            i = lst.bisect_right(lo)
-            while i < len(lst):
-                s = lst[i]
+            for l in self._by_class[c].irange(minimum=lo):
+                s = self._start[l]
+                if s <= lo:
+                    continue    # the hole holding lo, tried above
                 if s > hi or (best_start is not None and s >= best_start):
                     break
-                got = check_range(s, min(self._holes[s], hi), length, align, page_offset)
+                got = check_range(s, min(l, hi), length, align, page_offset)
                 if got is not None:
                     best_start, best = s, got
                     break
-                i += 1
         return best
 
 
