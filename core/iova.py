@@ -149,15 +149,9 @@ class Reserved:
         self.by_key.setdefault(key, []).extend(ranges)
         self._rebuild()
 
-    def pop(self, key, n=None):
-        """Remove the key's ranges (only its last ``n`` if given); returns them."""
-        rs = self.by_key.get(key, [])
-        if n is None:
-            n = len(rs)
-        gone = rs[len(rs) - n:]
-        del rs[len(rs) - n:]
-        if not rs:
-            self.by_key.pop(key, None)
+    def pop(self, key):
+        """Remove every range of ``key``; returns them."""
+        gone = self.by_key.pop(key, [])
         self._rebuild()
         return gone
 
