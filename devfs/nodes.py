@@ -1,0 +1,138 @@
+"""The node tree of a mount (DESIGN.md, "The wire protocol" and "The emulated device").
+
+::
+
+    /                         dir  0755
+    /iommu                    file 0666   the iommufd (/dev/iommu)
+    /vfio/devices/vfioN       file 0666   one VFIO cdev per topology device
+    /devices/<name>/dma       file 0666   the device's DMA engine
+    /devices/<name>/info      file 0444   JSON from emulator.device_info(), read
+                                          at open (it changes: fault counters)
+
+The tree is built once from the emulator and never changes while mounted,
+so inode numbers are stable for the life of a mount (and, for a given
+topology, from one mount to the next): they are assigned in a fixed order
+(root, iommu, vfio, vfio/devices, devices, then the vfio nodes in numeric
+order, then each device's directory, dma and info in name order). This
+module knows nothing of FUSE.
+"""
+import re
+import stat
+
+# Kinds: what an open of the node becomes (devfs.server).
+DIR = "dir"
+IOMMU = "iommu"
+VFIO = "vfio"
+DMA = "dma"
+INFO = "info"
+
+ROOT_INO = 1      # FUSE_ROOT_ID
+IOMMU_INO = 2     # fixed: the fd resolution of BIND checks st_ino against it
+
+_MODES = {
+    DIR: stat.S_IFDIR | 0o755,
+    IOMMU: stat.S_IFREG | 0o666,
+    VFIO: stat.S_IFREG | 0o666,
+    DMA: stat.S_IFREG | 0o666,
+    INFO: stat.S_IFREG | 0o444,
+}
+
+
+class Node:
+    """One inode: ``ino``, ``name``, ``kind`` (DIR, IOMMU, VFIO, DMA, INFO),
+    ``mode`` (st_mode), ``parent`` (ino), ``children`` (name -> Node, dirs
+    only), ``device`` (the emulator's device object for VFIO/DMA/INFO).
+
+    st_size is 0 for every file, as in procfs: nodes are direct_io, so reads
+    always reach the server and never stop at a cached size."""
+
+    __slots__ = ("ino", "name", "kind", "mode", "parent", "children", "device")
+
+    def __init__(self, ino, name, kind, parent, device=None):
+        self.ino = ino
+        self.name = name
+        self.kind = kind
+        self.mode = _MODES[kind]
+        self.parent = parent
+        self.children = {} if kind == DIR else None
+        self.device = device
+
+    @property
+    def is_dir(self):
+        return self.kind == DIR
+
+    def __repr__(self):
+        return f"<Node {self.ino} {self.kind} {self.name!r}>"
+
+
+def _natural(name):
+    # vfio2 before vfio10.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+class Tree:
+    """All nodes of one mount, by inode number.
+
+    ``Tree.build(emulator)`` asks the emulator for ``vfio_nodes()`` (node name
+    -> device). Device directories are named ``device.name``.
+    """
+
+    def __init__(self):
+        self.nodes = {}
+
+    def _add(self, name, kind, parent, **kw):
+        node = Node(len(self.nodes) + 1, name, kind, parent.ino if parent else ROOT_INO, **kw)
+        self.nodes[node.ino] = node
+        if parent is not None:
+            parent.children[name] = node
+        return node
+
+    @classmethod
+    def build(cls, emulator):
+        """The tree for ``emulator`` (called once, with the core lock held)."""
+        t = cls()
+        root = t._add("", DIR, None)
+        t._add("iommu", IOMMU, root)
+        vfio = t._add("vfio", DIR, root)
+        vdevs = t._add("devices", DIR, vfio)
+        devices = t._add("devices", DIR, root)
+        assert t.nodes[IOMMU_INO].kind == IOMMU
+        vfio_nodes = emulator.vfio_nodes()
+        for name in sorted(vfio_nodes, key=_natural):
+            t._add(name, VFIO, vdevs, device=vfio_nodes[name])
+        by_name = {}
+        for dev in vfio_nodes.values():
+            by_name.setdefault(dev.name, dev)
+        for name in sorted(by_name, key=_natural):
+            dev = by_name[name]
+            d = t._add(name, DIR, devices, device=dev)
+            t._add("dma", DMA, d, device=dev)
+            t._add("info", INFO, d, device=dev)
+        return t
+
+    def get(self, ino):
+        """The node ``ino`` or None."""
+        return self.nodes.get(ino)
+
+    def lookup(self, parent_ino, name):
+        """The child ``name`` (str) of directory ``parent_ino``, or None."""
+        parent = self.nodes.get(parent_ino)
+        if parent is None or parent.children is None:
+            return None
+        return parent.children.get(name)
+
+    def listdir(self, ino):
+        """``[(name, node), ...]`` of a directory, with "." and ".." first."""
+        node = self.nodes[ino]
+        out = [(".", node), ("..", self.nodes[node.parent])]
+        out.extend(node.children.items())
+        return out
+
+    def path(self, ino):
+        """The node's path relative to the mount root ("" for the root)."""
+        parts = []
+        node = self.nodes[ino]
+        while node.ino != ROOT_INO:
+            parts.append(node.name)
+            node = self.nodes[node.parent]
+        return "/".join(reversed(parts))
