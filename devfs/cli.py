@@ -1,0 +1,200 @@
+"""The ``iommufs`` command.
+
+::
+
+    iommufs mount MOUNTPOINT [--topology FILE] [--foreground] [--debug] [--log FILE]
+    iommufs umount MOUNTPOINT
+
+``mount`` creates MOUNTPOINT if missing and first cleans a stale mount there
+(a dead server's: stat gives ENOTCONN -> ``fusermount3 -u -z``). By default
+it starts the server in the background and returns once the mount is usable
+(exit 0), or prints why it could not (exit 1). ``--foreground`` serves in
+this process until SIGINT/SIGTERM or an unmount, then unmounts cleanly.
+
+``umount`` runs ``fusermount3 -u`` (``-u -z`` if files are still open); the
+server notices and exits.
+
+Hidden options for tests and benchmarks: ``--emulator MODULE:CALLABLE``
+builds the emulator with ``CALLABLE(topology_path_or_None)`` instead of
+core's; ``--ready-fd N`` is how a background parent learns the mount is up.
+"""
+import argparse
+import errno
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+log = logging.getLogger("iommufs.devfs")
+
+
+def real_emulator(topology=None):
+    """core's Emulator on the topology file ``topology`` (the built-in one if None)."""
+    from core.emulator import Emulator
+    from core.topology import Topology
+
+    topo = Topology.load(topology) if topology else Topology.builtin()
+    return Emulator(topo)
+
+
+def _factory(spec):
+    if not spec:
+        return real_emulator
+    mod, _, name = spec.partition(":")
+    return getattr(importlib.import_module(mod), name or "Emulator")
+
+
+def _fusermount(*args):
+    return subprocess.run(["fusermount3", *args], capture_output=True, text=True)
+
+
+def clean_stale(mountpoint):
+    """Make ``mountpoint`` a usable, empty-of-us directory.
+
+    Creates it if missing; lazily unmounts a stale FUSE mount (ENOTCONN).
+    Raises OSError(EBUSY) if a live iommufs is mounted there already.
+    """
+    from .session import mount_fstype
+
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        os.makedirs(mountpoint, exist_ok=True)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise
+        r = _fusermount("-u", "-z", mountpoint)
+        if r.returncode != 0:
+            raise OSError(errno.EBUSY, f"cannot clean stale mount: {r.stderr.strip()}")
+        log.info("cleaned a stale mount at %s", mountpoint)
+        return
+    if mount_fstype(mountpoint) == "fuse.iommufs":
+        raise OSError(errno.EBUSY, f"iommufs is already mounted at {mountpoint}")
+
+
+def _foreground(args, ready_fd=None):
+    import trio
+
+    def fail(msg):
+        log.error("%s", msg)
+        if ready_fd is not None:
+            os.write(ready_fd, f"error: {msg}\n".encode())
+        return 1
+
+    mnt = os.path.realpath(args.mountpoint)
+    if ready_fd is not None:
+        os.set_inheritable(ready_fd, False)   # not to libfuse's fusermount3 helper
+    try:
+        clean_stale(mnt)
+        emulator = _factory(args.emulator)(args.topology)
+    except Exception as e:
+        return fail(f"{type(e).__name__}: {e}")
+
+    async def main():
+        try:
+            await _serve_until_unmounted(emulator, mnt, args.debug, ready_fd)
+        except OSError as e:
+            return fail(str(e))
+        return 0
+
+    return trio.run(main)
+
+
+async def _serve_until_unmounted(emulator, mnt, debug, ready_fd):
+    import trio
+
+    from .server import Server
+    from .session import Session
+
+    session = Session(Server(emulator), mnt, debug=debug)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def run_session(task_status):
+                await session.run(task_status=task_status)
+                nursery.cancel_scope.cancel()     # unmounted from outside
+
+            async def stop_on_signal():
+                async for signum in signals:
+                    log.info("signal %d: unmounting", signum)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            await nursery.start(run_session)
+            if ready_fd is not None:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+            log.info("iommufs mounted at %s", mnt)
+            nursery.start_soon(stop_on_signal)
+
+
+def _background(args):
+    """Start ``mount --foreground`` detached and wait until it says ready."""
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "devfs.cli", "mount", args.mountpoint, "--foreground",
+           "--ready-fd", str(w)]
+    if args.topology:
+        cmd += ["--topology", args.topology]
+    if args.debug:
+        cmd.append("--debug")
+    if args.emulator:
+        cmd += ["--emulator", args.emulator]
+    out = open(args.log, "ab") if args.log else subprocess.DEVNULL
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                            pass_fds=(w,), start_new_session=True, env=env)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        msg = f.readline()   # one line; EOF if the child exits first
+    text = msg.decode(errors="replace").strip()
+    if text == "ready":
+        print(f"iommufs mounted at {os.path.abspath(args.mountpoint)} (server pid {proc.pid})")
+        return 0
+    proc.wait()
+    print(f"iommufs: mount failed: {text or f'server exited with {proc.returncode}'}",
+          file=sys.stderr)
+    return 1
+
+
+def umount(mountpoint):
+    """Unmount ``mountpoint``: 0 on success, else fusermount3's status."""
+    r = _fusermount("-u", mountpoint)
+    if r.returncode != 0:
+        r2 = _fusermount("-u", "-z", mountpoint)
+        if r2.returncode != 0:
+            print(f"iommufs: {r.stderr.strip() or r2.stderr.strip()}", file=sys.stderr)
+            return r2.returncode
+    return 0
+
+
+def main(argv=None):
+    """Console entry point ``iommufs`` (returns the exit status)."""
+    p = argparse.ArgumentParser(prog="iommufs", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mount", help="mount the emulator")
+    m.add_argument("mountpoint")
+    m.add_argument("--topology", help="TOML topology file (default: the built-in one)")
+    m.add_argument("--foreground", action="store_true", help="serve in this process")
+    m.add_argument("--debug", action="store_true", help="trace every FUSE request (libfuse -d)")
+    m.add_argument("--log", help="log file of a background server")
+    m.add_argument("--emulator", help=argparse.SUPPRESS)
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    u = sub.add_parser("umount", help="unmount")
+    u.add_argument("mountpoint")
+    args = p.parse_args(argv)
+
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+                        format="iommufs[%(process)d] %(levelname)s %(message)s")
+    if args.command == "umount":
+        return umount(args.mountpoint)
+    if args.foreground:
+        return _foreground(args, args.ready_fd)
+    return _background(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

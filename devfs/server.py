@@ -1,0 +1,624 @@
+"""The glue between FUSE requests and the emulator (core.emulator.Emulator).
+
+:class:`Server` gives every request its meaning: opens become per-open
+:class:`Handle` objects (an iommufd context, a VFIO device file, a DMA port,
+a snapshot of an ``info`` document), ioctl() and frames go to core with the
+caller's identity, replies of frames wait in per-thread slots. It never calls
+libfuse to reply: each op returns its result, raises
+:class:`core.errors.UapiError` / :class:`devfs.frames.FrameError` (the errno
+of the request), or returns :data:`DEFERRED` after handing the request to the
+session's trio side (:meth:`devfs.session.Session.defer`), which replies later.
+Frames that must wait never hold their write(): the write returns at once,
+the work goes on in the background (:meth:`devfs.session.Session.spawn`) and
+the thread's next read() is what waits (devfs.frames explains why).
+
+Threads (see devfs.session for the whole picture):
+
+- ops run on the FUSE loop thread, one request at a time;
+- deferred work runs in trio tasks (main thread) and worker threads;
+- every call into core is made with :data:`CORE_LOCK` held, so core is never
+  entered by two threads at once. Nothing that holds the lock waits for the
+  loop thread, and the loop thread never waits for anything but the lock:
+  no deadlock.
+
+Private ioctls (``_IO(0xF5, nr)``, on ``iommu`` and VFIO nodes, by ioctl()
+or in a frame):
+
+- IOMMUFS_NULL (0xF500): 0, no core work (the transport benchmark); EBADF
+  after a synchronous close.
+- IOMMUFS_SYNC_CLOSE (0xF501), and frame cmd 0: close the context / device
+  file now (core's close_* is idempotent; the later FUSE release finds it
+  closed); later calls on the open file get EBADF. Idempotent: a second
+  synchronous close answers 0.
+- IOMMUFS_WHOAMI (0xF502): the identity of the open file (a positive int),
+  answered only to threads of the server process itself (EPERM for anyone
+  else), EBADF after a synchronous close. It is how the server learns which
+  context an fd passed to VFIO_DEVICE_BIND_IOMMUFD is (see resolve_fd).
+- any other 0xF5xx: ENOTTY.
+
+Other rules decided here (documented choices):
+
+- a command with direction/size bits (``cmd > 0xFFFF``) is ENOTTY on every
+  path: every iommufd and VFIO command is ``_IO``, so such a number can only
+  be a foreign ioctl (and in restricted FUSE_IOCTL the kernel would have
+  copied buffers we never use);
+- FUSE_IOCTL_COMPAT (a 32-bit caller on a 64-bit kernel) is served like a
+  native call: the uAPI structs are compat-clean (``__aligned_u64`` pointers;
+  the kernel's iommufd uses compat_ptr_ioctl) and ``arg`` arrives
+  zero-extended, which is all process_vm_readv needs;
+- ioctl() on ``dma`` and ``info`` nodes: ENOTTY; write() on ``info``: EBADF;
+- poll: ``info`` is always readable; the frame nodes report POLLIN|POLLRDNORM
+  when the *polling thread* has a reply waiting (slots are per thread), else
+  POLLOUT|POLLWRNORM (a write would be accepted). The newest poll handle of
+  each open file is kept and notified on every slot change (fuse-notes §3),
+  the hook later fault queues need.
+
+A core call may also answer "not yet": any exception with a ``wait_fd``
+attribute (an fd that becomes readable when a retry can make progress; it
+must stay open until then) defers the request to trio, which waits for the
+fd and retries the same call, cancelled by FUSE INTERRUPT (EINTR). Tests use
+it through a fake emulator; the PRI wait of DMA is its first real user.
+"""
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import select
+import stat
+import struct
+import threading
+
+import trio
+
+from core import uapi
+from core.caller import Caller
+from core.errors import UapiError
+from core.usermem import FrameArg, MemArg
+
+from . import frames
+from .frames import FrameError, build_reply, check_dma_whole, parse_request
+from .fuse import ffi, req_ident
+from .nodes import DMA, INFO, IOMMU, IOMMU_INO, VFIO, Tree
+
+log = logging.getLogger("iommufs.devfs")
+
+#: The one process-wide lock around every call into core.
+CORE_LOCK = threading.Lock()
+
+#: An op's return value when the reply will be sent later, from trio.
+DEFERRED = type("Deferred", (), {"__repr__": lambda self: "DEFERRED"})()
+
+NULL = uapi.IOMMUFS_NULL
+SYNC_CLOSE = uapi.IOMMUFS_SYNC_CLOSE
+WHOAMI = uapi.IOMMUFS_WHOAMI
+PRIVATE_TYPE = uapi.IOMMUFS_TYPE
+BIND = uapi.VFIO_DEVICE_BIND_IOMMUFD
+BIND_FD_OFFSET = 8        # struct vfio_device_bind_iommufd: argsz, flags, iommufd (s32)
+
+POLLIN = select.POLLIN | select.POLLRDNORM
+POLLOUT = select.POLLOUT | select.POLLWRNORM
+
+_MAX_ID = (1 << 31) - 1   # WHOAMI returns the id through ioctl()'s int result
+
+
+class Blocked(Exception):
+    """Core asked to wait for ``fd`` to become readable, then retry."""
+
+    def __init__(self, fd):
+        super().__init__(fd)
+        self.fd = fd
+
+
+class Handle:
+    """One open file (the FUSE ``fh`` is ``id``).
+
+    ``node``: the devfs.nodes.Node opened; ``kind``: its kind; ``obj``: what
+    core returned for it (Context, VfioFile) or the device (DMA); ``closed``:
+    synchronously closed; ``slots``: reply slots (frame nodes); ``ph``: the
+    newest poll handle or None; ``data``: the ``info`` document (bytes).
+    """
+
+    __slots__ = ("id", "node", "kind", "obj", "closed", "slots", "ph", "data")
+
+    def __init__(self, hid, node, obj=None, data=b""):
+        self.id = hid
+        self.node = node
+        self.kind = node.kind
+        self.obj = obj
+        self.closed = False
+        self.slots = frames.ReplySlots() if node.kind != INFO else None
+        self.ph = None
+        self.data = data
+
+    def __repr__(self):
+        return f"<Handle {self.id} {self.kind} {self.node.name}{' closed' if self.closed else ''}>"
+
+
+def _own_thread(tid):
+    """True when ``tid`` is a thread of this (the server's) process."""
+    return os.path.exists(f"/proc/self/task/{tid}")
+
+
+def _tgid(tid):
+    """The process of thread ``tid`` (OSError if gone). The devfs copy of
+    core.usermem.tgid_of, so that resolution needs no core state or lock."""
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno.ESRCH, f"no Tgid for {tid}")
+
+
+def _fd_field(data, off=BIND_FD_OFFSET):
+    """The s32 ``iommufd`` of a BIND argument at ``off`` of ``data``, or None."""
+    if data is None or len(data) < off + 4:
+        return None
+    return int.from_bytes(data[off:off + 4], "little", signed=True)
+
+
+class Server:
+    """All open files of one mount and the rules of the wire protocol.
+
+    ``emulator``: a core.emulator.Emulator (or any object with its methods);
+    ``lock``: the core lock (default :data:`CORE_LOCK`). ``port`` is set by
+    the session: ``defer(req, work)``, ``spawn(work, owner)``,
+    ``cancel_owned(owner)``, ``wait_readable(fd)``, ``notify_poll(ph)``,
+    ``destroy_pollhandle(ph)``.
+    """
+
+    def __init__(self, emulator, lock=None):
+        self.emulator = emulator
+        self.lock = lock or CORE_LOCK
+        with self.lock:
+            self.tree = Tree.build(emulator)
+        self.handles = {}
+        self._ids = itertools.count(1)
+        self.max_write = 1 << 20   # replaced by the negotiated value at FUSE init
+        self.st_dev = None         # st_dev of the mount, set by the session
+        self.port = None
+        self._poll_lock = threading.Lock()
+
+    # -- core calls ----------------------------------------------------------------
+    def _core(self, fn, *args):
+        """``fn(*args)`` with the core lock held.
+
+        UapiError passes through; an exception with ``wait_fd`` becomes
+        Blocked; anything else is a bug in core: logged, EIO.
+        """
+        with self.lock:
+            try:
+                return fn(*args)
+            except UapiError:
+                raise
+            except Exception as e:
+                fd = getattr(e, "wait_fd", None)
+                if fd is None:
+                    log.exception("core %s failed", getattr(fn, "__name__", fn))
+                    raise UapiError(errno.EIO, "internal error in core") from None
+        raise Blocked(fd)
+
+    def _core_ioctl(self, h, caller, cmd, arg):
+        if h.kind is IOMMU:
+            r = self._core(self.emulator.iommufd_ioctl, h.obj, caller, cmd, arg)
+        else:
+            r = self._core(self.emulator.vfio_ioctl, h.obj, caller, cmd, arg)
+        return int(r or 0)
+
+    # -- open / release ------------------------------------------------------------
+    def _new_id(self):
+        while True:
+            hid = next(self._ids)
+            if hid > _MAX_ID:
+                self._ids = itertools.count(1)
+                continue
+            if hid not in self.handles:
+                return hid
+
+    def open(self, req, ino, flags):
+        """open() of node ``ino`` with open ``flags`` -> the new fh (int).
+
+        ENOENT unknown inode; EISDIR a directory; EACCES ``info`` opened for
+        writing (root would pass the kernel's mode check); core's errno for
+        open_iommufd / open_vfio.
+        """
+        node = self.tree.get(ino)
+        if node is None:
+            raise UapiError(errno.ENOENT, f"inode {ino}")
+        if node.is_dir:
+            raise UapiError(errno.EISDIR, node.name)
+        obj, data = None, b""
+        kind = node.kind
+        if kind is INFO:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise UapiError(errno.EACCES, "info is read-only")
+            data = self._core(self.emulator.device_info, node.device)
+            data = data.encode() if isinstance(data, str) else bytes(data)
+        elif kind is IOMMU:
+            obj = self._core(self.emulator.open_iommufd, Caller(*req_ident(req)))
+        elif kind is VFIO:
+            obj = self._core(self.emulator.open_vfio, node.device, Caller(*req_ident(req)))
+        else:  # DMA
+            obj = node.device
+        hid = self._new_id()
+        self.handles[hid] = Handle(hid, node, obj, data)
+        return hid
+
+    def release(self, fh):
+        """Last close of open file ``fh``: close its context / device file
+        (unless closed synchronously already) and drop its poll handle."""
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        self.port.cancel_owned(h)
+        self._drop_poll(h)
+        if not h.closed:
+            h.closed = True
+            self._close_obj(h)
+
+    def _close_obj(self, h):
+        if h.kind is IOMMU:
+            self._core(self.emulator.close_iommufd, h.obj)
+        elif h.kind is VFIO:
+            self._core(self.emulator.close_vfio, h.obj)
+
+    def _sync_close(self, h):
+        if not h.closed:
+            h.closed = True
+            self._close_obj(h)
+        return 0
+
+    def shutdown(self):
+        """Unmount: close every open file's object, then emulator.shutdown()."""
+        for h in list(self.handles.values()):
+            self._drop_poll(h)
+            if not h.closed:
+                h.closed = True
+                try:
+                    self._close_obj(h)
+                except UapiError:
+                    pass
+        self.handles.clear()
+        try:
+            self._core(self.emulator.shutdown)
+        except UapiError:
+            pass
+
+    def _handle(self, fh):
+        h = self.handles.get(fh)
+        if h is None:
+            raise UapiError(errno.EBADF, f"no open file {fh}")
+        return h
+
+    # -- ioctl() ----------------------------------------------------------------------
+    def ioctl(self, req, fh, cmd, argp, flags):
+        """A real ioctl(fd, cmd, arg): the result (int >= 0), UapiError, or
+        DEFERRED. ``argp``: the caller's pointer (cffi ``void *``)."""
+        h = self.handles.get(fh)
+        if h is None:
+            raise UapiError(errno.EBADF, f"no open file {fh}")
+        kind = h.kind
+        if kind is not IOMMU and kind is not VFIO:
+            raise UapiError(errno.ENOTTY, f"no ioctls on {kind}")
+        if cmd == NULL:
+            # The benchmark's baseline: nothing but this branch on the way.
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed")
+            return 0
+        if cmd > 0xFFFF:
+            raise UapiError(errno.ENOTTY, f"{cmd:#x} is not an _IO command")
+        tid, uid, gid = req_ident(req)
+        if cmd >> 8 == PRIVATE_TYPE:
+            return self._private(h, tid, cmd)
+        if h.closed:
+            raise UapiError(errno.EBADF, "closed synchronously")
+        caller = Caller(tid, uid, gid)
+        addr = int(ffi.cast("uintptr_t", argp))
+        arg = MemArg(caller.mem, addr)
+        if kind is VFIO and cmd == BIND:
+            try:
+                raw = self._core(caller.mem.read, addr + BIND_FD_OFFSET, 4)
+            except UapiError:
+                raw = None     # core reads the struct itself and reports EFAULT
+            return self._defer(req, self._ioctl_attempt(h, caller, cmd, arg),
+                               resolve=(caller, _fd_field(raw, 0)))
+        try:
+            return self._core_ioctl(h, caller, cmd, arg)
+        except Blocked as b:
+            return self._defer(req, self._ioctl_attempt(h, caller, cmd, arg), wait_fd=b.fd)
+
+    def _ioctl_attempt(self, h, caller, cmd, arg):
+        def attempt():
+            try:
+                return ("ioctl", self._core_ioctl(h, caller, cmd, arg))
+            except UapiError as e:
+                return ("err", e.errno)
+            except Blocked as b:
+                return ("wait", b.fd)
+        return attempt
+
+    def _private(self, h, tid, cmd):
+        if cmd == SYNC_CLOSE:
+            return self._sync_close(h)
+        if cmd == WHOAMI:
+            if not _own_thread(tid):
+                raise UapiError(errno.EPERM, "WHOAMI is for the server's own threads")
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed synchronously")
+            return h.id
+        if cmd == NULL:
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed")
+            return 0
+        raise UapiError(errno.ENOTTY, f"no private ioctl {cmd:#x}")
+
+    # -- frames: write() and read() ------------------------------------------------------
+    def write(self, req, fh, data):
+        """write() of one frame (``data``: bytes) -> bytes accepted (all of
+        them) or FrameError/UapiError (the write's errno).
+
+        The reply goes to the calling thread's slot. A request that must wait
+        continues in the background and the write returns at once (see
+        devfs.frames: a waiting write would hold the node's inode lock).
+        """
+        h = self._handle(fh)
+        kind = h.kind
+        if kind is INFO:
+            raise UapiError(errno.EBADF, "info is read-only")
+        n = len(data)
+        if kind is DMA:
+            check_dma_whole(data, self.max_write)
+            cmd = argb = None
+        else:
+            cmd, argb = parse_request(data, self.max_write)
+        tid, uid, gid = req_ident(req)
+        h.slots.begin(tid)
+        try:
+            if kind is DMA:
+                caller = Caller(tid, uid, gid)
+                attempt = self._dma_attempt(h, caller, bytes(data))
+                self._serve_frame(h, tid, attempt, self._dma_failure)
+            else:
+                self._frame(h, tid, uid, gid, cmd, argb)
+        except BaseException:
+            h.slots.abort(tid)
+            raise
+        return n
+
+    def _frame(self, h, tid, uid, gid, cmd, argb):
+        if cmd == frames.CMD_CLOSE:
+            cmd = SYNC_CLOSE
+        if cmd > 0xFFFF:
+            result = -errno.ENOTTY
+        elif cmd >> 8 == PRIVATE_TYPE:
+            try:
+                result = self._private(h, tid, cmd)
+            except UapiError as e:
+                result = -e.errno
+        elif h.closed:
+            result = -errno.EBADF
+        else:
+            caller = Caller(tid, uid, gid)
+            attempt = self._frame_attempt(h, caller, cmd, argb)
+            failure = lambda err: build_reply(-err, argb)   # noqa: E731
+            if h.kind is VFIO and cmd == BIND:
+                self._background(h, tid, attempt, failure, resolve=(caller, _fd_field(argb)))
+            else:
+                self._serve_frame(h, tid, attempt, failure)
+            return
+        self._fill(h, tid, build_reply(result, argb))
+
+    def _serve_frame(self, h, tid, attempt, failure):
+        """Run ``attempt`` now; if core says wait, go on in the background."""
+        out = attempt()
+        if out[0] == "wait":
+            self._background(h, tid, attempt, failure, wait_fd=out[1])
+        else:
+            self._fill(h, tid, out[1])
+
+    def _frame_attempt(self, h, caller, cmd, argb):
+        def attempt():
+            arg = FrameArg(argb)   # fresh per attempt: a retry starts from the bytes sent
+            try:
+                result = self._core_ioctl(h, caller, cmd, arg)
+            except UapiError as e:
+                result = -e.errno
+            except Blocked as b:
+                return ("wait", b.fd)
+            return ("reply", build_reply(result, arg.buf, self.reply_extra(h, caller, cmd, arg)))
+        return attempt
+
+    def _dma_attempt(self, h, caller, data):
+        def attempt():
+            try:
+                reply = self._core(self.emulator.dma, h.obj, caller, data)
+            except Blocked as b:
+                return ("wait", b.fd)
+            except UapiError as e:    # dma() reports in its reply; this is a bug
+                return ("reply", self._dma_failure(e.errno))
+            return ("reply", bytes(reply))
+        return attempt
+
+    @staticmethod
+    def _dma_failure(err):
+        # An IODM reply (DESIGN.md): magic, status -errno, moved 0, reserved, iova 0.
+        return struct.pack("<4siIIQ", frames.DMA_MAGIC, -err, 0, 0, 0)
+
+    def reply_extra(self, h, caller, cmd, arg):
+        """Extra data of a frame reply (DESIGN.md: node paths of fds an ioctl
+        returns). No ioctl returns an fd yet: always empty. The hook for
+        IOMMU_FAULT_QUEUE_ALLOC and friends."""
+        return b""
+
+    def _fill(self, h, tid, reply):
+        pending = h.slots.fill(tid, reply)
+        if pending is not None:
+            pending.event.set()      # only background work fills a Pending: trio thread
+        self._notify(h)
+
+    def read(self, req, fh, size, off):
+        """read() of ``size`` bytes at ``off`` -> bytes, FrameError/UapiError,
+        or DEFERRED.
+
+        ``info``: the document snapshot taken at open, by offset. Frame
+        nodes: the calling thread's reply (ENOMSG none, ERANGE too small, the
+        reply stays); if its request is still being served, the read waits
+        for it (an INTERRUPT ends the wait with EINTR, the reply stays).
+        """
+        h = self._handle(fh)
+        if h.kind is INFO:
+            return h.data[off:off + size]
+        tid = req_ident(req)[0]
+        reply = h.slots.take(tid, size)
+        if isinstance(reply, frames.Pending):
+            pending = reply
+
+            async def work(d):
+                await pending.event.wait()
+                if not d.enter_commit():
+                    return
+                try:
+                    got = h.slots.take(tid, size)
+                except FrameError as e:
+                    d.finish("err", e.errno)
+                    return
+                d.finish("buf", got)
+                self._notify(h)
+
+            return self.port.defer(req, work)
+        self._notify(h)
+        return reply
+
+    # -- poll ----------------------------------------------------------------------------
+    def poll(self, req, fh, ph):
+        """poll() of open file ``fh`` -> revents; keeps ``ph`` (if not NULL)
+        as the file's newest poll handle (the previous one is destroyed)."""
+        h = self._handle(fh)
+        if ph != ffi.NULL:
+            with self._poll_lock:
+                old, h.ph = h.ph, ph
+                if old is not None:
+                    self.port.destroy_pollhandle(old)
+        if h.kind is INFO:
+            return POLLIN
+        return POLLIN if h.slots.ready(req_ident(req)[0]) else POLLOUT
+
+    def _notify(self, h):
+        if h.ph is None:
+            return
+        with self._poll_lock:
+            if h.ph is not None:
+                self.port.notify_poll(h.ph)
+
+    def _drop_poll(self, h):
+        with self._poll_lock:
+            ph, h.ph = h.ph, None
+            if ph is not None:
+                self.port.destroy_pollhandle(ph)
+
+    # -- deferred work -----------------------------------------------------------------------
+    async def _retry(self, attempt, wait_fd, resolve, d=None):
+        """Resolve an fd first (``resolve``: (caller, fd or None)), wait for
+        ``wait_fd``, then run ``attempt`` (under the core lock, in a worker
+        thread) until it answers; returns its answer. With ``d`` (a deferred
+        request) the core call is a commit: None if the request was answered
+        meanwhile (INTERRUPT)."""
+        if resolve is not None:
+            caller, fd = resolve
+            if fd is not None:
+                # Off the loop thread: the self-ioctl of resolve_fd is a
+                # request to this very mount (fuse-notes §4, §7). Cancellable:
+                # a cancelled wait abandons the thread, which only closes its dup.
+                caller.fds = await trio.to_thread.run_sync(
+                    self.resolve_fd, caller.tid, fd, cancellable=True)
+        fd = wait_fd
+        while True:
+            if fd is not None:
+                await self.port.wait_readable(fd)
+            if d is not None and not d.enter_commit():
+                return None
+            # Not cancellable: once core runs, its result is the answer.
+            out = await trio.to_thread.run_sync(attempt)
+            if out[0] != "wait":
+                return out
+            fd = out[1]
+            if d is not None and not d.leave_commit():
+                return None
+
+    def _defer(self, req, attempt, wait_fd=None, resolve=None):
+        """Answer ioctl ``req`` later, from trio (see _retry); an INTERRUPT
+        answers EINTR while it waits. FUSE_IOCTL holds no inode lock, so the
+        ioctl itself may wait."""
+
+        async def work(d):
+            out = await self._retry(attempt, wait_fd, resolve, d)
+            if out is not None:
+                d.finish(*out)
+
+        return self.port.defer(req, work)
+
+    def _background(self, h, tid, attempt, failure, wait_fd=None, resolve=None):
+        """Serve a frame request after its write() returned: the reply lands
+        in ``tid``'s slot (``failure(errno)`` builds it if the work fails).
+        Cancelled when the file is released."""
+        pending = h.slots.pend(tid)
+
+        async def work():
+            try:
+                out = await self._retry(attempt, wait_fd, resolve)
+                reply = out[1]
+            except Exception:
+                log.exception("background request of %r failed", h)
+                reply = failure(errno.EIO)
+            if h.slots.fill(tid, reply) is pending:
+                pending.event.set()
+            self._notify(h)
+
+        self.port.spawn(work, owner=h)
+
+    def resolve_fd(self, tid, fd):
+        """``{fd: Context or errno}`` for fd number ``fd`` of thread ``tid``'s
+        process (VFIO_DEVICE_BIND_IOMMUFD's ``iommufd``), as core.caller.Caller
+        wants it in ``fds``.
+
+        Runs on a worker thread, never the loop thread: pidfd_getfd takes a
+        duplicate of the caller's fd; it must be a file of this mount's
+        ``iommu`` node (fstat: st_dev, st_ino), and an IOMMUFS_WHOAMI ioctl on
+        the duplicate (served by the loop thread) names the open file. Errnos:
+        EBADF not an open fd (or process gone, or synchronously closed),
+        EBADFD not an iommufs /dev/iommu of this mount.
+        """
+        return {fd: self._resolve(tid, fd)}
+
+    def _resolve(self, tid, fd):
+        from cext._native import lib as native
+
+        try:
+            pidfd = os.pidfd_open(_tgid(tid))
+        except (OSError, ValueError):
+            return errno.EBADF
+        try:
+            dup = native.iofs_pidfd_getfd(pidfd, fd, 0)
+        finally:
+            os.close(pidfd)
+        if dup < 0:
+            return errno.EBADF
+        try:
+            st = os.fstat(dup)
+            if (self.st_dev is None or st.st_dev != self.st_dev
+                    or st.st_ino != IOMMU_INO or not stat.S_ISREG(st.st_mode)):
+                return errno.EBADFD
+            try:
+                hid = fcntl.ioctl(dup, WHOAMI)
+            except OSError as e:
+                return errno.EBADF if e.errno == errno.EBADF else errno.EBADFD
+            h = self.handles.get(hid)
+            if h is None or h.kind is not IOMMU:
+                return errno.EBADFD
+            if h.closed:
+                return errno.EBADF
+            return h.obj
+        except OSError:
+            return errno.EBADFD
+        finally:
+            os.close(dup)
