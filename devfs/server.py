@@ -293,7 +293,7 @@ class Server:
     # -- ioctl() ----------------------------------------------------------------------
     def ioctl(self, req, fh, cmd, argp, flags):
         """A real ioctl(fd, cmd, arg): the result (int >= 0), UapiError, or
-        DEFERRED. ``argp``: the caller's pointer (cffi ``void *``)."""
+        DEFERRED. ``argp``: the caller's pointer (int); ``flags``: FUSE_IOCTL_*."""
         h = self.handles.get(fh)
         if h is None:
             raise UapiError(errno.EBADF, f"no open file {fh}")
@@ -313,7 +313,7 @@ class Server:
         if h.closed:
             raise UapiError(errno.EBADF, "closed synchronously")
         caller = Caller(tid, uid, gid)
-        addr = int(ffi.cast("uintptr_t", argp))
+        addr = argp
         arg = MemArg(caller.mem, addr)
         if kind is VFIO and cmd == BIND:
             try:
@@ -530,7 +530,7 @@ class Server:
                 # request to this very mount (fuse-notes §4, §7). Cancellable:
                 # a cancelled wait abandons the thread, which only closes its dup.
                 caller.fds = await trio.to_thread.run_sync(
-                    self.resolve_fd, caller.tid, fd, cancellable=True)
+                    self.resolve_fd, caller.tid, fd, abandon_on_cancel=True)
         fd = wait_fd
         while True:
             if fd is not None:
