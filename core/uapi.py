@@ -68,6 +68,8 @@ ffi.cdef(
         uint32_t size; uint32_t flags; uint32_t out_fault_id; uint32_t out_fault_fd;
     };
 
+    struct iommufs_fd_path { uint32_t size; uint32_t index; char path[256]; };
+
     struct vfio_device_bind_iommufd {
         uint32_t argsz; uint32_t flags; int32_t iommufd; uint32_t out_devid;
         uint64_t token_uuid_ptr;
@@ -191,6 +193,7 @@ IOMMUFS_TYPE = 0xF5
 IOMMUFS_NULL = (IOMMUFS_TYPE << 8) | 0x00
 IOMMUFS_SYNC_CLOSE = (IOMMUFS_TYPE << 8) | 0x01
 IOMMUFS_WHOAMI = (IOMMUFS_TYPE << 8) | 0x02
+IOMMUFS_FD_PATH = (IOMMUFS_TYPE << 8) | 0x03
 
 
 def sizeof(struct_name):
