@@ -12,8 +12,7 @@ from .context import Obj
 from .dispatch import ioctl
 from .errors import UapiError
 from .hwpt import HwptPaging, new_paging_hwpt
-
-RID = None  # the attachment key of DMA without PASID
+from .routing import RID, occupant
 
 
 class BoundDevice(Obj):
@@ -55,6 +54,17 @@ class BoundDevice(Obj):
             if theirs is not None and theirs is not hwpt:
                 raise UapiError(errno.EINVAL, f"group peer {other.name} uses HWPT {theirs.id}")
 
+    def _check_route_free(self, pasid):
+        # The key this attachment takes on the wire may be held by another
+        # device sharing the RID that is not a group peer (an mdev and its
+        # parent, seed 004) or by an SVA bond: the IOMMU could not tell the
+        # two apart, so the second one is refused.
+        route = occupant(self.ctx.emulator.topology, self.device, pasid)
+        if route is not None and route.device.group != self.device.group:
+            raise UapiError(errno.EBUSY, f"{route!r} already uses that RID/PASID")
+        if route is not None and route.idev is None:
+            raise UapiError(errno.EBUSY, f"an SVA bond uses PASID {pasid}")
+
     def group_peers(self):
         """Other topology devices of this device's group."""
         groups = self.ctx.emulator.topology.groups if self.ctx.emulator else {}
@@ -84,9 +94,14 @@ class BoundDevice(Obj):
 
         Errors (§8): ENOENT unknown pt_id; EINVAL another object type, an
         IOAS for a PASID, a group peer on another HWPT, PASID
-        incompatibility; EADDRINUSE the device's reserved ranges collide in
-        the IOAS; EFAULT a lazy mapping whose memory is gone. On error the
-        previous attachment stays as it was.
+        incompatibility; EBUSY the RID/PASID this takes on the wire is held
+        by an mdev or parent of this device or by an SVA bond (core.routing);
+        EADDRINUSE the device's reserved ranges collide in the IOAS; EFAULT
+        a lazy mapping whose memory is gone. On error the previous attachment
+        stays as it was.
+
+        An mdev's RID attachment is its parent's RID with the mdev's default
+        PASID (seed 004): like a PASID attach it reserves no IOVA range.
         """
         from .ioas import Ioas
 
@@ -102,7 +117,9 @@ class BoundDevice(Obj):
                 return hwpt.id
             self._check_group(hwpt, pasid)
             self._check_pasid_compat(hwpt, pasid)
-            if pasid is RID:
+            if old is None:
+                self._check_route_free(pasid)
+            if self._reserves(pasid):
                 key = ("device", id(self))
                 if old is None or old.ioas is not hwpt.ioas:
                     hwpt.ioas.add_reserved(key, self.device.iommu.reserved_ranges())
@@ -122,9 +139,14 @@ class BoundDevice(Obj):
         hwpt = self.attachments.pop(pasid, None)
         if hwpt is None:
             return
-        if pasid is RID:
+        if self._reserves(pasid):
             hwpt.ioas.remove_reserved(("device", id(self)))
         self._release(hwpt)
+
+    def _reserves(self, pasid):
+        # Only an attachment at a PCI function's own RID enforces the device's
+        # reserved regions (§8: PASID attaches do not).
+        return pasid is RID and not self.device.is_mdev
 
     def _release(self, hwpt):
         hwpt.put()
@@ -165,6 +187,10 @@ def get_hw_info(ctx, caller, cmd):
     caps = 0
     if dev.dirty_tracking:
         caps |= uapi.IOMMU_HW_CAP_DIRTY_TRACKING
+    if dev.pasid_exec:
+        caps |= uapi.IOMMU_HW_CAP_PCI_PASID_EXEC
+    if dev.pasid_priv:
+        caps |= uapi.IOMMU_HW_CAP_PCI_PASID_PRIV
     if not dev.ats:
         caps |= uapi.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
     cmd.data_len = kernel_len

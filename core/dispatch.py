@@ -96,6 +96,31 @@ def write_struct(arg, cdata, kernel_size, user_size):
     arg.write(0, ffi.buffer(cdata, n)[:])
 
 
+def decode(op, cmd, arg):
+    """Steps 2-5 of the generic rules for ``op`` (None: an empty slot):
+    returns ``(cdata, size)``. EFAULT unreadable size; ENOTTY empty slot or
+    another full command; EINVAL below the minimum; E2BIG non-zero tail."""
+    # One copy for the size word and the struct: only the bytes the kernel
+    # would read are looked at, and a fault past them does not count.
+    head = arg.read_upto(0, op.sizeof if op is not None else 4)
+    if len(head) < 4:
+        raise UapiError(errno.EFAULT, "size unreadable")
+    size = int.from_bytes(head[:4], "little")
+    if op is None or op.cmd != cmd:
+        raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x}")
+    if size < op.min_size:
+        raise UapiError(errno.EINVAL, f"size {size} < {op.min_size}")
+    return read_struct(arg, op.ctype, op.sizeof, size, head), size
+
+
+def respond(op, arg, cdata, size):
+    """Step 6: the write-back of a successful call."""
+    if op.respond == "struct":
+        write_struct(arg, cdata, op.sizeof, size)
+    elif op.respond is not None:
+        op.respond(arg, cdata, size)
+
+
 def iommufd_ioctl(ctx, caller, cmd, arg):
     """Run ioctl(iommufd, cmd, arg) against ``ctx``: the result or UapiError.
 
@@ -108,23 +133,10 @@ def iommufd_ioctl(ctx, caller, cmd, arg):
 
         return vfio_compat_ioctl(ctx, caller, cmd, arg)
     op = OPS.get(nr)
-    # One copy for the size word and the struct: only the bytes the kernel
-    # would read are looked at, and a fault past them does not count.
-    head = arg.read_upto(0, op.sizeof if op is not None else 4)
-    if len(head) < 4:
-        raise UapiError(errno.EFAULT, "size unreadable")
-    size = int.from_bytes(head[:4], "little")
-    if op is None or op.cmd != cmd:
-        raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x}")
-    if size < op.min_size:
-        raise UapiError(errno.EINVAL, f"size {size} < {op.min_size}")
-    cdata = read_struct(arg, op.ctype, op.sizeof, size, head)
+    cdata, size = decode(op, cmd, arg)
     try:
         result = op.handler(ctx, caller, cdata)
-        if op.respond == "struct":
-            write_struct(arg, cdata, op.sizeof, size)
-        elif op.respond is not None:
-            op.respond(arg, cdata, size)
+        respond(op, arg, cdata, size)
     except UapiError as e:
         ctx.rollback()
         if getattr(e, "respond", False):
@@ -136,6 +148,31 @@ def iommufd_ioctl(ctx, caller, cmd, arg):
         raise
     ctx.commit()
     return result or 0
+
+
+class Table:
+    """A dispatch table of project-private commands (``_IO(0xF5, nr)``) on
+    another node, with the same generic rules (steps 2-6) as the iommufd
+    table: see :func:`decode`. ``register`` is used like :func:`ioctl`."""
+
+    def __init__(self):
+        self.ops = {}
+
+    def register(self, cmd, struct, last, respond="struct"):
+        def reg(handler):
+            self.ops[cmd] = Op(cmd, struct, last, handler, respond)
+            return handler
+        return reg
+
+    def call(self, target, caller, cmd, arg):
+        """Run ``cmd`` on ``target``: the handler's result (0 if None) or
+        UapiError (ENOTTY for a command not in the table, after the size
+        word was read like an empty slot of the iommufd table)."""
+        op = self.ops.get(cmd)
+        cdata, size = decode(op, cmd, arg)
+        result = op.handler(target, caller, cdata)
+        respond(op, arg, cdata, size)
+        return result or 0
 
 
 def respond_anyway(err, detail=""):

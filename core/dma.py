@@ -18,8 +18,9 @@ import time
 
 from cext._native import ffi
 
-from .device import RID
+from . import routing
 from .errors import UapiError
+from .routing import RID
 
 MAGIC = b"IODM"
 OP_READ = 1
@@ -50,44 +51,40 @@ def _record_fault(device, pasid, iova, access, err):
     del device.fault_log[:-FAULT_LOG_MAX]
 
 
-def route(device, pasid):
-    """The HWPT that DMA from ``device`` with ``pasid`` (RID when None) uses.
+class DmaFault(Exception):
+    """A DMA that cannot complete: ``errno`` (EFAULT no translation, EACCES
+    permission, ENODEV not attached) and the first faulting ``iova``."""
 
-    ENODEV: the device is not bound or has nothing attached at its RID (for a
-    PASID route: nothing attached at all); EFAULT: the PASID is not attached
-    (a translation fault, as the IOMMU finds no PASID table entry).
+    def __init__(self, err, iova):
+        super().__init__(err, iova)
+        self.errno = err
+        self.iova = iova
+
+
+def route(emulator, device, pasid, iova):
+    """The Route (core.routing) that DMA from ``device`` with ``pasid``
+    (RID when None; for an mdev its default PASID) takes: an mdev's DMA
+    carries its parent's RID (seed 004), a device behind a bridge its alias
+    RID (seed 001), so the route may be another device's attachment.
+
+    Raises DmaFault: ENODEV nothing is attached at the RID (for DMA without
+    PASID) or at all on the RID; EFAULT the PASID has no route (the IOMMU
+    finds no PASID table entry: a translation fault).
     """
-    idev = device.bound
-    if idev is None or not idev.attachments:
-        raise UapiError(errno.ENODEV, "not attached")
-    hwpt = idev.hwpt_for(pasid)
-    if hwpt is None:
-        raise UapiError(errno.ENODEV if pasid is RID else errno.EFAULT, f"no attachment for {pasid}")
-    return hwpt
-
-
-def _split_by_owner(ioas, iova, segs):
-    """Cut the IOVA-ordered segments at area boundaries: [(owner, [(va, len)])]."""
-    pieces = []
-    pos = iova
-    for addr, length in segs:
-        while length:
-            area = ioas.area_at(pos)
-            take = min(length, area.iova + area.length - pos)
-            if pieces and pieces[-1][0] is area.owner:
-                pieces[-1][1].append((addr, take))
-            else:
-                pieces.append((area.owner, [(addr, take)]))
-            pos += take
-            addr += take
-            length -= take
-    return pieces
+    topo = emulator.topology
+    found = routing.find(topo, device.rid, pasid)
+    if found is not None:
+        return found
+    if pasid is RID or not routing.routes_of(topo, device.rid):
+        raise DmaFault(errno.ENODEV, iova)
+    raise DmaFault(errno.EFAULT, iova)
 
 
 def dma_frame(emulator, device, caller, request):
     """Execute one IODM request frame from ``caller``; returns the reply frame.
 
-    Statuses: EINVAL bad frame; ENODEV not attached; EFAULT no translation;
+    Statuses: EINVAL bad frame (a PASID the device cannot emit included);
+    ENODEV not attached; EFAULT no translation (a PASID without route);
     EACCES permission (page table) or the caller's uid may not touch the
     owner's memory (only the owner's uid or root may, DESIGN.md security).
     """
@@ -99,7 +96,9 @@ def dma_frame(emulator, device, caller, request):
             or len(request) != REQ.size + (length if op == OP_WRITE else 0)):
         return reply(-errno.EINVAL)
     if flags & FLAG_PASID:
-        if device.pasid_bits == 0 and not device.is_mdev:
+        # A device emits only PASIDs its capability allows; an mdev's DMA
+        # always carries its default PASID (seed 004), never one of its own.
+        if pasid >> device.pasid_bits:
             return reply(-errno.EINVAL)
     else:
         pasid = RID
@@ -108,18 +107,14 @@ def dma_frame(emulator, device, caller, request):
     if iova + length > 1 << 64:
         return reply(-errno.EINVAL)
     access = WRITE if op == OP_WRITE else READ
+    if device.is_mdev:
+        pasid = device.default_pasid
     try:
-        hwpt = route(device, pasid)
-    except UapiError as e:
-        _record_fault(device, pasid, iova, access, e.errno)
-        return reply(-e.errno, 0, iova)
-    try:
-        segs = hwpt.pt.translate_range(iova, length, access)
-    except OSError as e:
-        fault_iova = getattr(e, "iova", iova)
-        _record_fault(device, pasid, fault_iova, access, e.errno)
-        return reply(-e.errno, 0, fault_iova)
-    pieces = _split_by_owner(hwpt.ioas, iova, segs)
+        r = route(emulator, device, pasid, iova)
+        pieces = r.target.dma_pieces(iova, length, access)
+    except DmaFault as e:
+        _record_fault(device, pasid, e.iova, access, e.errno)
+        return reply(-e.errno, 0, e.iova)
     for owner, _ in pieces:
         if caller.uid not in (0, owner.uid):
             _record_fault(device, pasid, iova, access, errno.EACCES)

@@ -16,10 +16,34 @@ class Emulator:
     """
 
     def __init__(self, topology=None):
+        from .pasid import PasidSpace
+        from .sva import SvaTable
         from .topology import Topology
 
         self.topology = topology or Topology.builtin()
         self.devices = {d.name: d for d in self.topology.devices}
+        # The system-wide PASID space (ENQCMD devices, their SVA bonds; seed 003).
+        self.global_pasids = PasidSpace(self.topology.iommu.pasid_bits, "global")
+        self.sva = SvaTable(self)
+        self.watches = {}
+
+    # -- fds core wants to hear about -------------------------------------------
+    def watch(self, fd, fn):
+        """Core asks the transport: call ``fn()`` (with the core lock held)
+        once ``fd`` becomes readable (a pidfd: the process exited). Replaces
+        an earlier watch of the same fd."""
+        self.watches[fd] = fn
+
+    def unwatch(self, fd):
+        """Forget the watch of ``fd`` (the fd is about to be closed)."""
+        self.watches.pop(fd, None)
+
+    def fire_watch(self, fd):
+        """The transport saw ``fd`` readable: run and drop its watch (no-op
+        if it was unwatched meanwhile)."""
+        fn = self.watches.pop(fd, None)
+        if fn is not None:
+            fn()
 
     # -- nodes ---------------------------------------------------------------
     def vfio_nodes(self):
@@ -73,6 +97,29 @@ class Emulator:
         """close() of the device fd: detach everything and unbind. Idempotent."""
         vfile.close()
 
+    # -- devices/<name>/driver -------------------------------------------------
+    def open_driver(self, device, caller):
+        """open() of a device's driver node: a new core.driver.DriverFile."""
+        from .driver import DriverFile
+
+        return DriverFile(self, device, caller.uid)
+
+    def driver_ioctl(self, dfile, caller, cmd, arg):
+        """ioctl on a driver node (core.driver): result or UapiError."""
+        from .driver import driver_ioctl
+
+        return driver_ioctl(dfile, caller, cmd, arg)
+
+    def driver_read(self, dfile, caller, count):
+        """read() of ``count`` bytes of a driver node: its pending events
+        (bytes). EACCES another uid; EINVAL ``count`` below one record."""
+        dfile.check_caller(caller)
+        return dfile.read_events(count)
+
+    def close_driver(self, dfile):
+        """close() of a driver node: unbind its bonds, free its PASIDs."""
+        dfile.close()
+
     # -- devices/<name>/dma ----------------------------------------------------
     def dma(self, device, caller, request):
         """One IODM request frame (bytes) -> its reply frame (bytes).
@@ -90,6 +137,7 @@ class Emulator:
 
         for ctx in list(Context.live(self)):
             ctx.close()
+        self.watches.clear()
 
 
 def not_implemented(cmd):

@@ -26,7 +26,8 @@ class HwptPaging(Obj):
     flags (NEST_PARENT, DIRTY_TRACKING, PASID are recorded: nesting, dirty
     tracking and PASID routing use them); ``auto``: created by attaching a
     device to an IOAS id, destroyed when its last device leaves (§4).
-    ``page_size``: smallest page in bytes (the domain interface of core.ioas).
+    ``page_size``: smallest page in bytes and ``aperture``: inclusive IOVA
+    range it translates (the domain interface of core.ioas).
     """
 
     kind = "HWPT_PAGING"
@@ -38,6 +39,7 @@ class HwptPaging(Obj):
         self.flags = flags
         self.auto = auto
         self.page_size = iommu.granule
+        self.aperture = iommu.aperture
         self.pt = PageTable(granule=iommu.granule, ias_bits=iommu.address_width,
                             max_leaf_level=iommu.max_leaf_level)
         self.fault = None
@@ -59,6 +61,35 @@ class HwptPaging(Obj):
     def unmap(self, iova, length):
         """Remove the translations of [iova, iova+length); returns bytes removed."""
         return self.pt.unmap(iova, length)
+
+    def dma_pieces(self, iova, length, access):
+        """Translate IOVA ``[iova, iova+length)`` for ``access`` (READ=1,
+        WRITE=2) through the page table, then cut it where the owning area
+        changes: ``[(owner, [(va, len)])]`` (core.usermem.Owner, bytes).
+        A/D bits are set only if all of it translates. Raises
+        core.dma.DmaFault EFAULT (no translation) / EACCES (permission) with
+        the first failing IOVA."""
+        from .dma import DmaFault
+
+        try:
+            segs = self.pt.translate_range(iova, length, access)
+        except OSError as e:
+            raise DmaFault(e.errno, getattr(e, "iova", iova)) from None
+        pieces = []
+        pos = iova
+        ioas = self.ioas
+        for addr, n in segs:
+            while n:
+                area = ioas.area_at(pos)
+                take = min(n, area.iova + area.length - pos)
+                if pieces and pieces[-1][0] is area.owner:
+                    pieces[-1][1].append((addr, take))
+                else:
+                    pieces.append((area.owner, [(addr, take)]))
+                pos += take
+                addr += take
+                n -= take
+        return pieces
 
     # -- lifetime ----------------------------------------------------------------
     def join_ioas(self):
@@ -108,7 +139,8 @@ def hwpt_alloc(ctx, caller, cmd):
 
     EOPNOTSUPP: ``__reserved``/``__reserved2`` non-zero, unknown or
     unsupported flags, driver data on a paging HWPT, DIRTY_TRACKING on a
-    device without it, nesting (not emulated yet); EINVAL: data_type/data_len
+    device without it, PASID on an IOMMU without PASID support, nesting
+    (not emulated yet); EINVAL: data_type/data_len
     mismatch, unknown pt_id or one that is neither IOAS nor paging HWPT;
     ENOENT: unknown dev_id, or FAULT_ID_VALID with an unknown fault_id.
     """
@@ -133,6 +165,8 @@ def hwpt_alloc(ctx, caller, cmd):
             raise UapiError(errno.EOPNOTSUPP, "no driver data for paging HWPTs")
         if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not idev.device.dirty_tracking:
             raise UapiError(errno.EOPNOTSUPP, "device has no dirty tracking")
+        if flags & uapi.IOMMU_HWPT_ALLOC_PASID and not idev.device.iommu.pasid_bits:
+            raise UapiError(errno.EOPNOTSUPP, "the IOMMU has no PASID support")
         hwpt = new_paging_hwpt(ctx, pt, idev.device, flags)
     elif isinstance(pt, HwptPaging):
         if cmd.flags & ~NESTED_FLAGS:

@@ -16,6 +16,7 @@ BUILTIN = """
 address_width = 48            # IOVA bits: 48 (4-level) or 57 (5-level)
 page_sizes = [4096, 2097152, 1073741824]
 reserved = [[0xfee00000, 0xfeefffff]]   # the x86 MSI window, reserved in every IOAS a device attaches to
+pasid_bits = 20               # PASID width of the IOMMU: the system-wide (ENQCMD) PASID space
 
 [[device]]                    # a plain device: no PASID, no PRI
 name = "0000:00:03.0"
@@ -28,6 +29,8 @@ name = "0000:00:04.0"
 vendor = 0x8086
 device = 0x0b25
 pasid_bits = 20
+pasid_exec = true             # PCI PASID capability: Execute and Privileged Mode permitted
+pasid_priv = true
 pri = true
 ats = true
 enqcmd = true
@@ -76,6 +79,7 @@ class IommuModel:
     address_width: int = 48
     page_sizes: tuple = (4096, 2 << 20, 1 << 30)
     reserved: tuple = ((0xFEE00000, 0xFEEFFFFF),)
+    pasid_bits: int = 20
 
     @property
     def granule(self):
@@ -92,12 +96,17 @@ class IommuModel:
         return level
 
     def reserved_ranges(self):
-        """Inclusive IOVA ranges a device behind this IOMMU cannot use: the
-        topology's reserved windows plus everything past the aperture."""
-        out = list(self.reserved)
-        if self.address_width < 64:
-            out.append((1 << self.address_width, (1 << 64) - 1))
-        return out
+        """Inclusive IOVA ranges a device behind this IOMMU cannot use (its
+        reserved regions: the topology's windows, e.g. the MSI range),
+        reserved in an IOAS while the device is attached at its RID (§8)."""
+        return list(self.reserved)
+
+    @property
+    def aperture(self):
+        """The IOVA a domain of this IOMMU translates: ``(0, 2**width - 1)``,
+        inclusive. Everything outside is reserved while the domain is in an
+        IOAS (§7, IOAS_IOVA_RANGES)."""
+        return (0, (1 << self.address_width) - 1)
 
     def key(self):
         """Domains are interchangeable between devices with equal keys (auto-domain reuse)."""
@@ -119,6 +128,8 @@ class Device:
     vendor: int = 0
     device_id: int = 0
     pasid_bits: int = 0
+    pasid_exec: bool = False
+    pasid_priv: bool = False
     pri: bool = False
     ats: bool = False
     enqcmd: bool = False
@@ -128,9 +139,12 @@ class Device:
     default_pasid: int = None
     iommu: IommuModel = field(default_factory=IommuModel)
     group: int = 0
-    # Runtime state, owned by core.vfio / core.device:
+    group_members: tuple = ()         # names of every device of the group, this one included
+    # Runtime state, owned by core.vfio / core.device / core.pasid / core.sva:
     bound: object = None              # the BoundDevice while bound to a context
     fault_log: list = field(default_factory=list)
+    pasids: object = None             # the PasidSpace PASIDs are allocated from (core.pasid)
+    sva_bonds: dict = field(default_factory=dict)   # PASID -> SvaBond (core.sva)
 
     @property
     def is_mdev(self):
@@ -144,9 +158,12 @@ class Device:
             "rid": self.rid,
             "bdf": self.alias or (self.parent if self.is_mdev else self.name),
             "group": self.group,
+            "group_members": list(self.group_members),
             "vendor": self.vendor,
             "device": self.device_id,
             "pasid_bits": self.pasid_bits,
+            "pasid_exec": self.pasid_exec,
+            "pasid_priv": self.pasid_priv,
             "pri": self.pri,
             "ats": self.ats,
             "enqcmd": self.enqcmd,
@@ -167,7 +184,9 @@ class Device:
 
 class Topology:
     """A parsed topology: ``devices`` in declaration order (vfio0, vfio1, ...),
-    ``groups``: group number -> [Device] (devices sharing a RID)."""
+    ``groups``: group number -> [Device] (devices sharing a RID);
+    ``by_rid``: RID -> [Device] (every device whose DMA carries that RID:
+    a group's members, a parent and its mdevs)."""
 
     def __init__(self, doc):
         iommu_doc = doc.get("iommu", {})
@@ -175,9 +194,12 @@ class Topology:
             address_width=int(iommu_doc.get("address_width", 48)),
             page_sizes=tuple(sorted(int(x) for x in iommu_doc.get("page_sizes", (4096, 2 << 20, 1 << 30)))),
             reserved=tuple(tuple(int(v) for v in r) for r in iommu_doc.get("reserved", ((0xFEE00000, 0xFEEFFFFF),))),
+            pasid_bits=int(iommu_doc.get("pasid_bits", 20)),
         )
         if iommu.address_width not in (39, 48, 57):
             raise ValueError("iommu.address_width must be 39, 48 or 57")
+        if not 0 <= iommu.pasid_bits <= 20:
+            raise ValueError("iommu.pasid_bits must be 0..20")
         self.iommu = iommu
         self.devices = []
         names = set()
@@ -185,12 +207,16 @@ class Topology:
             name = d["name"]
             rid = parse_bdf(d["alias"]) if d.get("alias") else parse_bdf(name)
             pasid_bits = int(d.get("pasid_bits", 0))
-            if not 0 <= pasid_bits <= 20:
-                raise ValueError(f"{name}: pasid_bits must be 0..20")
+            if not 0 <= pasid_bits <= iommu.pasid_bits:
+                raise ValueError(f"{name}: pasid_bits must be 0..{iommu.pasid_bits} (the IOMMU's)")
+            if d.get("enqcmd") and not pasid_bits:
+                raise ValueError(f"{name}: enqcmd needs pasid_bits")
             self.devices.append(Device(
                 name=name, vfio=f"vfio{len(self.devices)}", rid=rid,
                 vendor=int(d.get("vendor", 0)), device_id=int(d.get("device", 0)),
                 pasid_bits=pasid_bits, pri=bool(d.get("pri", False)),
+                pasid_exec=bool(d.get("pasid_exec", False)) and pasid_bits > 0,
+                pasid_priv=bool(d.get("pasid_priv", False)) and pasid_bits > 0,
                 ats=bool(d.get("ats", False)), enqcmd=bool(d.get("enqcmd", False)),
                 dirty_tracking=bool(d.get("dirty_tracking", False)),
                 alias=d.get("alias"), iommu=iommu))
@@ -223,6 +249,12 @@ class Topology:
             else:
                 d.group = rid_group.setdefault(d.rid, len(self.groups))
             self.groups.setdefault(d.group, []).append(d)
+        for members in self.groups.values():
+            for d in members:
+                d.group_members = tuple(m.name for m in members)
+        self.by_rid = {}
+        for d in self.devices:
+            self.by_rid.setdefault(d.rid, []).append(d)
 
     @classmethod
     def builtin(cls):

@@ -69,6 +69,13 @@ ffi.cdef(
     };
 
     struct iommufs_fd_path { uint32_t size; uint32_t index; char path[256]; };
+    struct iommufs_pasid { uint32_t size; uint32_t flags; uint32_t pasid; uint32_t __reserved; };
+    struct iommufs_sva_bind {
+        uint32_t size; uint32_t flags; int32_t pid; uint32_t out_handle;
+        uint32_t out_pasid; uint32_t __reserved;
+    };
+    struct iommufs_sva { uint32_t size; uint32_t handle; uint32_t out_pasid; uint32_t __reserved; };
+    struct iommufs_drv_event { uint32_t type; uint32_t handle; uint32_t pasid; int32_t pid; };
 
     struct vfio_device_bind_iommufd {
         uint32_t argsz; uint32_t flags; int32_t iommufd; uint32_t out_devid;
@@ -194,6 +201,13 @@ IOMMUFS_NULL = (IOMMUFS_TYPE << 8) | 0x00
 IOMMUFS_SYNC_CLOSE = (IOMMUFS_TYPE << 8) | 0x01
 IOMMUFS_WHOAMI = (IOMMUFS_TYPE << 8) | 0x02
 IOMMUFS_FD_PATH = (IOMMUFS_TYPE << 8) | 0x03
+# The driver side of a device (devices/<name>/driver, README "The driver side").
+IOMMUFS_PASID_ALLOC = (IOMMUFS_TYPE << 8) | 0x10
+IOMMUFS_PASID_FREE = (IOMMUFS_TYPE << 8) | 0x11
+IOMMUFS_SVA_BIND = (IOMMUFS_TYPE << 8) | 0x12
+IOMMUFS_SVA_UNBIND = (IOMMUFS_TYPE << 8) | 0x13
+IOMMUFS_SVA_GET_PASID = (IOMMUFS_TYPE << 8) | 0x14
+IOMMUFS_EVENT_MM_EXIT = 1
 
 
 def sizeof(struct_name):

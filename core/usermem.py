@@ -91,6 +91,19 @@ def tgid_of(tid):
     return tgid
 
 
+def uid_of(pid):
+    """The real uid of process ``pid`` (from /proc). Raises
+    UapiError(ESRCH) when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    raise UapiError(errno.ESRCH, f"no process {pid}")
+
+
 def _tgid_from_proc(tid):
     try:
         with open(f"/proc/{tid}/status", "rb") as f:
@@ -168,6 +181,23 @@ class Owner:
             _check_writable_by_text(self.tgid, addr, length)
         elif rc < 0:
             raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not writable in {self.tgid}")
+
+    def vma_access(self, addr, length, write):
+        """How a device walking this process's CPU page tables (SVA) fares
+        on [addr, addr+length): 0 if every byte is mapped readable (and
+        writable for ``write``); -EFAULT if some byte is unmapped or
+        unreadable, or the process has exited; -EACCES if all is readable
+        but a byte is not writable."""
+        if not self.alive():
+            return -errno.EFAULT
+        if self.maps_fd < 0:
+            return -errno.EFAULT
+        rc = lib.iofs_vma_check(self.maps_fd, addr, length, 0)
+        if rc < 0:
+            return -errno.EFAULT
+        if write and lib.iofs_vma_check(self.maps_fd, addr, length, 1) < 0:
+            return -errno.EACCES
+        return 0
 
     def close(self):
         if self.pidfd >= 0:

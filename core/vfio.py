@@ -64,7 +64,8 @@ def bind(vfile, caller, arg):
     TOKEN flag (the emulated driver has no VF token), already bound; E2BIG
     non-zero bytes past the 24-byte struct; EBADF/EBADFD the fd is not an
     open iommufs /dev/iommu; EACCES the context belongs to another uid;
-    EBUSY the device is bound to a context already (DMA ownership, §8);
+    EBUSY the device, or a device of its group, is bound to a context
+    already (DMA ownership is per group, §8);
     EFAULT unwritable out_devid (bind undone).
     """
     argsz = _u32(arg, 0)
@@ -83,6 +84,10 @@ def bind(vfile, caller, arg):
     dev = vfile.device
     if dev.bound is not None:
         raise UapiError(errno.EBUSY, f"{dev.name} is bound to another context")
+    for peer in vfile.emulator.topology.groups[dev.group]:
+        # DMA ownership is per group (§8): one context owns all its devices.
+        if peer.bound is not None and peer.bound.ctx is not ctx:
+            raise UapiError(errno.EBUSY, f"group peer {peer.name} is bound to another context")
     idev = BoundDevice(ctx, dev)
     ctx.add_published(idev)
     dev.bound = idev

@@ -280,7 +280,8 @@ def test_get_hw_info(kit):
     kit.ioctl(uapi.IOMMU_GET_HW_INFO, c)
     assert c.data_len == 0 and c.out_data_type == 0
     assert c.out_max_pasid_log2 == 20
-    assert c.out_capabilities == uapi.IOMMU_HW_CAP_DIRTY_TRACKING
+    assert c.out_capabilities == (uapi.IOMMU_HW_CAP_DIRTY_TRACKING | uapi.IOMMU_HW_CAP_PCI_PASID_EXEC
+                                  | uapi.IOMMU_HW_CAP_PCI_PASID_PRIV)
     assert ffi.buffer(buf)[:] == bytes(16)      # the user buffer is zero-filled
     vf2, dev2 = kit.bind(BR0)
     c = new("iommu_hw_info", dev_id=dev2)
