@@ -9,6 +9,16 @@ import errno
 from .errors import UapiError
 
 
+class Watch:
+    """An fd core waits on (``fd``) and what to do when it is readable (``fn``)."""
+
+    __slots__ = ("fd", "fn")
+
+    def __init__(self, fd, fn):
+        self.fd = fd
+        self.fn = fn
+
+
 class Emulator:
     """All emulated state of one mount: topology devices, contexts, VFIO files.
 
@@ -25,25 +35,30 @@ class Emulator:
         # The system-wide PASID space (ENQCMD devices, their SVA bonds; seed 003).
         self.global_pasids = PasidSpace(self.topology.iommu.pasid_bits, "global")
         self.sva = SvaTable(self)
-        self.watches = {}
+        self.watches = {}        # fd -> Watch
+        self.watch_gen = 0
 
     # -- fds core wants to hear about -------------------------------------------
     def watch(self, fd, fn):
         """Core asks the transport: call ``fn()`` (with the core lock held)
         once ``fd`` becomes readable (a pidfd: the process exited). Replaces
-        an earlier watch of the same fd."""
-        self.watches[fd] = fn
+        an earlier watch of the same fd. The transport follows ``watches``
+        whenever ``watch_gen`` changes."""
+        self.watches[fd] = Watch(fd, fn)
+        self.watch_gen += 1
 
     def unwatch(self, fd):
         """Forget the watch of ``fd`` (the fd is about to be closed)."""
-        self.watches.pop(fd, None)
+        if self.watches.pop(fd, None) is not None:
+            self.watch_gen += 1
 
-    def fire_watch(self, fd):
-        """The transport saw ``fd`` readable: run and drop its watch (no-op
-        if it was unwatched meanwhile)."""
-        fn = self.watches.pop(fd, None)
-        if fn is not None:
-            fn()
+    def fire_watch(self, w):
+        """The transport saw the Watch ``w``'s fd readable: drop it and run
+        its function (no-op if it was unwatched or replaced meanwhile)."""
+        if self.watches.get(w.fd) is w:
+            del self.watches[w.fd]
+            self.watch_gen += 1
+            w.fn()
 
     # -- nodes ---------------------------------------------------------------
     def vfio_nodes(self):
@@ -138,6 +153,7 @@ class Emulator:
         for ctx in list(Context.live(self)):
             ctx.close()
         self.watches.clear()
+        self.watch_gen += 1
 
 
 def not_implemented(cmd):

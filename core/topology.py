@@ -36,6 +36,14 @@ ats = true
 enqcmd = true
 dirty_tracking = true
 
+[[device]]                    # a PASID device whose driver allocates PASIDs from its own space
+name = "0000:00:05.0"
+vendor = 0x15b3
+device = 0x101d
+pasid_bits = 8
+pri = true
+ats = true
+
 [[device]]                    # two conventional PCI devices behind a PCIe-to-PCI bridge
 name = "0000:01:00.0"
 vendor = 0x8086
@@ -176,6 +184,17 @@ class Device:
         if self.is_mdev:
             d["parent"] = self.parent
             d["default_pasid"] = self.default_pasid
+        # What the IOMMU routes for this device now (core.routing), for people
+        # debugging a setup: the DEVICE id, the HWPT per RID/PASID, the bonds.
+        idev = self.bound
+        d["dev_id"] = idev.id if idev is not None else None
+        d["attached"] = {} if idev is None else {
+            ("rid" if p is None else f"pasid {p}"): h.id for p, h in sorted(
+                idev.attachments.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
+        d["sva_bonds"] = [{"handle": b.handle, "pasid": b.pasid, "pid": b.mm.tgid, "mm_exited": b.dead}
+                          for _, b in sorted(self.sva_bonds.items())]
+        if self.pasids is not None:
+            d["pasids_allocated"] = sorted(self.pasids.used)
         return d
 
     def info_json(self):

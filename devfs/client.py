@@ -280,6 +280,55 @@ class VfioDevice(Node):
                 "cap_offset": c.cap_offset}
 
 
+class DeviceDriver(Node):
+    """The driver side of an emulated device: ``<mount>/devices/<name>/driver``
+    (README, "The driver side"). Each instance is one driver: the PASIDs it
+    allocates and the SVA bonds it makes are freed when it is closed."""
+
+    def __init__(self, mount, name, frames=False):
+        super().__init__(os.path.join(mount, "devices", name, "driver"), frames)
+
+    def pasid_alloc(self):
+        """IOMMUFS_PASID_ALLOC -> a PASID of the device's space (the global
+        space for an ENQCMD device)."""
+        c = _new("iommufs_pasid")
+        self.ioctl(uapi.IOMMUFS_PASID_ALLOC, c)
+        return c.pasid
+
+    def pasid_free(self, pasid):
+        """IOMMUFS_PASID_FREE."""
+        self.ioctl(uapi.IOMMUFS_PASID_FREE, _new("iommufs_pasid", pasid=pasid))
+
+    def sva_bind(self, pid=0):
+        """IOMMUFS_SVA_BIND of process ``pid`` (0: this one) -> (handle, pasid)."""
+        c = _new("iommufs_sva_bind", pid=pid)
+        self.ioctl(uapi.IOMMUFS_SVA_BIND, c)
+        return c.out_handle, c.out_pasid
+
+    def sva_unbind(self, handle):
+        """IOMMUFS_SVA_UNBIND -> the PASID the bond had."""
+        c = _new("iommufs_sva", handle=handle)
+        self.ioctl(uapi.IOMMUFS_SVA_UNBIND, c)
+        return c.out_pasid
+
+    def sva_get_pasid(self, handle):
+        """IOMMUFS_SVA_GET_PASID -> PASID."""
+        c = _new("iommufs_sva", handle=handle)
+        self.ioctl(uapi.IOMMUFS_SVA_GET_PASID, c)
+        return c.out_pasid
+
+    def events(self, count=4096):
+        """The pending events (read() of the node): a list of dicts with
+        ``type`` ("mm_exit"), ``handle``, ``pasid``, ``pid``; [] when none."""
+        data = os.read(self.fd, count)
+        out = []
+        for off in range(0, len(data), 16):
+            typ, handle, pasid, pid = struct.unpack_from("<IIIi", data, off)
+            out.append({"type": "mm_exit" if typ == uapi.IOMMUFS_EVENT_MM_EXIT else typ,
+                        "handle": handle, "pasid": pasid, "pid": pid})
+        return out
+
+
 class DmaError(OSError):
     """A failed device DMA: ``errno`` is the status, ``iova`` the faulting IOVA,
     ``moved`` the bytes that moved before the fault."""

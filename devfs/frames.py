@@ -206,6 +206,10 @@ class ReplySlots:
             del self._slots[tid]
             return reply
 
+    def holds(self, tid):
+        """True when ``tid`` has a request in flight or a reply to read."""
+        return tid in self._slots
+
     def ready(self, tid):
         """True when ``tid`` has a reply to read."""
         reply = self._slots.get(tid)

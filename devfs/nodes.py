@@ -8,12 +8,13 @@
     /devices/<name>/dma       file 0666   the device's DMA engine
     /devices/<name>/info      file 0444   JSON from emulator.device_info(), read
                                           at open (it changes: fault counters)
+    /devices/<name>/driver    file 0666   the device's driver side (PASIDs, SVA)
 
 The tree is built once from the emulator and never changes while mounted,
 so inode numbers are stable for the life of a mount (and, for a given
 topology, from one mount to the next): they are assigned in a fixed order
 (root, iommu, vfio, vfio/devices, devices, then the vfio nodes in numeric
-order, then each device's directory, dma and info in name order). This
+order, then each device's directory, dma, info and driver in name order). This
 module knows nothing of FUSE.
 """
 import re
@@ -25,6 +26,7 @@ IOMMU = "iommu"
 VFIO = "vfio"
 DMA = "dma"
 INFO = "info"
+DRIVER = "driver"
 
 ROOT_INO = 1      # FUSE_ROOT_ID
 IOMMU_INO = 2     # fixed: the fd resolution of BIND checks st_ino against it
@@ -35,13 +37,14 @@ _MODES = {
     VFIO: stat.S_IFREG | 0o666,
     DMA: stat.S_IFREG | 0o666,
     INFO: stat.S_IFREG | 0o444,
+    DRIVER: stat.S_IFREG | 0o666,
 }
 
 
 class Node:
     """One inode: ``ino``, ``name``, ``kind`` (DIR, IOMMU, VFIO, DMA, INFO),
     ``mode`` (st_mode), ``parent`` (ino), ``children`` (name -> Node, dirs
-    only), ``device`` (the emulator's device object for VFIO/DMA/INFO).
+    only), ``device`` (the emulator's device object for VFIO/DMA/INFO/DRIVER).
 
     st_size is 0 for every file, as in procfs: nodes are direct_io, so reads
     always reach the server and never stop at a cached size."""
@@ -108,6 +111,7 @@ class Tree:
             d = t._add(name, DIR, devices, device=dev)
             t._add("dma", DMA, d, device=dev)
             t._add("info", INFO, d, device=dev)
+            t._add("driver", DRIVER, d, device=dev)
         return t
 
     def get(self, ino):

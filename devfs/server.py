@@ -79,7 +79,7 @@ from core.usermem import FrameArg, MemArg
 from . import frames
 from .frames import FrameError, build_reply, check_dma_whole, parse_request
 from .fuse import ffi, req_ident
-from .nodes import DMA, INFO, IOMMU, IOMMU_INO, VFIO, Tree
+from .nodes import DMA, DRIVER, INFO, IOMMU, IOMMU_INO, VFIO, Tree
 
 log = logging.getLogger("iommufs.devfs")
 
@@ -95,6 +95,10 @@ WHOAMI = uapi.IOMMUFS_WHOAMI
 PRIVATE_TYPE = uapi.IOMMUFS_TYPE
 BIND = uapi.VFIO_DEVICE_BIND_IOMMUFD
 BIND_FD_OFFSET = 8        # struct vfio_device_bind_iommufd: argsz, flags, iommufd (s32)
+
+# The private ioctls devfs answers itself; on a driver node every other
+# 0xF5xx number is a driver command for core (core.driver).
+TRANSPORT_PRIVATE = frozenset((NULL, SYNC_CLOSE, WHOAMI))
 
 POLLIN = select.POLLIN | select.POLLRDNORM
 POLLOUT = select.POLLOUT | select.POLLWRNORM
@@ -178,6 +182,8 @@ class Server:
         self.st_dev = None         # st_dev of the mount, set by the session
         self.port = None
         self._poll_lock = threading.Lock()
+        self._watching = set()
+        self._watch_gen = 0
 
     # -- core calls ----------------------------------------------------------------
     def _core(self, fn, *args):
@@ -196,13 +202,44 @@ class Server:
                 if fd is None:
                     log.exception("core %s failed", getattr(fn, "__name__", fn))
                     raise UapiError(errno.EIO, "internal error in core") from None
+            finally:
+                if getattr(self.emulator, "watch_gen", 0) != self._watch_gen:
+                    self._sync_watches()
         raise Blocked(fd)
+
+    # -- fds core watches (core.emulator.Emulator.watch) -------------------------------
+    def _sync_watches(self):
+        """Start a trio wait for every new watch of core, cancel the ones
+        core dropped (core lock held). Each wait uses a dup of the fd, so
+        core may close its own fd whenever it likes."""
+        self._watch_gen = self.emulator.watch_gen
+        current = set(self.emulator.watches.values())
+        for w in current - self._watching:
+            self._watching.add(w)
+            self.port.spawn(self._watch_job(w), owner=w)
+        for w in self._watching - current:
+            self._watching.discard(w)
+            self.port.cancel_owned(w)
+
+    def _watch_job(self, w):
+        dup = os.dup(w.fd)
+
+        async def work():
+            try:
+                await trio.lowlevel.wait_readable(dup)
+            finally:
+                os.close(dup)
+            await trio.to_thread.run_sync(self._core, self.emulator.fire_watch, w)
+
+        return work
 
     def _core_ioctl(self, h, caller, cmd, arg):
         if h.kind is IOMMU:
             r = self._core(self.emulator.iommufd_ioctl, h.obj, caller, cmd, arg)
-        else:
+        elif h.kind is VFIO:
             r = self._core(self.emulator.vfio_ioctl, h.obj, caller, cmd, arg)
+        else:
+            r = self._core(self.emulator.driver_ioctl, h.obj, caller, cmd, arg)
         return int(r or 0)
 
     # -- open / release ------------------------------------------------------------
@@ -238,10 +275,15 @@ class Server:
             obj = self._core(self.emulator.open_iommufd, Caller(*req_ident(req)))
         elif kind is VFIO:
             obj = self._core(self.emulator.open_vfio, node.device, Caller(*req_ident(req)))
+        elif kind is DRIVER:
+            obj = self._core(self.emulator.open_driver, node.device, Caller(*req_ident(req)))
         else:  # DMA
             obj = node.device
         hid = self._new_id()
-        self.handles[hid] = Handle(hid, node, obj, data)
+        h = self.handles[hid] = Handle(hid, node, obj, data)
+        if kind is DRIVER:
+            # Core calls this (core lock held) when events arrive: wake pollers.
+            obj.on_change = lambda: self._notify(h)
         return hid
 
     def release(self, fh):
@@ -261,6 +303,8 @@ class Server:
             self._core(self.emulator.close_iommufd, h.obj)
         elif h.kind is VFIO:
             self._core(self.emulator.close_vfio, h.obj)
+        elif h.kind is DRIVER:
+            self._core(self.emulator.close_driver, h.obj)
 
     def _sync_close(self, h):
         if not h.closed:
@@ -298,7 +342,7 @@ class Server:
         if h is None:
             raise UapiError(errno.EBADF, f"no open file {fh}")
         kind = h.kind
-        if kind is not IOMMU and kind is not VFIO:
+        if kind is not IOMMU and kind is not VFIO and kind is not DRIVER:
             raise UapiError(errno.ENOTTY, f"no ioctls on {kind}")
         if cmd == NULL:
             # The benchmark's baseline: nothing but this branch on the way.
@@ -308,7 +352,7 @@ class Server:
         if cmd > 0xFFFF:
             raise UapiError(errno.ENOTTY, f"{cmd:#x} is not an _IO command")
         tid, uid, gid = req_ident(req)
-        if cmd >> 8 == PRIVATE_TYPE:
+        if cmd >> 8 == PRIVATE_TYPE and (kind is not DRIVER or cmd in TRANSPORT_PRIVATE):
             return self._private(h, tid, cmd)
         if h.closed:
             raise UapiError(errno.EBADF, "closed synchronously")
@@ -390,7 +434,7 @@ class Server:
             cmd = SYNC_CLOSE
         if cmd > 0xFFFF:
             result = -errno.ENOTTY
-        elif cmd >> 8 == PRIVATE_TYPE:
+        elif cmd >> 8 == PRIVATE_TYPE and (h.kind is not DRIVER or cmd in TRANSPORT_PRIVATE):
             try:
                 result = self._private(h, tid, cmd)
             except UapiError as e:
@@ -468,7 +512,14 @@ class Server:
         h = self._handle(fh)
         if h.kind is INFO:
             return h.data[off:off + size]
-        tid = req_ident(req)[0]
+        tid, uid, gid = req_ident(req)
+        if h.kind is DRIVER and not h.slots.holds(tid):
+            # No frame of this thread in flight: the read is for events.
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed synchronously")
+            data = self._core(self.emulator.driver_read, h.obj, Caller(tid, uid, gid), size)
+            self._notify(h)
+            return data
         reply = h.slots.take(tid, size)
         if isinstance(reply, frames.Pending):
             pending = reply
@@ -501,7 +552,11 @@ class Server:
                     self.port.destroy_pollhandle(old)
         if h.kind is INFO:
             return POLLIN
-        return POLLIN if h.slots.ready(req_ident(req)[0]) else POLLOUT
+        if h.slots.ready(req_ident(req)[0]):
+            return POLLIN
+        if h.kind is DRIVER and not h.closed and h.obj.events:
+            return POLLIN | POLLOUT
+        return POLLOUT
 
     def _notify(self, h):
         if h.ph is None:

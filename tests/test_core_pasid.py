@@ -460,7 +460,7 @@ def test_mm_exit_event_then_dma_fails_and_unbind_still_works(kit):
         d.f.on_change = lambda: changed.append(1)
         child.kill()
         child.wait()
-        kit.emu.fire_watch(pidfd)                             # what the transport does
+        kit.emu.fire_watch(kit.emu.watches[pidfd])            # what the transport does
         assert changed == [1]
         with pytest.raises(UapiError) as e:
             kit.emu.driver_read(d.f, kit.caller, 15)

@@ -187,13 +187,14 @@ def test_node_tree(fake_mount):
     assert os.listdir(mnt + "/vfio") == ["devices"]
     assert os.listdir(mnt + "/vfio/devices") == ["vfio0", "vfio1", "vfio10"]
     assert os.listdir(mnt + "/devices") == ["0000:00:03.0", "0000:00:04.0", "mdev0"]
-    assert sorted(os.listdir(mnt + "/devices/mdev0")) == ["dma", "info"]
+    assert sorted(os.listdir(mnt + "/devices/mdev0")) == ["dma", "driver", "info"]
     modes = {p: stat.S_IMODE(os.stat(mnt + p).st_mode) for p in
              ("", "/iommu", "/vfio", "/vfio/devices/vfio0", "/devices/0000:00:03.0",
-              "/devices/0000:00:03.0/dma", "/devices/0000:00:03.0/info")}
+              "/devices/0000:00:03.0/dma", "/devices/0000:00:03.0/info",
+             "/devices/0000:00:03.0/driver")}
     assert modes == {"": 0o755, "/iommu": 0o666, "/vfio": 0o755, "/vfio/devices/vfio0": 0o666,
                      "/devices/0000:00:03.0": 0o755, "/devices/0000:00:03.0/dma": 0o666,
-                     "/devices/0000:00:03.0/info": 0o444}
+                     "/devices/0000:00:03.0/info": 0o444, "/devices/0000:00:03.0/driver": 0o666}
     st = os.stat(mnt + "/iommu")
     assert stat.S_ISREG(st.st_mode) and st.st_ino == 2 and st.st_uid == 0
     assert os.stat(mnt + "/vfio/devices/vfio10").st_ino == os.stat(mnt + "/vfio/devices/vfio10").st_ino
