@@ -20,10 +20,14 @@ class Caller:
       request reached core (VFIO_DEVICE_BIND_IOMMUFD's ``iommufd``): a map
       fd -> Context, or fd -> errno (EBADF: not an open fd; EBADFD: not an
       iommufs /dev/iommu of this mount). The server cannot resolve them itself
-      on the thread that serves requests (reference fuse-notes §4, §7).
+      on the thread that serves requests (reference fuse-notes §4, §7);
+    - ``returned``: objects behind the fds a successful ioctl returns (a
+      core.fault.FaultFile, ...), in the order of the struct's fd fields; the
+      transport publishes each as a node (README, "Ioctls that return file
+      descriptors").
     """
 
-    __slots__ = ("tid", "uid", "gid", "mem", "fds", "_tgid")
+    __slots__ = ("tid", "uid", "gid", "mem", "fds", "returned", "_tgid")
 
     def __init__(self, tid, uid, gid, fds=None):
         self.tid = tid
@@ -31,6 +35,7 @@ class Caller:
         self.gid = gid
         self.mem = ProcessMemory(tid)
         self.fds = fds or {}
+        self.returned = []
         self._tgid = None
 
     @property

@@ -71,7 +71,12 @@ class Context:
         self._free = []          # heap of released IDs below _next
         self._next = 1
         self.file_open = True    # the /dev/iommu file is still open
-        self.bound = 0           # VFIO device files bound to this context
+        # Files that keep the context alive after close(), as the kernel's
+        # hold a reference on the iommufd file: bound VFIO device files and
+        # open fault fds.
+        self.bound = 0
+        self.fault_files = set() # core.fault.FaultFile of this context's FAULT objects
+        self._undo = []          # callbacks of the running ioctl, run on rollback
         self.closed = False      # everything destroyed
         self.rlimit_mm = False   # IOMMU_OPTION RLIMIT_MODE (§7)
         self.vfio_ioas = None    # IOMMU_VFIO_IOAS compat IOAS (§7)
@@ -115,9 +120,17 @@ class Context:
         for obj in self.pending:
             self.objects[obj.id] = obj
         self.pending.clear()
+        self._undo.clear()
+
+    def on_rollback(self, fn):
+        """Run ``fn()`` if the running ioctl fails (before its pending
+        objects are destroyed): undo what is not an object (an fd's ref)."""
+        self._undo.append(fn)
 
     def rollback(self):
         """Abort pending objects, newest first, releasing their IDs."""
+        while self._undo:
+            self._undo.pop()()
         while self.pending:
             obj = self.pending.pop()
             obj.destroy()
@@ -177,6 +190,9 @@ class Context:
         if self.closed:
             return
         self.rollback()
+        # Fault fds never opened die with the context (README).
+        for ffile in list(self.fault_files):
+            ffile.close()
         # Leaf-first: destroy what nobody references, until nothing is left.
         while self.objects:
             leaves = [o for o in self.objects.values() if o.refs == 0]

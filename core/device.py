@@ -131,17 +131,26 @@ class BoundDevice(Obj):
             raise
         self.attachments[pasid] = hwpt.get()
         if old is not None:
+            self._drop_faults(old, pasid)
             self._release(old)
         return hwpt.id
 
     def detach(self, pasid=RID):
-        """Detach the route ``pasid``; nothing attached is not an error (§8)."""
+        """Detach the route ``pasid``; nothing attached is not an error (§8).
+        Faults pending for it are answered INVALID."""
         hwpt = self.attachments.pop(pasid, None)
         if hwpt is None:
             return
         if self._reserves(pasid):
             hwpt.ioas.remove_reserved(("device", id(self)))
+        self._drop_faults(hwpt, pasid)
         self._release(hwpt)
+
+    def _drop_faults(self, hwpt, pasid):
+        # Pending faults of the attachment going away are answered INVALID,
+        # so the DMA waiting for them fails instead of waiting forever (§8).
+        if hwpt.fault is not None:
+            hwpt.fault.answer_all(lambda g: g.idev is self and g.key == pasid)
 
     def _reserves(self, pasid):
         # Only an attachment at a PCI function's own RID enforces the device's

@@ -192,5 +192,6 @@ def iommu_destroy(ctx, caller, cmd):
 from . import ioas as _ioas  # noqa: E402,F401
 from . import hwpt as _hwpt  # noqa: E402,F401
 from . import device as _device  # noqa: E402,F401
+from . import fault as _fault  # noqa: E402,F401
 
 __all__ = ["iommufd_ioctl", "ioctl", "OPS", "uapi"]

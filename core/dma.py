@@ -18,8 +18,9 @@ import time
 
 from cext._native import ffi
 
-from . import routing
+from . import routing, uapi
 from .errors import UapiError
+from .fault import SUCCESS, FaultGroup
 from .routing import RID
 
 MAGIC = b"IODM"
@@ -80,13 +81,35 @@ def route(emulator, device, pasid, iova):
     raise DmaFault(errno.EFAULT, iova)
 
 
+class DmaWait(Exception):
+    """Core's "not yet" for a DMA that raised a page request group (PRI):
+    the transport waits until ``wait_fd`` is readable, then calls
+    ``resume()`` (core lock held) for the reply frame; if the waiting DMA is
+    cancelled instead (INTERRUPT, the writer gone) it calls ``abandon()``."""
+
+    def __init__(self, group, resume):
+        super().__init__("waiting for a page response")
+        self.group = group
+        self.wait_fd = group.waiter_fd()
+        self.resume = resume
+        self.abandon = group.abandon
+
+
 def dma_frame(emulator, device, caller, request):
     """Execute one IODM request frame from ``caller``; returns the reply frame.
 
     Statuses: EINVAL bad frame (a PASID the device cannot emit included);
-    ENODEV not attached; EFAULT no translation (a PASID without route);
-    EACCES permission (page table) or the caller's uid may not touch the
-    owner's memory (only the owner's uid or root may, DESIGN.md security).
+    ENODEV not attached; EFAULT no translation (a PASID without route, a
+    page request answered INVALID); EACCES permission (page table) or the
+    caller's uid may not touch the owner's memory (only the owner's uid or
+    root may, DESIGN.md security).
+
+    I/O page faults (seed 004, reference §10.1): when the translation fails
+    on a HWPT with a fault queue and the device has PRI (and the frame does
+    not say "no PRI"), the pages that fail become one page request group in
+    the queue and DmaWait is raised; its ``resume()`` retries the DMA once
+    after a SUCCESS response (a second miss fails) and fails it with EFAULT
+    after INVALID. Without PRI or a fault queue the DMA fails at once.
     """
     if len(request) < REQ.size:
         return reply(-errno.EINVAL)
@@ -106,40 +129,98 @@ def dma_frame(emulator, device, caller, request):
         return reply()
     if iova + length > 1 << 64:
         return reply(-errno.EINVAL)
-    access = WRITE if op == OP_WRITE else READ
     if device.is_mdev:
         pasid = device.default_pasid
-    try:
-        r = route(emulator, device, pasid, iova)
-        pieces = r.target.dma_pieces(iova, length, access)
-    except DmaFault as e:
-        _record_fault(device, pasid, e.iova, access, e.errno)
-        return reply(-e.errno, 0, e.iova)
-    for owner, _ in pieces:
-        if caller.uid not in (0, owner.uid):
-            _record_fault(device, pasid, iova, access, errno.EACCES)
-            return reply(-errno.EACCES, 0, iova)
-    if op == OP_WRITE:
-        local = ffi.from_buffer(request)
-        offset = REQ.size
-    else:
-        local = ffi.new("char[]", length)
-        offset = 0
-    moved = 0
-    for owner, osegs in pieces:
-        n = sum(s[1] for s in osegs)
-        csegs = ffi.new("struct iofs_seg[]", len(osegs))
-        for i, (a, ln) in enumerate(osegs):
-            csegs[i].addr = a
-            csegs[i].len = ln
+    dma = _Dma(emulator, device, caller, op, pasid, iova, length, request,
+               pri=device.pri and not flags & FLAG_NO_PRI)
+    return dma.run()
+
+
+class _Dma:
+    """One DMA request on its way through the IOMMU (see :func:`dma_frame`)."""
+
+    def __init__(self, emulator, device, caller, op, pasid, iova, length, request, pri):
+        self.emulator = emulator
+        self.device = device
+        self.caller = caller
+        self.op = op
+        self.access = WRITE if op == OP_WRITE else READ
+        self.pasid = pasid
+        self.iova = iova
+        self.length = length
+        self.request = request
+        self.pri = pri
+
+    def fail(self, err, iova, moved=0, data=b""):
+        _record_fault(self.device, self.pasid, iova, self.access, err)
+        return reply(-err, moved, iova, data)
+
+    def run(self):
+        r = None
         try:
-            done = owner.rw_segments(csegs, len(osegs), local + offset + moved, op == OP_WRITE)
-        except UapiError:
-            done = 0
-        moved += done
-        if done != n:
-            _record_fault(device, pasid, iova + moved, access, errno.EFAULT)
-            data = ffi.buffer(local, moved)[:] if op == OP_READ else b""
-            return reply(-errno.EFAULT, moved, iova + moved, data)
-    data = ffi.buffer(local, length)[:] if op == OP_READ else b""
-    return reply(0, moved, 0, data)
+            r = route(self.emulator, self.device, self.pasid, self.iova)
+            pieces = r.target.dma_pieces(self.iova, self.length, self.access)
+        except DmaFault as e:
+            if self.pri and r is not None and e.errno in (errno.EFAULT, errno.EACCES):
+                self._page_request(r, e)      # raises DmaWait when a queue takes it
+            return self.fail(e.errno, e.iova)
+        return self.move(pieces)
+
+    def _page_request(self, r, e):
+        target = r.target
+        queue = getattr(target, "fault", None)
+        if queue is None:
+            if hasattr(target, "mm"):
+                target.driver.iopf(target, e.iova, self.access)
+            return
+        addrs = target.missing_pages(self.iova, self.length, self.access)
+        perm = (uapi.IOMMU_PGFAULT_PERM_WRITE if self.access & WRITE
+                else uapi.IOMMU_PGFAULT_PERM_READ)
+        key = RID if r.device.is_mdev else self.pasid
+        group = FaultGroup(r.idev, key, self.pasid, next_grpid(self.device), perm, addrs, target)
+        queue.report(group)
+        first_fault = e
+
+        def resume():
+            group.release_fd()
+            if group.done != SUCCESS:
+                return self.fail(first_fault.errno, first_fault.iova)
+            self.pri = False        # one page request round per DMA
+            return self.run()
+
+        raise DmaWait(group, resume)
+
+    def move(self, pieces):
+        caller, length, op = self.caller, self.length, self.op
+        for owner, _ in pieces:
+            if caller.uid not in (0, owner.uid):
+                return self.fail(errno.EACCES, self.iova)
+        if op == OP_WRITE:
+            local = ffi.from_buffer(self.request)
+            offset = REQ.size
+        else:
+            local = ffi.new("char[]", length)
+            offset = 0
+        moved = 0
+        for owner, osegs in pieces:
+            n = sum(s[1] for s in osegs)
+            csegs = ffi.new("struct iofs_seg[]", len(osegs))
+            for i, (a, ln) in enumerate(osegs):
+                csegs[i].addr = a
+                csegs[i].len = ln
+            try:
+                done = owner.rw_segments(csegs, len(osegs), local + offset + moved, op == OP_WRITE)
+            except UapiError:
+                done = 0
+            moved += done
+            if done != n:
+                data = ffi.buffer(local, moved)[:] if op == OP_READ else b""
+                return self.fail(errno.EFAULT, self.iova + moved, moved, data)
+        data = ffi.buffer(local, length)[:] if op == OP_READ else b""
+        return reply(0, moved, 0, data)
+
+
+def next_grpid(device):
+    """The next page request group index of ``device`` (9 bits, PCIe PRI)."""
+    device.prg_next = (device.prg_next + 1) % 512
+    return device.prg_next

@@ -12,10 +12,14 @@ them) with the generic rules of the iommufd table (core.dispatch.decode):
 EFAULT, ENOTTY, EINVAL below the minimum size, E2BIG for a non-zero tail;
 ``flags`` and ``__reserved`` must be 0 (EOPNOTSUPP).
 
-read() returns the events of this open file's bonds, whole 16-byte
-``struct iommufs_drv_event`` records (type IOMMUFS_EVENT_MM_EXIT = 1,
-handle, pasid, pid); 0 when there is none; EINVAL when one is pending but
-``count`` is smaller than a record. poll() reports POLLIN while events wait.
+read() returns the events of this open file's bonds, whole 32-byte
+``struct iommufs_drv_event`` records (type, handle, pasid, pid, addr, perm):
+IOMMUFS_EVENT_MM_EXIT (1) when a bound process exits, IOMMUFS_EVENT_IOPF (2)
+when a PRI device's DMA with a bond's PASID faults (the emulated kernel
+handler answers it at once: a page the process has not mapped cannot be
+made present, so the DMA fails); 0 when there is none; EINVAL when one is
+pending but ``count`` is smaller than a record. poll() reports POLLIN while
+events wait.
 """
 import errno
 import struct
@@ -28,7 +32,7 @@ from .pasid import space_of
 from .sva import alloc_unrouted
 
 DRIVER = Table()
-EVENT = struct.Struct("<IIIi")
+EVENT = struct.Struct("<IIIiQII")
 
 
 class DriverFile:
@@ -53,11 +57,19 @@ class DriverFile:
         if caller.uid != self.uid:
             raise UapiError(errno.EACCES, f"driver file of uid {self.uid}")
 
-    def mm_exit(self, bond):
-        """Queue the mm_exit event of ``bond`` (core.sva) and wake pollers."""
-        self.events.append(EVENT.pack(uapi.IOMMUFS_EVENT_MM_EXIT, bond.handle, bond.pasid, bond.mm.tgid))
+    def _event(self, typ, bond, addr=0, perm=0):
+        self.events.append(EVENT.pack(typ, bond.handle, bond.pasid, bond.mm.tgid, addr, perm, 0))
         if self.on_change is not None:
             self.on_change()
+
+    def mm_exit(self, bond):
+        """Queue the mm_exit event of ``bond`` (core.sva) and wake pollers."""
+        self._event(uapi.IOMMUFS_EVENT_MM_EXIT, bond)
+
+    def iopf(self, bond, addr, access):
+        """Report an I/O page fault of ``bond`` at ``addr`` (access: 1 read,
+        2 write, as IOMMU_PGFAULT_PERM_*)."""
+        self._event(uapi.IOMMUFS_EVENT_IOPF, bond, addr, access)
 
     def read_events(self, count):
         """Whole event records that fit in ``count`` bytes (bytes; b"" when

@@ -135,6 +135,31 @@ class Emulator:
         """close() of a driver node: unbind its bonds, free its PASIDs."""
         dfile.close()
 
+    # -- fault fds (fds/fault-N) -----------------------------------------------
+    def open_fault(self, ffile, caller):
+        """open() of a fault fd's node (core.fault.FaultFile): ENOENT once
+        the fd is closed; EACCES for another uid."""
+        ffile.check_caller(caller)
+        ffile.opened()
+
+    def fault_read(self, ffile, caller, count):
+        """read() of the fault fd (reference §10.1): bytes of whole groups."""
+        ffile.check_caller(caller)
+        return ffile.queue.read(count)
+
+    def fault_write(self, ffile, caller, data):
+        """write() of page responses (reference §10.1): bytes consumed."""
+        ffile.check_caller(caller)
+        return ffile.queue.write(data)
+
+    def fault_readable(self, ffile):
+        """poll(): True while fault groups wait to be read."""
+        return not ffile.closed and ffile.queue.readable()
+
+    def release_fault(self, ffile):
+        """The last close of one open of the node."""
+        ffile.released()
+
     # -- devices/<name>/dma ----------------------------------------------------
     def dma(self, device, caller, request):
         """One IODM request frame (bytes) -> its reply frame (bytes).

@@ -91,6 +91,26 @@ class HwptPaging(Obj):
                 n -= take
         return pieces
 
+    def missing_pages(self, iova, length, access):
+        """The pages (IOVA, page_size aligned) of ``[iova, iova+length)``
+        that do not translate for ``access``: what a PRI device asks for in
+        one page request group. Sets no A/D bit."""
+        from cext.pagetable import PTE_READ, PTE_WRITE, IOPageFault
+
+        need = (PTE_WRITE if access & 2 else 0) | (PTE_READ if access & 1 else 0)
+        ps = self.page_size
+        out = []
+        page = iova - iova % ps
+        while page < iova + length:
+            try:
+                ok = self.pt.get_ad(page) & need == need
+            except IOPageFault:
+                ok = False
+            if not ok:
+                out.append(page)
+            page += ps
+        return out
+
     # -- lifetime ----------------------------------------------------------------
     def join_ioas(self):
         """Become a domain of the IOAS: every area is checked and mapped.
@@ -178,7 +198,7 @@ def hwpt_alloc(ctx, caller, cmd):
     else:
         raise UapiError(errno.EINVAL, f"pt_id {cmd.pt_id} is a {pt.kind}")
     if cmd.flags & uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID:
-        from .fault import Fault
+        from .fault import FaultQueue
 
-        hwpt.fault = ctx.get(cmd.fault_id, Fault).get()
+        hwpt.fault = ctx.get(cmd.fault_id, FaultQueue).get()
     cmd.out_hwpt_id = hwpt.id

@@ -153,6 +153,7 @@ class Device:
     fault_log: list = field(default_factory=list)
     pasids: object = None             # the PasidSpace PASIDs are allocated from (core.pasid)
     sva_bonds: dict = field(default_factory=dict)   # PASID -> SvaBond (core.sva)
+    prg_next: int = 0                 # the last page request group index used (core.dma)
 
     @property
     def is_mdev(self):

@@ -75,7 +75,10 @@ ffi.cdef(
         uint32_t out_pasid; uint32_t __reserved;
     };
     struct iommufs_sva { uint32_t size; uint32_t handle; uint32_t out_pasid; uint32_t __reserved; };
-    struct iommufs_drv_event { uint32_t type; uint32_t handle; uint32_t pasid; int32_t pid; };
+    struct iommufs_drv_event {
+        uint32_t type; uint32_t handle; uint32_t pasid; int32_t pid;
+        uint64_t addr; uint32_t perm; uint32_t __reserved;
+    };
 
     struct vfio_device_bind_iommufd {
         uint32_t argsz; uint32_t flags; int32_t iommufd; uint32_t out_devid;
@@ -208,6 +211,7 @@ IOMMUFS_SVA_BIND = (IOMMUFS_TYPE << 8) | 0x12
 IOMMUFS_SVA_UNBIND = (IOMMUFS_TYPE << 8) | 0x13
 IOMMUFS_SVA_GET_PASID = (IOMMUFS_TYPE << 8) | 0x14
 IOMMUFS_EVENT_MM_EXIT = 1
+IOMMUFS_EVENT_IOPF = 2
 
 
 def sizeof(struct_name):

@@ -319,13 +319,17 @@ class DeviceDriver(Node):
 
     def events(self, count=4096):
         """The pending events (read() of the node): a list of dicts with
-        ``type`` ("mm_exit"), ``handle``, ``pasid``, ``pid``; [] when none."""
+        ``type`` ("mm_exit" or "iopf"), ``handle``, ``pasid``, ``pid`` (and
+        ``addr``, ``perm`` for "iopf"); [] when none."""
         data = os.read(self.fd, count)
+        names = {uapi.IOMMUFS_EVENT_MM_EXIT: "mm_exit", uapi.IOMMUFS_EVENT_IOPF: "iopf"}
         out = []
-        for off in range(0, len(data), 16):
-            typ, handle, pasid, pid = struct.unpack_from("<IIIi", data, off)
-            out.append({"type": "mm_exit" if typ == uapi.IOMMUFS_EVENT_MM_EXIT else typ,
-                        "handle": handle, "pasid": pasid, "pid": pid})
+        for off in range(0, len(data), 32):
+            typ, handle, pasid, pid, addr, perm, _ = struct.unpack_from("<IIIiQII", data, off)
+            ev = {"type": names.get(typ, typ), "handle": handle, "pasid": pasid, "pid": pid}
+            if typ == uapi.IOMMUFS_EVENT_IOPF:
+                ev.update(addr=addr, perm=perm)
+            out.append(ev)
         return out
 
 

@@ -16,10 +16,16 @@ except ImportError as e:  # pragma: no cover - a build problem, not a runtime on
 
 NULL = ffi.NULL
 
-# The tree never changes while mounted, so the kernel may cache names and
-# attributes for as long as it likes (seconds).
+# The static tree never changes while mounted, so the kernel may cache names
+# and attributes for as long as it likes (seconds); nodes under fds/ come and
+# go, so nothing of them is cached.
 ENTRY_TIMEOUT = 3600.0
 ATTR_TIMEOUT = 3600.0
+
+
+def timeouts(node):
+    """``(entry_timeout, attr_timeout)`` in seconds for ``node``."""
+    return (0.0, 0.0) if node.dynamic else (ENTRY_TIMEOUT, ATTR_TIMEOUT)
 
 # Mount options (DESIGN.md, Transport): anyone may open (allow_other), the
 # kernel enforces the modes (default_permissions), and the mount goes away
@@ -43,13 +49,14 @@ def req_ident(req):
 def fill_stat(st, node):
     """Fill ``struct stat *st`` for ``node`` (devfs.nodes.Node).
 
-    Owner root: with default_permissions the kernel checks the mode bits, and
-    the modes (0666 / 0444 / 0755) are what let every user in.
+    Owner root, or the uid a returned fd's node belongs to: with
+    default_permissions the kernel checks the mode bits, and the modes
+    (0666 / 0444 / 0755; 0600 under fds/) decide who gets in.
     """
     st.st_ino = node.ino
     st.st_mode = node.mode
     st.st_nlink = (2 + sum(1 for c in node.children.values() if c.is_dir)) if node.is_dir else 1
-    st.st_uid = 0
+    st.st_uid = node.uid
     st.st_gid = 0
     st.st_size = 0
     st.st_blksize = 4096

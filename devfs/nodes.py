@@ -9,13 +9,17 @@
     /devices/<name>/info      file 0444   JSON from emulator.device_info(), read
                                           at open (it changes: fault counters)
     /devices/<name>/driver    file 0666   the device's driver side (PASIDs, SVA)
+    /fds                      dir  0755   nodes of fds that ioctls return
+    /fds/fault-N              file 0600   a fault fd (IOMMU_FAULT_QUEUE_ALLOC), owned by its uid
 
-The tree is built once from the emulator and never changes while mounted,
-so inode numbers are stable for the life of a mount (and, for a given
-topology, from one mount to the next): they are assigned in a fixed order
-(root, iommu, vfio, vfio/devices, devices, then the vfio nodes in numeric
-order, then each device's directory, dma, info and driver in name order). This
-module knows nothing of FUSE.
+The static tree is built once from the emulator, so its inode numbers are
+stable for the life of a mount (and, for a given topology, from one mount to
+the next): they are assigned in a fixed order (root, iommu, vfio,
+vfio/devices, devices, fds, then the vfio nodes in numeric order, then each
+device's directory, dma, info and driver in name order). Nodes under ``fds/``
+come and go with the objects behind them (:meth:`Tree.add_dynamic`); their
+inode numbers and names are never reused within a mount. This module knows
+nothing of FUSE.
 """
 import re
 import stat
@@ -27,6 +31,7 @@ VFIO = "vfio"
 DMA = "dma"
 INFO = "info"
 DRIVER = "driver"
+FAULT = "fault"
 
 ROOT_INO = 1      # FUSE_ROOT_ID
 IOMMU_INO = 2     # fixed: the fd resolution of BIND checks st_ino against it
@@ -38,20 +43,24 @@ _MODES = {
     DMA: stat.S_IFREG | 0o666,
     INFO: stat.S_IFREG | 0o444,
     DRIVER: stat.S_IFREG | 0o666,
+    FAULT: stat.S_IFREG | 0o600,
 }
 
 
 class Node:
     """One inode: ``ino``, ``name``, ``kind`` (DIR, IOMMU, VFIO, DMA, INFO),
     ``mode`` (st_mode), ``parent`` (ino), ``children`` (name -> Node, dirs
-    only), ``device`` (the emulator's device object for VFIO/DMA/INFO/DRIVER).
+    only), ``device`` (the emulator's device object for VFIO/DMA/INFO/DRIVER),
+    ``uid`` (owner), ``obj`` (what a dynamic node stands for, e.g. a core
+    FaultFile), ``dynamic`` (under ``fds/``: the kernel must not cache it).
 
     st_size is 0 for every file, as in procfs: nodes are direct_io, so reads
     always reach the server and never stop at a cached size."""
 
-    __slots__ = ("ino", "name", "kind", "mode", "parent", "children", "device")
+    __slots__ = ("ino", "name", "kind", "mode", "parent", "children", "device", "uid",
+                 "obj", "dynamic")
 
-    def __init__(self, ino, name, kind, parent, device=None):
+    def __init__(self, ino, name, kind, parent, device=None, uid=0, obj=None, dynamic=False):
         self.ino = ino
         self.name = name
         self.kind = kind
@@ -59,6 +68,9 @@ class Node:
         self.parent = parent
         self.children = {} if kind == DIR else None
         self.device = device
+        self.uid = uid
+        self.obj = obj
+        self.dynamic = dynamic
 
     @property
     def is_dir(self):
@@ -82,13 +94,28 @@ class Tree:
 
     def __init__(self):
         self.nodes = {}
+        self._next_ino = 1
+        self._serial = 0
+        self.fds = None
 
     def _add(self, name, kind, parent, **kw):
-        node = Node(len(self.nodes) + 1, name, kind, parent.ino if parent else ROOT_INO, **kw)
+        node = Node(self._next_ino, name, kind, parent.ino if parent else ROOT_INO, **kw)
+        self._next_ino += 1
         self.nodes[node.ino] = node
         if parent is not None:
             parent.children[name] = node
         return node
+
+    def add_dynamic(self, prefix, kind, obj, uid):
+        """A new node ``fds/<prefix>-<n>`` (n counts up per mount) of ``kind``
+        for ``obj``, owned by ``uid``. Returns the Node."""
+        self._serial += 1
+        return self._add(f"{prefix}-{self._serial}", kind, self.fds, uid=uid, obj=obj, dynamic=True)
+
+    def remove(self, node):
+        """Drop a dynamic node (absent: no-op)."""
+        if self.nodes.pop(node.ino, None) is not None:
+            self.nodes[node.parent].children.pop(node.name, None)
 
     @classmethod
     def build(cls, emulator):
@@ -99,6 +126,7 @@ class Tree:
         vfio = t._add("vfio", DIR, root)
         vdevs = t._add("devices", DIR, vfio)
         devices = t._add("devices", DIR, root)
+        t.fds = t._add("fds", DIR, root, dynamic=True)
         assert t.nodes[IOMMU_INO].kind == IOMMU
         vfio_nodes = emulator.vfio_nodes()
         for name in sorted(vfio_nodes, key=_natural):

@@ -54,9 +54,12 @@ Other rules decided here (documented choices):
   the hook later fault queues need.
 
 A core call may also answer "not yet": any exception with a ``wait_fd``
-attribute (an fd that becomes readable when a retry can make progress; it
-must stay open until then) defers the request to trio, which waits for the
-fd and retries the same call, cancelled by FUSE INTERRUPT (EINTR). Tests use
+attribute (an fd that becomes readable when a retry can make progress)
+defers the request to trio, which waits for the fd (on a dup, so core may
+close its own) and retries the same call, or calls the exception's
+``resume`` if it has one (a DMA waiting for a page response goes on where it
+stopped); cancelled by FUSE INTERRUPT (EINTR) or the file's release, in which
+case the exception's ``abandon`` (if any) is called. Tests use
 it through a fake emulator; the PRI wait of DMA is its first real user.
 """
 import errno
@@ -79,7 +82,7 @@ from core.usermem import FrameArg, MemArg
 from . import frames
 from .frames import FrameError, build_reply, check_dma_whole, parse_request
 from .fuse import ffi, req_ident
-from .nodes import DMA, DRIVER, INFO, IOMMU, IOMMU_INO, VFIO, Tree
+from .nodes import DMA, DRIVER, FAULT, INFO, IOMMU, IOMMU_INO, VFIO, Tree
 
 log = logging.getLogger("iommufs.devfs")
 
@@ -92,13 +95,15 @@ DEFERRED = type("Deferred", (), {"__repr__": lambda self: "DEFERRED"})()
 NULL = uapi.IOMMUFS_NULL
 SYNC_CLOSE = uapi.IOMMUFS_SYNC_CLOSE
 WHOAMI = uapi.IOMMUFS_WHOAMI
+FD_PATH = uapi.IOMMUFS_FD_PATH
+FD_PATH_SIZE = uapi.sizeof("iommufs_fd_path")
 PRIVATE_TYPE = uapi.IOMMUFS_TYPE
 BIND = uapi.VFIO_DEVICE_BIND_IOMMUFD
 BIND_FD_OFFSET = 8        # struct vfio_device_bind_iommufd: argsz, flags, iommufd (s32)
 
 # The private ioctls devfs answers itself; on a driver node every other
 # 0xF5xx number is a driver command for core (core.driver).
-TRANSPORT_PRIVATE = frozenset((NULL, SYNC_CLOSE, WHOAMI))
+TRANSPORT_PRIVATE = frozenset((NULL, SYNC_CLOSE, WHOAMI, FD_PATH))
 
 POLLIN = select.POLLIN | select.POLLRDNORM
 POLLOUT = select.POLLOUT | select.POLLWRNORM
@@ -107,11 +112,15 @@ _MAX_ID = (1 << 31) - 1   # WHOAMI returns the id through ioctl()'s int result
 
 
 class Blocked(Exception):
-    """Core asked to wait for ``fd`` to become readable, then retry."""
+    """Core asked to wait for ``fd`` to become readable, then retry: with
+    ``resume`` (core's continuation) call that instead of the request again;
+    ``abandon`` tells core the wait was given up (cancelled)."""
 
-    def __init__(self, fd):
+    def __init__(self, fd, resume=None, abandon=None):
         super().__init__(fd)
         self.fd = fd
+        self.resume = resume
+        self.abandon = abandon
 
 
 class Handle:
@@ -120,10 +129,12 @@ class Handle:
     ``node``: the devfs.nodes.Node opened; ``kind``: its kind; ``obj``: what
     core returned for it (Context, VfioFile) or the device (DMA); ``closed``:
     synchronously closed; ``slots``: reply slots (frame nodes); ``ph``: the
-    newest poll handle or None; ``data``: the ``info`` document (bytes).
+    newest poll handle or None; ``data``: the ``info`` document (bytes);
+    ``returned``: per thread, the node paths of the fds the thread's last
+    fd-returning ioctl on this file returned (IOMMUFS_FD_PATH).
     """
 
-    __slots__ = ("id", "node", "kind", "obj", "closed", "slots", "ph", "data")
+    __slots__ = ("id", "node", "kind", "obj", "closed", "slots", "ph", "data", "returned")
 
     def __init__(self, hid, node, obj=None, data=b""):
         self.id = hid
@@ -131,9 +142,10 @@ class Handle:
         self.kind = node.kind
         self.obj = obj
         self.closed = False
-        self.slots = frames.ReplySlots() if node.kind != INFO else None
+        self.slots = frames.ReplySlots() if node.kind not in (INFO, FAULT) else None
         self.ph = None
         self.data = data
+        self.returned = {}       # tid -> node paths of the fds its last such ioctl returned
 
     def __repr__(self):
         return f"<Handle {self.id} {self.kind} {self.node.name}{' closed' if self.closed else ''}>"
@@ -202,10 +214,11 @@ class Server:
                 if fd is None:
                     log.exception("core %s failed", getattr(fn, "__name__", fn))
                     raise UapiError(errno.EIO, "internal error in core") from None
+                wait = e
             finally:
                 if getattr(self.emulator, "watch_gen", 0) != self._watch_gen:
                     self._sync_watches()
-        raise Blocked(fd)
+        raise Blocked(fd, getattr(wait, "resume", None), getattr(wait, "abandon", None))
 
     # -- fds core watches (core.emulator.Emulator.watch) -------------------------------
     def _sync_watches(self):
@@ -240,7 +253,39 @@ class Server:
             r = self._core(self.emulator.vfio_ioctl, h.obj, caller, cmd, arg)
         else:
             r = self._core(self.emulator.driver_ioctl, h.obj, caller, cmd, arg)
+        if caller.returned:
+            self._publish(h, caller)
         return int(r or 0)
+
+    # -- fds returned by ioctls (README, "Ioctls that return file descriptors") --------
+    def _publish(self, h, caller):
+        """Give every object core returned as an fd a node under ``fds/``
+        and remember the paths for the calling thread (IOMMUFS_FD_PATH)."""
+        paths = []
+        with self.lock:
+            for obj in caller.returned:
+                node = self.tree.add_dynamic("fault", FAULT, obj, caller.uid)
+                obj.on_close = lambda node=node: self.tree.remove(node)
+                obj.queue.on_change = lambda node=node: self._notify_node(node)
+                paths.append(self.tree.path(node.ino))
+        h.returned[caller.tid] = paths
+
+    def _notify_node(self, node):
+        for h in list(self.handles.values()):
+            if h.node is node:
+                self._notify(h)
+
+    def _fd_path(self, h, tid, arg):
+        """IOMMUFS_FD_PATH (README): EFAULT, EINVAL size, ENOENT no such fd."""
+        size = int.from_bytes(arg.read(0, 4), "little")
+        if size < FD_PATH_SIZE:
+            raise UapiError(errno.EINVAL, f"size {size} < {FD_PATH_SIZE}")
+        index = int.from_bytes(arg.read(4, 4), "little")
+        paths = h.returned.get(tid, ())
+        if index >= len(paths):
+            raise UapiError(errno.ENOENT, f"no returned fd {index}")
+        arg.write(8, paths[index].encode().ljust(FD_PATH_SIZE - 8, b"\0"))
+        return 0
 
     # -- open / release ------------------------------------------------------------
     def _new_id(self):
@@ -277,6 +322,9 @@ class Server:
             obj = self._core(self.emulator.open_vfio, node.device, Caller(*req_ident(req)))
         elif kind is DRIVER:
             obj = self._core(self.emulator.open_driver, node.device, Caller(*req_ident(req)))
+        elif kind is FAULT:
+            obj = node.obj
+            self._core(self.emulator.open_fault, obj, Caller(*req_ident(req)))
         else:  # DMA
             obj = node.device
         hid = self._new_id()
@@ -305,6 +353,8 @@ class Server:
             self._core(self.emulator.close_vfio, h.obj)
         elif h.kind is DRIVER:
             self._core(self.emulator.close_driver, h.obj)
+        elif h.kind is FAULT:
+            self._core(self.emulator.release_fault, h.obj)
 
     def _sync_close(self, h):
         if not h.closed:
@@ -353,7 +403,7 @@ class Server:
             raise UapiError(errno.ENOTTY, f"{cmd:#x} is not an _IO command")
         tid, uid, gid = req_ident(req)
         if cmd >> 8 == PRIVATE_TYPE and (kind is not DRIVER or cmd in TRANSPORT_PRIVATE):
-            return self._private(h, tid, cmd)
+            return self._private(h, tid, cmd, MemArg(Caller(tid, uid, gid).mem, argp))
         if h.closed:
             raise UapiError(errno.EBADF, "closed synchronously")
         caller = Caller(tid, uid, gid)
@@ -369,7 +419,7 @@ class Server:
         try:
             return self._core_ioctl(h, caller, cmd, arg)
         except Blocked as b:
-            return self._defer(req, self._ioctl_attempt(h, caller, cmd, arg), wait_fd=b.fd)
+            return self._defer(req, self._ioctl_attempt(h, caller, cmd, arg), blocked=b)
 
     def _ioctl_attempt(self, h, caller, cmd, arg):
         def attempt():
@@ -378,12 +428,16 @@ class Server:
             except UapiError as e:
                 return ("err", e.errno)
             except Blocked as b:
-                return ("wait", b.fd)
+                return ("wait", b)
         return attempt
 
-    def _private(self, h, tid, cmd):
+    def _private(self, h, tid, cmd, arg):
         if cmd == SYNC_CLOSE:
             return self._sync_close(h)
+        if cmd == FD_PATH:
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed synchronously")
+            return self._fd_path(h, tid, arg)
         if cmd == WHOAMI:
             if not _own_thread(tid):
                 raise UapiError(errno.EPERM, "WHOAMI is for the server's own threads")
@@ -409,6 +463,9 @@ class Server:
         kind = h.kind
         if kind is INFO:
             raise UapiError(errno.EBADF, "info is read-only")
+        if kind is FAULT:
+            tid, uid, gid = req_ident(req)
+            return self._core(self.emulator.fault_write, h.obj, Caller(tid, uid, gid), bytes(data))
         n = len(data)
         if kind is DMA:
             check_dma_whole(data, self.max_write)
@@ -435,10 +492,12 @@ class Server:
         if cmd > 0xFFFF:
             result = -errno.ENOTTY
         elif cmd >> 8 == PRIVATE_TYPE and (h.kind is not DRIVER or cmd in TRANSPORT_PRIVATE):
+            farg = FrameArg(argb)
             try:
-                result = self._private(h, tid, cmd)
+                result = self._private(h, tid, cmd, farg)
             except UapiError as e:
                 result = -e.errno
+            argb = bytes(farg.buf)
         elif h.closed:
             result = -errno.EBADF
         else:
@@ -456,7 +515,7 @@ class Server:
         """Run ``attempt`` now; if core says wait, go on in the background."""
         out = attempt()
         if out[0] == "wait":
-            self._background(h, tid, attempt, failure, wait_fd=out[1])
+            self._background(h, tid, attempt, failure, blocked=out[1])
         else:
             self._fill(h, tid, out[1])
 
@@ -468,16 +527,21 @@ class Server:
             except UapiError as e:
                 result = -e.errno
             except Blocked as b:
-                return ("wait", b.fd)
+                return ("wait", b)
             return ("reply", build_reply(result, arg.buf, self.reply_extra(h, caller, cmd, arg)))
         return attempt
 
     def _dma_attempt(self, h, caller, data):
+        # A DMA waiting for a page response goes on with core's continuation.
+        step = [lambda: self._core(self.emulator.dma, h.obj, caller, data)]
+
         def attempt():
             try:
-                reply = self._core(self.emulator.dma, h.obj, caller, data)
+                reply = step[0]()
             except Blocked as b:
-                return ("wait", b.fd)
+                if b.resume is not None:
+                    step[0] = lambda: self._core(b.resume)
+                return ("wait", b)
             except UapiError as e:    # dma() reports in its reply; this is a bug
                 return ("reply", self._dma_failure(e.errno))
             return ("reply", bytes(reply))
@@ -489,10 +553,11 @@ class Server:
         return struct.pack("<4siIIQ", frames.DMA_MAGIC, -err, 0, 0, 0)
 
     def reply_extra(self, h, caller, cmd, arg):
-        """Extra data of a frame reply (DESIGN.md: node paths of fds an ioctl
-        returns). No ioctl returns an fd yet: always empty. The hook for
-        IOMMU_FAULT_QUEUE_ALLOC and friends."""
-        return b""
+        """Extra data of a frame reply (DESIGN.md): the node path of each fd
+        the ioctl returned, NUL-terminated, in the order of its fd fields."""
+        if not caller.returned:
+            return b""
+        return b"".join(p.encode() + b"\0" for p in h.returned.get(caller.tid, ()))
 
     def _fill(self, h, tid, reply):
         pending = h.slots.fill(tid, reply)
@@ -513,6 +578,10 @@ class Server:
         if h.kind is INFO:
             return h.data[off:off + size]
         tid, uid, gid = req_ident(req)
+        if h.kind is FAULT:
+            data = self._core(self.emulator.fault_read, h.obj, Caller(tid, uid, gid), size)
+            self._notify(h)
+            return data
         if h.kind is DRIVER and not h.slots.holds(tid):
             # No frame of this thread in flight: the read is for events.
             if h.closed:
@@ -552,6 +621,9 @@ class Server:
                     self.port.destroy_pollhandle(old)
         if h.kind is INFO:
             return POLLIN
+        if h.kind is FAULT:
+            # §10.1: always writable; readable while groups wait.
+            return POLLOUT | (POLLIN if self._core(self.emulator.fault_readable, h.obj) else 0)
         if h.slots.ready(req_ident(req)[0]):
             return POLLIN
         if h.kind is DRIVER and not h.closed and h.obj.events:
@@ -572,12 +644,12 @@ class Server:
                 self.port.destroy_pollhandle(ph)
 
     # -- deferred work -----------------------------------------------------------------------
-    async def _retry(self, attempt, wait_fd, resolve, d=None):
+    async def _retry(self, attempt, blocked, resolve, d=None):
         """Resolve an fd first (``resolve``: (caller, fd or None)), wait for
-        ``wait_fd``, then run ``attempt`` (under the core lock, in a worker
-        thread) until it answers; returns its answer. With ``d`` (a deferred
-        request) the core call is a commit: None if the request was answered
-        meanwhile (INTERRUPT)."""
+        ``blocked`` (a Blocked, or None), then run ``attempt`` (under the core
+        lock, in a worker thread) until it answers; returns its answer. With
+        ``d`` (a deferred request) the core call is a commit: None if the
+        request was answered meanwhile (INTERRUPT)."""
         if resolve is not None:
             caller, fd = resolve
             if fd is not None:
@@ -586,33 +658,51 @@ class Server:
                 # a cancelled wait abandons the thread, which only closes its dup.
                 caller.fds = await trio.to_thread.run_sync(
                     self.resolve_fd, caller.tid, fd, abandon_on_cancel=True)
-        fd = wait_fd
         while True:
-            if fd is not None:
-                await self.port.wait_readable(fd)
+            if blocked is not None:
+                await self._wait_blocked(blocked)
             if d is not None and not d.enter_commit():
+                self._abandon(blocked)
                 return None
             # Not cancellable: once core runs, its result is the answer.
             out = await trio.to_thread.run_sync(attempt)
             if out[0] != "wait":
                 return out
-            fd = out[1]
+            blocked = out[1]
             if d is not None and not d.leave_commit():
+                self._abandon(blocked)
                 return None
 
-    def _defer(self, req, attempt, wait_fd=None, resolve=None):
+    async def _wait_blocked(self, b):
+        """Wait until ``b.fd`` is readable, on a dup of it (core may close its
+        own fd whenever it likes); if the wait is cancelled, tell core."""
+        dup = os.dup(b.fd)
+        try:
+            await trio.lowlevel.wait_readable(dup)
+        except BaseException:
+            self._abandon(b)
+            raise
+        finally:
+            os.close(dup)
+
+    def _abandon(self, b):
+        if b is not None and b.abandon is not None:
+            with self.lock:
+                b.abandon()
+
+    def _defer(self, req, attempt, blocked=None, resolve=None):
         """Answer ioctl ``req`` later, from trio (see _retry); an INTERRUPT
         answers EINTR while it waits. FUSE_IOCTL holds no inode lock, so the
         ioctl itself may wait."""
 
         async def work(d):
-            out = await self._retry(attempt, wait_fd, resolve, d)
+            out = await self._retry(attempt, blocked, resolve, d)
             if out is not None:
                 d.finish(*out)
 
         return self.port.defer(req, work)
 
-    def _background(self, h, tid, attempt, failure, wait_fd=None, resolve=None):
+    def _background(self, h, tid, attempt, failure, blocked=None, resolve=None):
         """Serve a frame request after its write() returned: the reply lands
         in ``tid``'s slot (``failure(errno)`` builds it if the work fails).
         Cancelled when the file is released."""
@@ -620,7 +710,7 @@ class Server:
 
         async def work():
             try:
-                out = await self._retry(attempt, wait_fd, resolve)
+                out = await self._retry(attempt, blocked, resolve)
                 reply = out[1]
             except Exception:
                 log.exception("background request of %r failed", h)

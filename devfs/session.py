@@ -53,8 +53,7 @@ import trio
 from core.errors import UapiError
 
 from .frames import FrameError
-from .fuse import (ATTR_TIMEOUT, DEFAULT_OPTIONS, ENTRY_TIMEOUT, NULL, ffi, fill_stat, lib,
-                   make_args)
+from .fuse import DEFAULT_OPTIONS, NULL, ffi, fill_stat, lib, make_args, timeouts
 from .server import DEFERRED
 
 log = logging.getLogger("iommufs.devfs")
@@ -556,8 +555,7 @@ def iofs_lookup(req, parent, name):
         e.ino = node.ino
         e.generation = 1
         fill_stat(e.attr, node)
-        e.attr_timeout = ATTR_TIMEOUT
-        e.entry_timeout = ENTRY_TIMEOUT
+        e.entry_timeout, e.attr_timeout = timeouts(node)
     except BaseException as exc:
         _reply_error(req, exc)
         return
@@ -581,7 +579,7 @@ def iofs_getattr(req, ino, fi):
     except BaseException as exc:
         _reply_error(req, exc)
         return
-    lib.fuse_reply_attr(req, st, ATTR_TIMEOUT)
+    lib.fuse_reply_attr(req, st, timeouts(node)[1])
 
 
 @ffi.def_extern()
@@ -651,7 +649,7 @@ def iofs_opendir(req, ino, fi):
         if not node.is_dir:
             raise UapiError(errno.ENOTDIR)
         fi.fh = 0
-        fi.cache_readdir = 1
+        fi.cache_readdir = 0 if node.dynamic else 1
     except BaseException as exc:
         _reply_error(req, exc)
         return

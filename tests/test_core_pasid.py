@@ -463,9 +463,9 @@ def test_mm_exit_event_then_dma_fails_and_unbind_still_works(kit):
         kit.emu.fire_watch(kit.emu.watches[pidfd])            # what the transport does
         assert changed == [1]
         with pytest.raises(UapiError) as e:
-            kit.emu.driver_read(d.f, kit.caller, 15)
+            kit.emu.driver_read(d.f, kit.caller, 31)
         assert e.value.errno == errno.EINVAL
-        assert d.events() == [(uapi.IOMMUFS_EVENT_MM_EXIT, handle, pasid, child.pid)]
+        assert d.events() == [(uapi.IOMMUFS_EVENT_MM_EXIT, handle, pasid, child.pid, 0, 0, 0)]
         assert d.events() == []
         assert write(kit, ACCEL, va, b"dead", pasid=pasid) == -errno.EFAULT
         assert d.unbind(handle) == pasid

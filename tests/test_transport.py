@@ -183,7 +183,8 @@ def tclient():
 
 def test_node_tree(fake_mount):
     mnt = fake_mount.path
-    assert sorted(os.listdir(mnt)) == ["devices", "iommu", "vfio"]
+    assert sorted(os.listdir(mnt)) == ["devices", "fds", "iommu", "vfio"]
+    assert os.listdir(mnt + "/fds") == []
     assert os.listdir(mnt + "/vfio") == ["devices"]
     assert os.listdir(mnt + "/vfio/devices") == ["vfio0", "vfio1", "vfio10"]
     assert os.listdir(mnt + "/devices") == ["0000:00:03.0", "0000:00:04.0", "mdev0"]
@@ -711,7 +712,7 @@ def test_stale_mount_is_cleaned_by_the_next_mount(mount_factory):
     assert m.mounted()
     assert oserr(os.stat, m.path) == errno.ENOTCONN
     m2 = mount_factory(emulator=FAKE, path=m.path)
-    assert sorted(os.listdir(m2.path)) == ["devices", "iommu", "vfio"]
+    assert sorted(os.listdir(m2.path)) == ["devices", "fds", "iommu", "vfio"]
 
 
 def test_sigkill_with_auto_unmount_leaves_no_mount(mount_factory):
@@ -731,7 +732,7 @@ def test_cli_background_mount_returns_when_usable():
                        capture_output=True, text=True, env=client_env(), timeout=30)
     try:
         assert r.returncode == 0, r.stderr
-        assert sorted(os.listdir(path)) == ["devices", "iommu", "vfio"]
+        assert sorted(os.listdir(path)) == ["devices", "fds", "iommu", "vfio"]
         r2 = subprocess.run([sys.executable, "-m", "devfs.cli", "mount", path, "--emulator", FAKE],
                             capture_output=True, text=True, env=client_env(), timeout=30)
         assert r2.returncode == 1 and "already mounted" in r2.stderr
