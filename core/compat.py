@@ -29,7 +29,9 @@ import struct
 from . import uapi
 from .dispatch import ioctl, write_struct
 from .errors import UapiError
-from .ioas import PROT_READ, PROT_WRITE, Ioas
+# The module, not its names: core.dispatch imports this module while
+# core.ioas may still be initialising (either can be imported first).
+from . import ioas as _ioas
 from .iova import PAGE_SIZE, U64_MAX
 from .uapi import ffi
 
@@ -90,7 +92,7 @@ def vfio_ioas(ctx, caller, cmd):
     if cmd.op == uapi.IOMMU_VFIO_IOAS_GET:
         cmd.ioas_id = compat_ioas(ctx).id
     elif cmd.op == uapi.IOMMU_VFIO_IOAS_SET:
-        ctx.vfio_ioas = ctx.get(cmd.ioas_id, Ioas)
+        ctx.vfio_ioas = ctx.get(cmd.ioas_id, _ioas.Ioas)
     elif cmd.op == uapi.IOMMU_VFIO_IOAS_CLEAR:
         ctx.vfio_ioas = None
     else:
@@ -252,9 +254,9 @@ def iommu_map_dma(ctx, caller, arg):
         raise _err(errno.EINVAL, f"argsz {m.argsz} / flags {m.flags:#x}")
     prot = 0
     if m.flags & uapi.VFIO_DMA_MAP_FLAG_READ:
-        prot |= PROT_READ
+        prot |= _ioas.PROT_READ
     if m.flags & uapi.VFIO_DMA_MAP_FLAG_WRITE:
-        prot |= PROT_WRITE
+        prot |= _ioas.PROT_WRITE
     ioas = compat_ioas(ctx)
     owner = ctx.owners.hold(caller)
     try:
