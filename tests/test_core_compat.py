@@ -21,7 +21,7 @@ from core.uapi import ffi
 from core.usermem import MemArg
 from devfs.client import Buffer
 
-from corekit import Kit, addr, new
+from corekit import Kit, new
 
 PLAIN = "0000:00:03.0"
 PAGE = 4096
