@@ -159,9 +159,12 @@ class Context:
         self.remove(obj)
 
     def remove(self, obj):
-        """Destroy a published object whose refs are 0 and free its ID."""
+        """Destroy a published object whose refs are 0 and free its ID.
+        Destroying the compat IOAS also clears it (§7 IOMMU_VFIO_IOAS)."""
         assert obj.refs == 0, obj
         del self.objects[obj.id]
+        if obj is self.vfio_ioas:
+            self.vfio_ioas = None
         obj.destroy()
         self._release_id(obj.id)
 

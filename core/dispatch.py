@@ -129,9 +129,7 @@ def iommufd_ioctl(ctx, caller, cmd, arg):
     ctx.check_caller(caller)
     nr = cmd & 0xFF
     if nr < _FIRST_NR or nr > _LAST_NR:
-        from .compat import vfio_compat_ioctl
-
-        return vfio_compat_ioctl(ctx, caller, cmd, arg)
+        return _compat.vfio_compat_ioctl(ctx, caller, cmd, arg)
     op = OPS.get(nr)
     cdata, size = decode(op, cmd, arg)
     try:
@@ -193,5 +191,6 @@ from . import ioas as _ioas  # noqa: E402,F401
 from . import hwpt as _hwpt  # noqa: E402,F401
 from . import device as _device  # noqa: E402,F401
 from . import fault as _fault  # noqa: E402,F401
+from . import compat as _compat  # noqa: E402
 
 __all__ = ["iommufd_ioctl", "ioctl", "OPS", "uapi"]

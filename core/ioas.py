@@ -523,6 +523,63 @@ class Ioas(Obj):
         """Unmap every area; returns the bytes unmapped (EBUSY if locked)."""
         return self._unmap_range(0, U64_MAX)
 
+    # -- VFIO type1 compatibility (§11.4): split areas, report partial unmaps -------------
+    def split_at(self, iova):
+        """Cut the area holding IOVA ``iova`` in two, ``iova`` being the last
+        byte of the first piece (the kernel's iopt_area_split, which VFIO type1
+        v1 UNMAP_DMA runs at the ends of the range, §11.4).
+
+        Nothing to do when no area holds ``iova`` or ``iova`` is the area's
+        first or last byte (the kernel does not cut a one-byte piece off the
+        front either). EINVAL when ``iova + 1`` or the page offset of its
+        memory is not a multiple of iova_alignment, when the area is locked
+        (held by an in-kernel access), or when a domain holds it while large
+        pages are enabled (a huge IOPTE cannot be cut). Nothing changes on
+        error.
+
+        Both pieces keep the area's memory (the same :class:`Pages`), prot and
+        pin state; each holds its own owner reference. IOVA stays in use and
+        the domains' page tables stay as they are: the translation of every
+        byte is unchanged, only the bookkeeping of what one unmap removes.
+        """
+        area = self.area_at(iova)
+        if area is None or iova == area.iova or iova == area.last:
+            return
+        off = iova + 1 - area.iova
+        mask = self.iova_alignment - 1
+        if (iova + 1) & mask or ((area.user_va + off) % PAGE_SIZE) & mask:
+            raise _err(errno.EINVAL, f"cut of {area!r} at {iova + 1:#x} is not aligned to {mask + 1:#x}")
+        if area.locks:
+            raise _err(errno.EINVAL, f"{area!r} is used by an in-kernel access")
+        if area.pinned and self.domains and not self.disable_large_pages:
+            raise _err(errno.EINVAL, f"{area!r} may be mapped with huge pages")
+        pieces = (Area(area.iova, off, area.user_va, area.prot, area.owner, area.pages),
+                  Area(iova + 1, area.length - off, area.user_va + off, area.prot, area.owner, area.pages))
+        area.pages.unlink(area)
+        for piece in pieces:
+            piece.pinned = area.pinned
+            area.pages.link(piece)
+            self.areas[piece.iova] = piece
+        # The area's owner reference goes to the first piece; the second takes one.
+        self.ctx.owners.share(area.owner)
+
+    def unmap_counted(self, iova, length):
+        """:meth:`unmap` (``length`` None: :meth:`unmap_all`) reporting like the
+        kernel's iopt_unmap_iova, which VFIO_IOMMU_UNMAP_DMA writes back even
+        on failure (§11.4): returns ``(bytes, error)``, ``error`` being the
+        UapiError that stopped the walk (None on success) and ``bytes`` what
+        was unmapped before it (areas removed stay removed)."""
+        if length is None:
+            start, last = 0, U64_MAX
+        else:
+            start, last = iova, min(iova + max(length, 1) - 1, U64_MAX)
+        before = self.areas_in(start, last)
+        try:
+            n = self.unmap_all() if length is None else self.unmap(iova, length)
+        except UapiError as e:
+            return sum(a.length for a in before if self.areas.get(a.iova) is not a), e
+        return n, None
+
     def set_large_pages(self, enable):
         """IOMMU_OPTION HUGE_PAGES SET (§7). Disabling: no-op if already
         disabled; EINVAL if the IOAS has both a domain and an area;

@@ -94,6 +94,27 @@ ffi.cdef(
         uint32_t argsz; uint32_t flags; uint32_t num_regions; uint32_t num_irqs;
         uint32_t cap_offset; uint32_t pad;
     };
+
+    /* VFIO type1 compatibility on /dev/iommu (reference §11.4). */
+    struct vfio_info_cap_header { uint16_t id; uint16_t version; uint32_t next; };
+    struct vfio_iommu_type1_info {
+        uint32_t argsz; uint32_t flags; uint64_t iova_pgsizes; uint32_t cap_offset;
+        uint32_t pad;
+    };
+    struct vfio_iova_range { uint64_t start; uint64_t end; };
+    struct vfio_iommu_type1_info_cap_iova_range {
+        struct vfio_info_cap_header header; uint32_t nr_iovas; uint32_t reserved;
+        struct vfio_iova_range iova_ranges[];
+    };
+    struct vfio_iommu_type1_info_dma_avail {
+        struct vfio_info_cap_header header; uint32_t avail;
+    };
+    struct vfio_iommu_type1_dma_map {
+        uint32_t argsz; uint32_t flags; uint64_t vaddr; uint64_t iova; uint64_t size;
+    };
+    struct vfio_iommu_type1_dma_unmap {
+        uint32_t argsz; uint32_t flags; uint64_t iova; uint64_t size;
+    };
     """
 )
 
@@ -142,6 +163,9 @@ VFIO_IOMMU_GET_INFO = _io(VFIO_BASE + 12)
 VFIO_IOMMU_MAP_DMA = _io(VFIO_BASE + 13)
 VFIO_IOMMU_UNMAP_DMA = _io(VFIO_BASE + 14)
 VFIO_DEVICE_FEATURE = _io(VFIO_BASE + 17)
+# The container side of +17 (same number as VFIO_DEVICE_FEATURE): not
+# supported by the compat layer (§11.4).
+VFIO_IOMMU_DIRTY_PAGES = _io(VFIO_BASE + 17)
 VFIO_DEVICE_BIND_IOMMUFD = _io(VFIO_BASE + 18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(VFIO_BASE + 19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(VFIO_BASE + 20)
@@ -190,6 +214,30 @@ VFIO_DEVICE_DETACH_PASID = 1
 
 VFIO_DEVICE_FLAGS_RESET = 1
 VFIO_DEVICE_FLAGS_PCI = 2
+
+# §11.4: VFIO type1 compatibility. GET_API_VERSION answers VFIO_API_VERSION;
+# IOMMU types / extensions of VFIO_CHECK_EXTENSION and VFIO_SET_IOMMU.
+VFIO_API_VERSION = 0
+VFIO_TYPE1_IOMMU = 1
+VFIO_TYPE1v2_IOMMU = 3
+VFIO_DMA_CC_IOMMU = 4
+VFIO_TYPE1_NESTING_IOMMU = 6      # the old nesting type, now reserved
+VFIO_NOIOMMU_IOMMU = 8
+VFIO_UNMAP_ALL = 9
+VFIO_UPDATE_VADDR = 10
+
+VFIO_IOMMU_INFO_PGSIZES = 1
+VFIO_IOMMU_INFO_CAPS = 2
+VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
+VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3
+
+VFIO_DMA_MAP_FLAG_READ = 1
+VFIO_DMA_MAP_FLAG_WRITE = 2
+VFIO_DMA_MAP_FLAG_VADDR = 4
+
+VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP = 1
+VFIO_DMA_UNMAP_FLAG_ALL = 2
+VFIO_DMA_UNMAP_FLAG_VADDR = 4
 
 U64_MAX = (1 << 64) - 1
 # ULONG_MAX on LP64: the kernel's EOVERFLOW bound for iova/length (§7).

@@ -229,6 +229,12 @@ class MemArg:
     def write(self, off, data):
         self.mem.write(self.addr + off, data)
 
+    def integer(self):
+        """The argument as an integer (``unsigned long``), for ioctls that
+        take a value rather than a pointer (VFIO_CHECK_EXTENSION): the
+        pointer itself, never dereferenced."""
+        return self.addr
+
 
 class FrameArg:
     """An ioctl argument carried in a request frame.
@@ -254,6 +260,12 @@ class FrameArg:
         if off + len(data) > len(self.buf):
             raise UapiError(errno.EFAULT, "write past the frame's argument")
         self.buf[off:off + len(data)] = data
+
+    def integer(self):
+        """The argument as an integer (``unsigned long``): the frame carries it
+        in 8 little-endian bytes (DESIGN.md, frames); fewer bytes are
+        zero-extended, as nothing is dereferenced to read a value."""
+        return int.from_bytes(bytes(self.buf[:8]), "little")
 
 
 def check_access(pid, addr, length, write, page_size=4096):

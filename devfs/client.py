@@ -99,6 +99,16 @@ class Node:
             _raise(_libc_ffi.errno, f"ioctl {cmd:#x}")
         return r
 
+    def ioctl_int(self, cmd, value):
+        """ioctl(fd, cmd, value) for commands whose argument is an integer
+        (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU); in a frame, 8 bytes holding it."""
+        if self.frames:
+            return self.frame(cmd, ffi.new("uint64_t *", value), size=8)
+        r = _libc.ioctl(self.fd, cmd, _libc_ffi.cast("void *", value))
+        if r < 0:
+            _raise(_libc_ffi.errno, f"ioctl {cmd:#x}")
+        return r
+
     def frame(self, cmd, cdata=None, size=None):
         """One request frame and its reply (DESIGN.md, frames)."""
         if cdata is None:
@@ -239,6 +249,75 @@ class Iommufd(Node):
                 "out_max_pasid_log2": c.out_max_pasid_log2,
                 "out_capabilities": c.out_capabilities,
                 "data": ffi.buffer(data, min(data_len, c.data_len))[:]}
+
+
+    # -- VFIO type1 compatibility (reference §11.4) -------------------------------
+    def vfio_ioas(self, op, ioas_id=0):
+        """IOMMU_VFIO_IOAS (GET=0, SET=1, CLEAR=2) -> ``ioas_id`` as written back
+        (the compat IOAS for GET)."""
+        c = _new("iommu_vfio_ioas", op=op, ioas_id=ioas_id)
+        self.ioctl(uapi.IOMMU_VFIO_IOAS, c)
+        return c.ioas_id
+
+    def get_api_version(self):
+        """VFIO_GET_API_VERSION -> 0."""
+        return self.ioctl_int(uapi.VFIO_GET_API_VERSION, 0)
+
+    def check_extension(self, extension):
+        """VFIO_CHECK_EXTENSION -> 0 or 1."""
+        return self.ioctl_int(uapi.VFIO_CHECK_EXTENSION, extension)
+
+    def set_iommu(self, iommu_type=uapi.VFIO_TYPE1v2_IOMMU):
+        """VFIO_SET_IOMMU (VFIO_TYPE1_IOMMU or VFIO_TYPE1v2_IOMMU)."""
+        self.ioctl_int(uapi.VFIO_SET_IOMMU, iommu_type)
+
+    def iommu_get_info(self):
+        """VFIO_IOMMU_GET_INFO, asked twice as a careful caller does (the
+        first answer gives the ``argsz`` the capability chain needs) -> dict:
+        ``flags``, ``iova_pgsizes``, ``argsz``, ``cap_offset``, ``iova_ranges``
+        (inclusive (start, end) pairs) and ``dma_avail`` from the chain."""
+        argsz = ffi.sizeof("struct vfio_iommu_type1_info")
+        while True:
+            raw = ffi.new("char[]", argsz)
+            info = ffi.cast("struct vfio_iommu_type1_info *", raw)
+            info.argsz = argsz
+            self.ioctl(uapi.VFIO_IOMMU_GET_INFO, info, size=argsz)
+            if info.argsz <= argsz:
+                break
+            argsz = info.argsz
+        out = {"flags": info.flags, "iova_pgsizes": info.iova_pgsizes, "argsz": info.argsz,
+               "cap_offset": info.cap_offset, "iova_ranges": None, "dma_avail": None}
+        data = ffi.buffer(raw, argsz)[:]
+        off = info.cap_offset
+        while off:
+            cap_id, _version, nxt = struct.unpack_from("<HHI", data, off)
+            if cap_id == uapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
+                n = struct.unpack_from("<I", data, off + 8)[0]
+                out["iova_ranges"] = [struct.unpack_from("<QQ", data, off + 16 + 16 * i) for i in range(n)]
+            elif cap_id == uapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
+                out["dma_avail"] = struct.unpack_from("<I", data, off + 8)[0]
+            off = nxt
+        return out
+
+    def map_dma(self, vaddr, iova, size,
+                flags=uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE):
+        """VFIO_IOMMU_MAP_DMA of ``size`` bytes at ``vaddr`` to IOVA ``iova``."""
+        c = _new("vfio_iommu_type1_dma_map", flags=flags, vaddr=vaddr, iova=iova, size=size)
+        self.ioctl(uapi.VFIO_IOMMU_MAP_DMA, c)
+
+    def unmap_dma(self, iova, size, flags=0):
+        """VFIO_IOMMU_UNMAP_DMA -> bytes unmapped (0 when nothing was mapped).
+        The OSError of a failed call carries ``unmapped``: the struct's
+        ``size`` afterwards (the bytes unmapped when the unmap itself failed
+        and the struct was written back; the value sent after an argument
+        error, which writes nothing)."""
+        c = _new("vfio_iommu_type1_dma_unmap", flags=flags, iova=iova, size=size)
+        try:
+            self.ioctl(uapi.VFIO_IOMMU_UNMAP_DMA, c)
+        except OSError as e:
+            e.unmapped = c.size
+            raise
+        return c.size
 
 
 class VfioDevice(Node):

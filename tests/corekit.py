@@ -12,7 +12,7 @@ from core.caller import Caller
 from core.emulator import Emulator
 from core.errors import UapiError
 from core.uapi import ffi
-from core.usermem import MemArg
+from core.usermem import FrameArg, MemArg
 
 
 def new(struct_name, **fields):
@@ -43,6 +43,20 @@ class Kit:
 
     def ioctl(self, cmd, cdata=None):
         return self.emu.iommufd_ioctl(self.ctx, self.caller, cmd, MemArg(self.caller.mem, addr(cdata) if cdata is not None else 0))
+
+    def ioctl_int(self, cmd, value):
+        """ioctl(iommufd, cmd, value) for an integer argument (VFIO_CHECK_EXTENSION)."""
+        return self.emu.iommufd_ioctl(self.ctx, self.caller, cmd, MemArg(self.caller.mem, value))
+
+    def frame(self, cmd, data):
+        """The call as a request frame carrying ``data`` (bytes): returns
+        ``(result or -errno, the reply's argument bytes)``."""
+        arg = FrameArg(data)
+        try:
+            r = self.emu.iommufd_ioctl(self.ctx, self.caller, cmd, arg)
+        except UapiError as e:
+            r = -e.errno
+        return r, bytes(arg.buf)
 
     def err(self, cmd, cdata=None, fn=None):
         try:

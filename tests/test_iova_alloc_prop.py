@@ -6,8 +6,9 @@ and every hole from the start (alignment = roundup_pow_of_two(length) lowered
 to the source address's alignment, capped at 2 MiB, start rounded up and the
 page offset OR-ed in, ``aligned >= last`` refused), fixed IOVA, unmap with full
 containment and no rollback, COPY across contiguous areas, reserved/allowed
-ranges and the iova_alignment of domains and HUGE_PAGES. Every operation must
-give the same errno or the same IOVA, and the same state afterwards.
+ranges and the iova_alignment of domains and HUGE_PAGES, and the area split
+of VFIO type1 unmaps (§11.4). Every operation must give the same errno or the
+same IOVA, and the same state afterwards.
 
 Memory is never touched: pin-time checks are replaced by a no-op, so
 mappings with a domain behave as if the memory were there.
@@ -184,6 +185,24 @@ class Model:
             total += n
         return None, total
 
+    def split(self, iova):
+        """iopt_area_split: cut after ``iova``; errno or None."""
+        hit = [i for i, a in self.areas.items() if i <= iova <= i + a[0] - 1]
+        if not hit:
+            return None
+        i = hit[0]
+        n, va, prot, writable = self.areas[i]
+        if iova in (i, i + n - 1):
+            return None
+        off = iova + 1 - i
+        if (iova + 1) % self.align or (va + off) % PAGE % self.align:
+            return errno.EINVAL
+        if self.domains and not self.no_huge:
+            return errno.EINVAL
+        self.areas[i] = (off, va, prot, writable)
+        self.areas[iova + 1] = (n - off, va + off, prot, writable)
+        return None
+
     def misaligned(self, align):
         return any(i % align or a[0] % align or (a[1] % PAGE) % align for i, a in self.areas.items())
 
@@ -229,6 +248,10 @@ class Model:
 
 # -- the machine -------------------------------------------------------------------------------------
 class Dom:
+    """A domain that checks what the IOAS asks of it: maps never overlap, and
+    an unmap removes a part of one earlier map (a split area is unmapped
+    piece by piece, as a page table that splits its leaves allows)."""
+
     def __init__(self, page_size, aperture):
         self.page_size = page_size
         if aperture is not None:
@@ -236,12 +259,27 @@ class Dom:
         self.maps = {}
 
     def map(self, iova, user_va, length, prot, huge):
-        assert iova not in self.maps
+        assert not any(i <= iova + length - 1 and iova <= i + n - 1 for i, n in self.maps.items())
         self.maps[iova] = length
 
     def unmap(self, iova, length):
-        assert self.maps.pop(iova) == length
+        start = max(i for i in self.maps if i <= iova)
+        n = self.maps.pop(start)
+        assert iova + length <= start + n
+        if iova > start:
+            self.maps[start] = iova - start
+        if iova + length < start + n:
+            self.maps[iova + length] = start + n - iova - length
         return length
+
+    def mirrors(self, areas):
+        """Same IOVA coverage as ``areas`` ({iova: (length, ...)}), each map
+        being whole areas (it starts and ends on area boundaries)."""
+        starts = set(areas)
+        ends = {i + a[0] for i, a in areas.items()}
+        return (m_merge([(i, i + n - 1) for i, n in self.maps.items()])
+                == m_merge([(i, i + a[0] - 1) for i, a in areas.items()])
+                and all(i in starts and i + n in ends for i, n in self.maps.items()))
 
 
 IOVAS = st.one_of(
@@ -336,8 +374,8 @@ class IoasMachine(RuleBasedStateMachine):
         expect = want(self.model.map_pieces(pieces, length, iova, fixed, prot))
         assert self.call(self.ioas.copy_in, got, length, iova, prot, fixed) == expect
 
-    @rule(data=st.data())
-    def unmap(self, data):
+    def _draw_unmap(self, data):
+        """An unmap range (start, length) and the model's (errno, bytes)."""
         if self.model.areas and data.draw(st.booleans()):
             keys = sorted(self.model.areas)
             i = data.draw(st.integers(0, len(keys) - 1))
@@ -354,7 +392,30 @@ class IoasMachine(RuleBasedStateMachine):
             err, total = errno.EOVERFLOW, 0
         else:
             err, total = self.model.unmap(start, start + length - 1)
+        return start, length, err, total
+
+    @rule(data=st.data())
+    def unmap(self, data):
+        start, length, err, total = self._draw_unmap(data)
         assert self.call(self.ioas.unmap, start, length) == (("err", err) if err else ("ok", total))
+
+    @rule(data=st.data())
+    def unmap_counted(self, data):
+        start, length, err, total = self._draw_unmap(data)
+        n, e = self.ioas.unmap_counted(start, length)
+        assert (n, e.errno if e else None) == (total, err)
+
+    @rule(data=st.data())
+    def split(self, data):
+        if self.model.areas and data.draw(st.booleans()):
+            start = data.draw(st.sampled_from(sorted(self.model.areas)))
+            n = self.model.areas[start][0]
+            iova = start + data.draw(st.one_of(
+                st.integers(0, n - 1),
+                st.sampled_from([x for x in (0x7FF, 0x800, 0xFFF, 0x17FF, 0x1FFF, n // 2, n - 1) if x < n])))
+        else:
+            iova = data.draw(IOVAS)
+        assert self.call(self.ioas.split_at, iova) == want(self.model.split(iova))
 
     @rule()
     def unmap_all(self):
@@ -386,7 +447,7 @@ class IoasMachine(RuleBasedStateMachine):
         assert self.call(self.ioas.add_domain, dom) == want(err)
         if err is None:
             self.doms.append(dom)
-            assert sorted(dom.maps) == sorted(self.model.areas)
+            assert sorted(dom.maps) == sorted(self.model.areas)       # one map per area
 
     @precondition(lambda self: self.doms)
     @rule(data=st.data())
@@ -428,8 +489,12 @@ class IoasMachine(RuleBasedStateMachine):
         assert io.iova_ranges() == m_holes(m.reserved_ranges(), 0, U64_MAX)
         assert list(io.free) == m.free()
         for d in self.doms:
-            assert sorted(d.maps) == sorted(m.areas)
+            assert d.mirrors(m.areas)
         assert all(a.pinned == bool(self.doms) for a in io.areas.values())
+        # One owner reference per area (plus the machine's own); every area
+        # is linked from its pages, split pieces included.
+        assert self.owner.refs == len(io.areas) + 1
+        assert all(a in a.pages.areas() for a in io.areas.values())
 
 
 IoasMachine.TestCase.settings = settings(

@@ -47,7 +47,24 @@ LAYOUTS = {
     "vfio_device_detach_iommufd_pt": (12, [("argsz", 0, 4), ("flags", 4, 4), ("pasid", 8, 4)]),
     "vfio_device_info": (24, [("argsz", 0, 4), ("flags", 4, 4), ("num_regions", 8, 4),
                               ("num_irqs", 12, 4), ("cap_offset", 16, 4), ("pad", 20, 4)]),
+    # §11.4 (type1 compatibility); a flexible array member has size None.
+    "vfio_info_cap_header": (8, [("id", 0, 2), ("version", 2, 2), ("next", 4, 4)]),
+    "vfio_iommu_type1_info": (24, [("argsz", 0, 4), ("flags", 4, 4), ("iova_pgsizes", 8, 8),
+                                   ("cap_offset", 16, 4), ("pad", 20, 4)]),
+    "vfio_iova_range": (16, [("start", 0, 8), ("end", 8, 8)]),
+    "vfio_iommu_type1_info_cap_iova_range": (16, [("header", 0, 8), ("nr_iovas", 8, 4),
+                                                  ("reserved", 12, 4), ("iova_ranges", 16, None)]),
+    "vfio_iommu_type1_info_dma_avail": (12, [("header", 0, 8), ("avail", 8, 4)]),
+    "vfio_iommu_type1_dma_map": (32, [("argsz", 0, 4), ("flags", 4, 4), ("vaddr", 8, 8),
+                                      ("iova", 16, 8), ("size", 24, 8)]),
+    "vfio_iommu_type1_dma_unmap": (24, [("argsz", 0, 4), ("flags", 4, 4), ("iova", 8, 8),
+                                        ("size", 16, 8)]),
 }
+
+
+def _field_size(t):
+    # An open array (flexible array member) has no size of its own.
+    return None if t.kind == "array" and t.length is None else ffi.sizeof(t)
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
@@ -55,7 +72,7 @@ def test_layout_matches_reference(name):
     size, fields = LAYOUTS[name]
     t = ffi.typeof(f"struct {name}")
     assert ffi.sizeof(t) == size
-    got = {f: (fi.offset, ffi.sizeof(fi.type)) for f, fi in t.fields}
+    got = {f: (fi.offset, _field_size(fi.type)) for f, fi in t.fields}
     assert got == {f: (o, s) for f, o, s in fields}
 
 
@@ -70,6 +87,23 @@ def test_ioctl_numbers_match_reference():
         "VFIO_IOMMU_MAP_DMA": 0x3B71, "VFIO_IOMMU_UNMAP_DMA": 0x3B72, "VFIO_DEVICE_FEATURE": 0x3B75,
         "VFIO_DEVICE_BIND_IOMMUFD": 0x3B76, "VFIO_DEVICE_ATTACH_IOMMUFD_PT": 0x3B77,
         "VFIO_DEVICE_DETACH_IOMMUFD_PT": 0x3B78,
+        "VFIO_CHECK_EXTENSION": 0x3B65, "VFIO_SET_IOMMU": 0x3B66,
+    }
+    assert {k: getattr(uapi, k) for k in table} == table
+
+
+def test_vfio_compat_values_match_reference():
+    """§11.4: extension / IOMMU type numbers, flags and capability IDs."""
+    table = {
+        "VFIO_API_VERSION": 0, "VFIO_TYPE1_IOMMU": 1, "VFIO_TYPE1v2_IOMMU": 3,
+        "VFIO_DMA_CC_IOMMU": 4, "VFIO_TYPE1_NESTING_IOMMU": 6, "VFIO_NOIOMMU_IOMMU": 8,
+        "VFIO_UNMAP_ALL": 9, "VFIO_UPDATE_VADDR": 10,
+        "VFIO_IOMMU_INFO_PGSIZES": 1, "VFIO_IOMMU_INFO_CAPS": 2,
+        "VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE": 1, "VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL": 3,
+        "VFIO_DMA_MAP_FLAG_READ": 1, "VFIO_DMA_MAP_FLAG_WRITE": 2, "VFIO_DMA_MAP_FLAG_VADDR": 4,
+        "VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP": 1, "VFIO_DMA_UNMAP_FLAG_ALL": 2,
+        "VFIO_DMA_UNMAP_FLAG_VADDR": 4,
+        "IOMMU_VFIO_IOAS_GET": 0, "IOMMU_VFIO_IOAS_SET": 1, "IOMMU_VFIO_IOAS_CLEAR": 2,
     }
     assert {k: getattr(uapi, k) for k in table} == table
 
@@ -79,5 +113,5 @@ def test_dispatch_minimum_sizes_match_reference():
     from core.dispatch import OPS
 
     want = {0x80: 8, 0x81: 12, 0x82: 24, 0x83: 40, 0x84: 32, 0x85: 40, 0x86: 24, 0x87: 24,
-            0x89: 24, 0x8A: 32}
+            0x88: 12, 0x89: 24, 0x8A: 32}
     assert {nr: OPS[nr].min_size for nr in want} == want
