@@ -161,6 +161,7 @@ class Iommufd(Node):
 
     def __init__(self, mount, frames=False):
         super().__init__(os.path.join(mount, "iommu"), frames)
+        self.mount = mount
 
     def destroy(self, obj_id):
         """IOMMU_DESTROY."""
@@ -238,6 +239,30 @@ class Iommufd(Node):
         c = _new("iommu_hwpt_alloc", flags=flags, dev_id=dev_id, pt_id=pt_id, fault_id=fault_id)
         self.ioctl(uapi.IOMMU_HWPT_ALLOC, c)
         return c.out_hwpt_id
+
+    def returned_fd_path(self, index=0):
+        """IOMMUFS_FD_PATH: the node path (relative to the mount root) of fd
+        field ``index`` of this thread's last fd-returning ioctl."""
+        c = _new("iommufs_fd_path", index=index)
+        self.ioctl(uapi.IOMMUFS_FD_PATH, c)
+        return ffi.string(c.path).decode()
+
+    def _returned_paths(self):
+        # Frames carry the paths in the reply's extra data; ioctl() callers ask.
+        if self.frames:
+            return [p.decode() for p in self.last_extra.split(b"\0")[:-1]]
+        return [self.returned_fd_path(0)]
+
+    def fault_queue_alloc(self, flags=0):
+        """IOMMU_FAULT_QUEUE_ALLOC -> (fault_id, FaultFd): the fault fd is
+        opened from the node the server made (README, "Ioctls that return
+        file descriptors") and its number put in ``out_fault_fd``, as the
+        kernel would have."""
+        c = _new("iommu_fault_alloc", flags=flags)
+        self.ioctl(uapi.IOMMU_FAULT_QUEUE_ALLOC, c)
+        fq = FaultFd(os.path.join(self.mount, self._returned_paths()[0]))
+        c.out_fault_fd = fq.fd
+        return c.out_fault_id, fq
 
     def get_hw_info(self, dev_id, data_len=0):
         """IOMMU_GET_HW_INFO -> dict of the out fields (and ``data`` bytes)."""
@@ -410,6 +435,50 @@ class DeviceDriver(Node):
                 ev.update(addr=addr, perm=perm)
             out.append(ev)
         return out
+
+
+PGFAULT = struct.Struct("<IIIIIIQII")      # struct iommu_hwpt_pgfault
+
+
+class FaultFd:
+    """A fault fd (reference §10.1): ``read_groups()`` and ``respond()``;
+    usable with select/poll/epoll through ``fileno()``."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def fileno(self):
+        return self.fd
+
+    def read_records(self, count=40 * 256):
+        """One read() of ``count`` bytes -> a list of record dicts (flags,
+        dev_id, pasid, grpid, perm, addr, length, cookie); [] when empty."""
+        data = os.read(self.fd, count)
+        keys = ("flags", "dev_id", "pasid", "grpid", "perm", "reserved", "addr", "length", "cookie")
+        return [dict(zip(keys, PGFAULT.unpack_from(data, off))) for off in range(0, len(data), 40)]
+
+    def read_groups(self, count=40 * 256):
+        """As :meth:`read_records`, grouped: a list of lists of records, each
+        ending with the LAST_PAGE one."""
+        groups, cur = [], []
+        for r in self.read_records(count):
+            cur.append(r)
+            if r["flags"] & uapi.IOMMU_PGFAULT_FLAGS_LAST_PAGE:
+                groups.append(cur)
+                cur = []
+        return groups
+
+    def respond(self, *answers):
+        """Write page responses: ``(cookie, code)`` pairs (code 0 SUCCESS,
+        1 INVALID) or bare cookies (SUCCESS). Returns bytes written."""
+        data = b"".join(struct.pack("<II", *(a if isinstance(a, tuple) else (a, 0))) for a in answers)
+        return os.write(self.fd, data)
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class DmaError(OSError):

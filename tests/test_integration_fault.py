@@ -1,0 +1,424 @@
+"""Integration tests of I/O page faults (issue 4) through a real mount.
+
+A fault handler runs as its own process (Python with epoll, and C), holding
+the iommufd, the fault fd (opened from the node the server made) and the
+memory; the test process plays the PRI device through ``devices/<name>/dma``
+and its DMA waits until the handler maps the page and answers. Also: the
+§10.1 rules on the real fd, the node's privacy and lifetime, and that no
+exit, kill or signal leaves a DMA waiting or the server hurt.
+"""
+import errno
+import os
+import select
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from conftest import client_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCEL, PLAIN = "0000:00:04.0", "0000:00:03.0"
+PAGE = 4096
+
+# A handler: IOPF HWPT on an IOAS for the accelerator, a 64-page buffer
+# mapped on demand at IOVA 0x40000000 + offset; serves faults with epoll
+# until told to stop on stdin, then prints its buffer's first bytes.
+HANDLER = """
+import os, select, sys
+from core import uapi
+from devfs.client import Buffer, Iommufd, VfioDevice
+M, frames = sys.argv[1], sys.argv[2] == "frames"
+fd = Iommufd(M, frames=frames)
+dev = VfioDevice(M, "0000:00:04.0", frames=frames)
+dev_id = dev.bind(fd)
+fault_id, fq = fd.fault_queue_alloc()
+ioas = fd.ioas_alloc()
+hwpt = fd.hwpt_alloc(dev_id, ioas, flags=uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID, fault_id=fault_id)
+dev.attach(hwpt)
+buf = Buffer(64 * 4096)
+BASE = 0x40000000
+ep = select.epoll()
+ep.register(fq.fileno(), select.EPOLLIN | select.EPOLLET)
+ep.register(sys.stdin.fileno(), select.EPOLLIN)
+print("ready", dev_id, fq.path, flush=True)
+served = 0
+while True:
+    events = dict(ep.poll(30))
+    if sys.stdin.fileno() in events:
+        break
+    for group in fq.read_groups():
+        for r in group:
+            off = r["addr"] - BASE
+            assert r["dev_id"] == dev_id and r["flags"] & 2 == (2 if r is group[-1] else 0)
+            fd.ioas_map(ioas, buf.va + off, 4096, iova=r["addr"])
+        fq.respond(group[0]["cookie"])
+        served += 1
+print(served, bytes(buf[0:16]).hex(), bytes(buf[8192:8200]).hex(), flush=True)
+"""
+
+
+def start_handler(mount, mode="ioctl"):
+    p = subprocess.Popen([sys.executable, "-c", HANDLER, mount.path, mode], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env())
+    line = p.stdout.readline().split()
+    assert line and line[0] == "ready", p.stderr.read()
+    return p, int(line[1]), line[2]
+
+
+@pytest.mark.parametrize("mode", ["ioctl", "frames"])
+def test_handler_process_serves_faults_with_epoll(mount, mode):
+    from devfs.client import DmaPort
+
+    p, dev_id, node = start_handler(mount, mode)
+    try:
+        assert node.startswith(os.path.join(mount.path, "fds/fault-"))
+        st = os.stat(node)
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+        port = DmaPort(mount.path, ACCEL)
+        port.write(0x40000000, b"first fault done")              # waits for the handler
+        port.write(0x40002000 - 4, b"two pages")                 # one group, two pages
+        assert port.read(0x40000000, 16) == b"first fault done"  # mapped now: no fault
+        port.close()
+        p.stdin.write("stop\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=30)
+        served, head, mid = out.split()
+        assert int(served) == 2
+        assert bytes.fromhex(head) == b"first fault done"
+        assert bytes.fromhex(mid)[:5] == b"pages"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_killed_handler_frees_the_waiting_dma(mount):
+    """The handler dies with a fault unanswered: its context goes, the FAULT
+    object answers INVALID, and the DMA fails instead of waiting forever."""
+    from devfs.client import DmaError, DmaPort
+
+    p = subprocess.Popen([sys.executable, "-c", HANDLER.replace("fq.respond", "pass  # fq.respond"),
+                          mount.path, "ioctl"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=client_env())
+    line = p.stdout.readline().split()
+    assert line[0] == "ready", p.stderr.read()
+    node = line[2]
+    result = {}
+
+    def dma():
+        port = DmaPort(mount.path, ACCEL)
+        try:
+            port.write(0x40000000, b"never")
+            result["status"] = 0
+        except DmaError as e:
+            result["status"] = e.errno
+        port.close()
+
+    t = threading.Thread(target=dma)
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive()                                           # waiting for the response
+    p.kill()
+    p.wait()
+    t.join(10)
+    assert not t.is_alive(), "the DMA still waits after the handler died"
+    assert result["status"] == errno.EFAULT
+    deadline = time.monotonic() + 5
+    while os.path.exists(node) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(node)                               # the fd's node is gone
+
+
+def test_dma_waiting_for_a_fault_can_be_interrupted(mount):
+    """A client blocked reading its DMA reply gets EINTR from a signal; the
+    server lives on and a later response is still accepted."""
+    p, dev_id, node = start_handler(mount)
+    p.send_signal(signal.SIGSTOP)                                  # the handler does not answer
+    code = textwrap.dedent(f"""
+        import os, signal, struct, sys
+        class Interrupted(Exception):
+            pass
+        def handler(*a):
+            raise Interrupted()     # else Python retries the read after EINTR (PEP 475)
+        signal.signal(signal.SIGUSR1, handler)
+        fd = os.open("{mount.path}/devices/{ACCEL}/dma", os.O_RDWR)
+        os.write(fd, struct.pack("<4sIIIQII", b"IODM", 2, 0, 0, 0x40004000, 4, 0) + b"wait")
+        print("waiting", flush=True)
+        try:
+            os.read(fd, 64)
+            print("no EINTR")
+        except Interrupted:
+            print("EINTR")
+        """)
+    c = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert c.stdout.readline().strip() == "waiting"
+        time.sleep(0.3)
+        c.send_signal(signal.SIGUSR1)
+        assert c.stdout.readline().strip() == "EINTR"
+        assert c.wait(10) == 0
+        p.send_signal(signal.SIGCONT)
+        from devfs.client import DmaPort
+        DmaPort(mount.path, ACCEL).write(0x40005000, b"still served")
+        p.stdin.write("stop\n")
+        p.stdin.flush()
+        out, _ = p.communicate(timeout=30)
+        assert int(out.split()[0]) == 2                            # the abandoned one too
+    finally:
+        for x in (p, c):
+            if x.poll() is None:
+                x.kill()
+                x.wait()
+
+
+RULES = """
+import errno, os, select, struct, sys
+from core import uapi
+from devfs.client import DmaPort, Iommufd, VfioDevice
+M = sys.argv[1]
+def err(fn, *a):
+    try:
+        fn(*a)
+    except OSError as e:
+        return e.errno
+    raise AssertionError("succeeded")
+fd = Iommufd(M)
+dev = VfioDevice(M, "0000:00:04.0")
+dev_id = dev.bind(fd)
+fault_id, fq = fd.fault_queue_alloc()
+assert err(fd.destroy, fault_id) == errno.EBUSY                # the fd holds it
+ioas = fd.ioas_alloc()
+hwpt = fd.hwpt_alloc(dev_id, ioas, flags=uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID, fault_id=fault_id)
+dev.attach(hwpt)
+f = fq.fileno()
+p = select.poll(); p.register(f, select.POLLIN | select.POLLOUT)
+assert p.poll(0) == [(f, select.POLLOUT)]                      # always writable, not readable
+assert os.read(f, 40) == b""                                    # never blocks
+assert err(os.read, f, 39) == errno.ESPIPE
+assert err(os.write, f, b"1234567") == errno.ESPIPE
+assert err(os.write, f, struct.pack("<II", 1, 0)) == errno.EINVAL   # no such cookie
+assert err(os.write, f, struct.pack("<II", 1, 2)) == errno.EINVAL   # no such code
+print("ready", flush=True)
+sys.stdin.readline()                                            # the test made a DMA fault
+ev = p.poll(5000)
+assert ev and ev[0][1] & select.POLLIN, ev
+assert err(os.read, f, 40) == errno.EINVAL                      # the group does not fit
+data = os.read(f, 400)
+assert len(data) == 80, len(data)                              # one group of two pages
+flags = [struct.unpack_from("<I", data, o)[0] for o in (0, 40)]
+assert flags == [0, 2], flags
+cookie = struct.unpack_from("<I", data, 36)[0]
+assert cookie == 1
+assert os.read(f, 40) == b""
+assert os.write(f, struct.pack("<IIII", cookie, 1, 99, 0)) == 8   # one answered, then a bad cookie
+assert err(os.write, f, struct.pack("<II", cookie, 0)) == errno.EINVAL
+print("answered", flush=True)
+fq.close()
+dev.detach()
+fd.destroy(hwpt)
+fd.destroy(fault_id)                                            # node closed, no HWPT: gone
+assert not os.path.exists(fq.path)
+print("ok", flush=True)
+"""
+
+
+def test_fault_fd_rules_through_the_mount(mount):
+    from devfs.client import DmaError, DmaPort
+
+    p = subprocess.Popen([sys.executable, "-c", RULES, mount.path], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env())
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        result = {}
+
+        def dma():
+            try:
+                DmaPort(mount.path, ACCEL).write(0x10000000 + PAGE - 2, b"span")
+                result["e"] = 0
+            except DmaError as e:
+                result["e"] = e.errno
+
+        t = threading.Thread(target=dma)
+        t.start()
+        time.sleep(0.2)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "answered", p.stderr.read()
+        t.join(10)
+        assert result["e"] == errno.EFAULT                     # answered INVALID
+        out, err = p.communicate(timeout=30)
+        assert out.strip() == "ok", err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_fault_node_is_private_to_its_uid(mount):
+    from devfs.client import Iommufd
+
+    fd = Iommufd(mount.path)
+    fault_id, fq = fd.fault_queue_alloc()
+    try:
+        assert os.path.basename(fq.path) in os.listdir(os.path.join(mount.path, "fds"))
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(1000)
+                os.setuid(1000)
+                try:
+                    os.open(fq.path, os.O_RDWR)
+                except PermissionError:
+                    code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        os.close(r)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        fq.close()
+        fd.sync_close()
+    assert not os.path.exists(fq.path)
+
+
+C_HANDLER = r"""
+/* A fault handler in C, from the reference layouts (§5, §10.1) and README:
+ * IOMMU_FAULT_QUEUE_ALLOC, IOMMUFS_FD_PATH to open the returned node, epoll,
+ * read whole groups, map the faulting pages, write SUCCESS responses. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define IO(nr) (0x3b00u | (nr))
+struct fault_alloc { uint32_t size, flags, out_fault_id, out_fault_fd; };
+struct fd_path { uint32_t size, index; char path[256]; };
+struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
+struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
+struct hwpt_alloc { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, rsvd, data_type, data_len;
+                    uint64_t data_uptr; uint32_t fault_id, rsvd2; };
+struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token; };
+struct attach { uint32_t argsz, flags, pt_id, pasid; };
+struct pgfault { uint32_t flags, dev_id, pasid, grpid, perm, rsvd; uint64_t addr; uint32_t length, cookie; };
+struct response { uint32_t cookie, code; };
+
+static void die(const char *w) { printf("FAIL %s: %s\n", w, strerror(errno)); exit(1); }
+
+int main(int argc, char **argv)
+{
+    char p[600];
+    int groups = atoi(argv[3]);
+    snprintf(p, sizeof p, "%s/iommu", argv[1]);
+    int fd = open(p, O_RDWR);
+    snprintf(p, sizeof p, "%s/vfio/devices/%s", argv[1], argv[2]);
+    int dev = open(p, O_RDWR);
+    if (fd < 0 || dev < 0) die("open");
+    struct bind b = { sizeof b, 0, fd, 0, 0 };
+    if (ioctl(dev, IO(118), &b)) die("bind");
+    struct fault_alloc fa = { sizeof fa, 0, 0, 0 };
+    if (ioctl(fd, IO(0x8e), &fa)) die("FAULT_QUEUE_ALLOC");
+    if ((int32_t)fa.out_fault_fd != -1) die("out_fault_fd is not -1");
+    struct fd_path fp = { sizeof fp, 0 };
+    if (ioctl(fd, 0xF503, &fp)) die("IOMMUFS_FD_PATH");
+    snprintf(p, sizeof p, "%s/%s", argv[1], fp.path);
+    int ffd = open(p, O_RDWR | O_CLOEXEC);
+    if (ffd < 0) die("open fault node");
+    struct ioas_alloc a = { sizeof a, 0, 0 };
+    if (ioctl(fd, IO(0x81), &a)) die("IOAS_ALLOC");
+    struct hwpt_alloc h = { sizeof h, 4, b.out_devid, a.out_ioas_id, 0, 0, 0, 0, 0, fa.out_fault_id, 0 };
+    if (ioctl(fd, IO(0x89), &h)) die("HWPT_ALLOC");
+    struct attach at = { sizeof at, 0, h.out_hwpt_id, 0 };
+    if (ioctl(dev, IO(119), &at)) die("attach");
+    char *buf = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = { .events = EPOLLIN };
+    ev.data.fd = ffd;
+    epoll_ctl(ep, EPOLL_CTL_ADD, ffd, &ev);
+    printf("ready %u\n", b.out_devid);
+    fflush(stdout);
+    int served = 0;
+    while (served < groups) {
+        struct epoll_event got;
+        if (epoll_wait(ep, &got, 1, 10000) != 1) die("epoll_wait timed out");
+        struct pgfault recs[32];
+        ssize_t n = read(ffd, recs, sizeof recs);
+        if (n < 0) die("read");
+        for (ssize_t i = 0; i < n / 40; i++) {
+            struct ioas_map m = { sizeof m, 1 | 2 | 4, a.out_ioas_id, 0,
+                                  (uintptr_t)buf + (recs[i].addr - 0x70000000), 4096, recs[i].addr };
+            if (recs[i].dev_id != b.out_devid) die("dev_id");
+            if (ioctl(fd, IO(0x85), &m)) die("map");
+            if (recs[i].flags & 2) {
+                struct response r = { recs[i].cookie, 0 };
+                if (write(ffd, &r, sizeof r) != 8) die("response");
+                served++;
+            }
+        }
+    }
+    sleep(1);   /* the DMAs complete after the responses */
+    printf("served %d %.12s\n", served, buf);
+    return 0;
+}
+"""
+
+
+def test_c_handler_serves_faults_with_epoll(mount, tmp_path):
+    from devfs.client import DmaPort
+
+    src = tmp_path / "handler.c"
+    src.write_text(C_HANDLER)
+    exe = tmp_path / "handler"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe), str(src)], check=True)
+    p = subprocess.Popen([str(exe), mount.path, "vfio1", "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().split()
+        assert line[0] == "ready", line
+        port = DmaPort(mount.path, ACCEL)
+        port.write(0x70000000, b"C handler ok")
+        port.write(0x70010000, b"x" * (3 * PAGE))              # one group of three pages
+        port.write(0x70020000, b"y")
+        assert port.read(0x70000000, 12) == b"C handler ok"
+        out, _ = p.communicate(timeout=30)
+        assert out.strip() == "served 3 C handler ok"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_non_pri_device_fails_at_once_and_logs(mount):
+    from devfs.client import DmaError, DmaPort, Iommufd, VfioDevice
+
+    fd = Iommufd(mount.path)
+    dev = VfioDevice(mount.path, PLAIN)
+    dev_id = dev.bind(fd)
+    fault_id, fq = fd.fault_queue_alloc()
+    ioas = fd.ioas_alloc()
+    from core import uapi
+    hwpt = fd.hwpt_alloc(dev_id, ioas, flags=uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID, fault_id=fault_id)
+    dev.attach(hwpt)
+    with pytest.raises(DmaError) as e:
+        DmaPort(mount.path, PLAIN).write(0x1234000, b"x")
+    assert e.value.errno == errno.EFAULT
+    assert fq.read_groups() == []
+    import json
+    with open(os.path.join(mount.path, "devices", PLAIN, "info")) as f:
+        assert json.load(f)["last_fault"]["iova"] == 0x1234000
+    fq.close()
+    dev.sync_close()
+    fd.sync_close()
