@@ -46,13 +46,14 @@ class ProcessMemory:
             raise UapiError(errno.EFAULT, f"read {n} bytes at {addr:#x} in {self.pid}: {-r}")
         return ffi.buffer(buf, n)[:]
 
-    def read_upto(self, addr, n):
-        """The readable leading part (0..n bytes, n < 60 KiB) of [addr, addr+n)."""
+    def read_into(self, addr, cbuf, n):
+        """Copy the readable leading part of [addr, addr+n) (n < 60 KiB) into
+        ``cbuf`` (a cffi pointer to at least n bytes); returns its length
+        (0..n). Never raises: the caller decides which shortfall is EFAULT."""
         if addr < 0 or addr + n > (1 << 64):
-            return b""
-        buf = ffi.new("char[]", n)
-        r = lib.iofs_vm_read_upto(self.pid, addr, buf, n)
-        return ffi.buffer(buf, r)[:] if r > 0 else b""
+            return 0
+        r = lib.iofs_vm_read_upto(self.pid, addr, cbuf, n)
+        return r if r > 0 else 0
 
     def write(self, addr, data):
         n = len(data)
@@ -61,6 +62,17 @@ class ProcessMemory:
         if addr < 0 or addr + n > (1 << 64):
             raise UapiError(errno.EFAULT, "address out of range")
         r = lib.iofs_vm_write(self.pid, addr, ffi.from_buffer(data), n)
+        if r < 0:
+            raise UapiError(errno.EFAULT, f"write {n} bytes at {addr:#x} in {self.pid}: {-r}")
+
+    def write_from(self, addr, cdata, n):
+        """Write the first ``n`` bytes of the cffi object ``cdata`` at
+        ``addr`` (no intermediate bytes object); EFAULT as :meth:`write`."""
+        if n == 0:
+            return
+        if addr < 0 or addr + n > (1 << 64):
+            raise UapiError(errno.EFAULT, "address out of range")
+        r = lib.iofs_vm_write(self.pid, addr, cdata, n)
         if r < 0:
             raise UapiError(errno.EFAULT, f"write {n} bytes at {addr:#x} in {self.pid}: {-r}")
 
@@ -222,12 +234,17 @@ class MemArg:
     def read(self, off, n):
         return self.mem.read(self.addr + off, n)
 
-    def read_upto(self, off, n):
-        """The readable leading part of the n bytes at ``off`` (may be short)."""
-        return self.mem.read_upto(self.addr + off, n)
+    def read_into(self, off, cbuf, n):
+        """Copy the readable leading part of the n bytes at ``off`` into the
+        cffi buffer ``cbuf``; returns how many bytes that is (may be short)."""
+        return self.mem.read_into(self.addr + off, cbuf, n)
 
     def write(self, off, data):
         self.mem.write(self.addr + off, data)
+
+    def write_from(self, off, cdata, n):
+        """Write the first ``n`` bytes of the cffi object ``cdata`` at ``off``."""
+        self.mem.write_from(self.addr + off, cdata, n)
 
     def integer(self):
         """The argument as an integer (``unsigned long``), for ioctls that
@@ -253,13 +270,18 @@ class FrameArg:
             raise UapiError(errno.EFAULT, "read past the frame's argument")
         return bytes(self.buf[off:off + n])
 
-    def read_upto(self, off, n):
-        return bytes(self.buf[off:off + n])
+    def read_into(self, off, cbuf, n):
+        data = self.buf[off:off + n]
+        ffi.memmove(cbuf, data, len(data))
+        return len(data)
 
     def write(self, off, data):
         if off + len(data) > len(self.buf):
             raise UapiError(errno.EFAULT, "write past the frame's argument")
         self.buf[off:off + len(data)] = data
+
+    def write_from(self, off, cdata, n):
+        self.write(off, ffi.buffer(cdata, n))
 
     def integer(self):
         """The argument as an integer (``unsigned long``): the frame carries it
