@@ -15,7 +15,6 @@ copy_from_user/copy_to_user would.
 """
 import errno
 import os
-import weakref
 
 from cext._native import ffi, lib
 
@@ -127,10 +126,6 @@ def _tgid_from_proc(tid):
     raise UapiError(errno.ESRCH, f"thread {tid} is gone")
 
 
-# Live owners by tgid, so that check_access(pid, ...) finds the open maps fd.
-_owners = weakref.WeakValueDictionary()
-
-
 class Owner:
     """A client process that owns mappings: its tgid, uid and a pidfd on it.
 
@@ -155,7 +150,6 @@ class Owner:
             self.maps_fd = os.open(f"/proc/{tgid}/maps", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self.maps_fd = -1
-        _owners[tgid] = self
 
     def alive(self):
         """True while the process has not exited."""
@@ -175,24 +169,6 @@ class Owner:
             # The pid may have been reused during the copy: trust nothing.
             raise UapiError(errno.EFAULT, f"owner {self.tgid} exited during DMA")
         return max(n, 0)
-
-    def check_access(self, addr, length, write):
-        """Pin-time check of [addr, addr+length) in this process: mapped and
-        readable, and writable when ``write`` (reference §7, Pinning).
-        Raises UapiError(EFAULT), also when the process has exited."""
-        if length == 0:
-            return
-        if not self.alive():
-            raise UapiError(errno.EFAULT, f"owner {self.tgid} has exited")
-        if lib.iofs_vm_probe(self.tgid, addr, length, 4096) < 0:
-            raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not readable in {self.tgid}")
-        if not write:
-            return
-        rc = lib.iofs_vma_check(self.maps_fd, addr, length, 1) if self.maps_fd >= 0 else -errno.ENOTTY
-        if rc == -errno.ENOTTY:
-            _check_writable_by_text(self.tgid, addr, length)
-        elif rc < 0:
-            raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not writable in {self.tgid}")
 
     def vma_access(self, addr, length, write):
         """How a device walking this process's CPU page tables (SVA) fares
@@ -218,8 +194,6 @@ class Owner:
         if self.maps_fd >= 0:
             os.close(self.maps_fd)
             self.maps_fd = -1
-        if _owners.get(self.tgid) is self:
-            del _owners[self.tgid]
 
 
 class MemArg:
@@ -290,27 +264,31 @@ class FrameArg:
         return int.from_bytes(bytes(self.buf[:8]), "little")
 
 
-def check_access(pid, addr, length, write, page_size=4096):
-    """Pin-time check of [addr, addr+length) in process ``pid``: every page
-    must be mapped and readable, and writable when ``write`` (the kernel pins
-    with FOLL_WRITE for IOMMU_IOAS_MAP_WRITEABLE; reference §7, "Pinning").
+def check_access(owner, addr, length, write):
+    """Pin-time check of [addr, addr+length) in the process of ``owner`` (an
+    :class:`Owner`): every page must be mapped and readable, and writable
+    when ``write`` (the kernel pins with FOLL_WRITE for
+    IOMMU_IOAS_MAP_WRITEABLE; reference §7, "Pinning").
 
     Readability is probed with process_vm_readv (which also faults the pages
-    in, like pinning). Writability is read from /proc/<pid>/maps rather than
-    tested by writing, so the client's bytes are never touched.
-    Raises UapiError(EFAULT).
+    in, like pinning). Writability is read from the VMAs (PROCMAP_QUERY on
+    the owner's held /proc/<pid>/maps, or its text on older kernels) rather
+    than tested by writing, so the client's bytes are never touched.
+    Raises UapiError(EFAULT), also when the process has exited.
     """
     if length == 0:
         return
-    owner = _owners.get(pid)
-    if owner is not None and owner.maps_fd >= 0:
-        owner.check_access(addr, length, write)
+    rc = lib.iofs_pin_check(owner.pidfd, owner.tgid, owner.maps_fd, addr, length,
+                            1 if write else 0)
+    if rc == 0:
         return
-    if lib.iofs_vm_probe(pid, addr, length, page_size) < 0:
-        raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not readable in {pid}")
-    if not write:
+    if rc == -errno.ENOTTY:
+        _check_writable_by_text(owner.tgid, addr, length)
         return
-    _check_writable_by_text(pid, addr, length)
+    if rc == -errno.ESRCH:
+        raise UapiError(errno.EFAULT, f"owner {owner.tgid} has exited")
+    raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not readable or not writable "
+                                  f"in {owner.tgid}")
 
 
 def _check_writable_by_text(pid, addr, length):
