@@ -28,7 +28,8 @@ from .uapi import ffi
 # with CONFIG_IOMMUFD_TEST, §2), so 0x95..0x9f are empty slots.
 _FIRST_NR = 0x80
 _LAST_NR = 0xA0
-# Every struct of a table starts with its u32 ``size``.
+# Every struct of a table starts with its u32 ``size`` (checked by Op).
+_U32 = ffi.typeof("uint32_t")
 _SIZE_WORD = ffi.typeof("uint32_t *")
 
 
@@ -45,7 +46,11 @@ class Op:
         self.cmd = cmd
         self.ctype = ffi.typeof(f"struct {struct} *")
         self.sizeof = ffi.sizeof(f"struct {struct}")
-        field = dict(ffi.typeof(f"struct {struct}").fields)[last]
+        fields = ffi.typeof(f"struct {struct}").fields
+        name, first = fields[0]
+        # Step 2 reads every struct's leading u32 ``size`` by that name.
+        assert name == "size" and first.offset == 0 and first.type == _U32, struct
+        field = dict(fields)[last]
         self.min_size = field.offset + ffi.sizeof(field.type)
         self.handler = handler
         self.respond = respond
@@ -116,7 +121,7 @@ def decode(op, cmd, arg):
     got = arg.read_into(0, cdata, op.sizeof if op is not None else 4)
     if got < 4:
         raise UapiError(errno.EFAULT, "size unreadable")
-    size = ffi.cast(_SIZE_WORD, cdata)[0]
+    size = cdata.size if op is not None else cdata[0]
     if op is None or op.cmd != cmd:
         raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x}")
     if size < op.min_size:

@@ -695,12 +695,13 @@ def ioas_map(ctx, caller, cmd):
     """IOMMU_IOAS_MAP (§7): after :func:`_map_checks`, ENOENT bad ioas_id,
     then the rules of :meth:`Ioas.map_user`. ``iova`` is written back (the
     chosen one without FIXED_IOVA)."""
-    _map_checks(cmd.flags, cmd.__reserved, cmd.iova, cmd.length)
+    flags, length, iova = cmd.flags, cmd.length, cmd.iova
+    _map_checks(flags, cmd.__reserved, iova, length)
     ioas = ctx.get(cmd.ioas_id, Ioas)
     owner = ctx.owners.hold(caller)
     try:
-        cmd.iova = ioas.map_user(owner, cmd.user_va, cmd.length, cmd.iova, map_prot(cmd.flags),
-                                 bool(cmd.flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
+        cmd.iova = ioas.map_user(owner, cmd.user_va, length, iova, map_prot(flags),
+                                 bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
     finally:
         ctx.owners.release(owner)
 
