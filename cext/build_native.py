@@ -1,7 +1,8 @@
 """cffi (API mode, out of line) build of ``cext._native``.
 
 One extension holds the C that core needs: client-memory access
-(procmem.c) and the I/O page tables and walker (pagetable.c). Each part keeps
+(procmem.c), the I/O page tables and walker (pagetable.c) and the free IOVA
+space of an IOAS (holes.c). Each part keeps
 its declarations in a ``.cdef`` file beside its sources, so parts are added
 without touching each other.
 """
@@ -10,7 +11,7 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = [p for p in ("procmem", "pagetable") if os.path.exists(os.path.join(HERE, p + ".c"))]
+PARTS = [p for p in ("procmem", "pagetable", "holes") if os.path.exists(os.path.join(HERE, p + ".c"))]
 
 ffibuilder = FFI()
 for part in PARTS:

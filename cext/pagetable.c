@@ -458,6 +458,25 @@ int iofs_pt_translate(struct iofs_pt *pt, uint64_t iova, unsigned access,
     return 0;
 }
 
+/* Where the walk of iova (< ias_end) ends: the entry that holds its leaf or
+ * is missing, reached through the upper tables only. Those are few and stay
+ * in cache; the entry itself usually is not, in a large table. */
+static inline const uint64_t *last_entry(const struct iofs_pt *pt, uint64_t iova)
+{
+    uint64_t *t = pt->root;
+    for (unsigned level = pt->top; level > 0; level--) {
+        uint64_t e = t[index_of(pt, iova, level)];
+        if (!e || (e & IOFS_PTE_LEAF))
+            return &t[index_of(pt, iova, level)];
+        t = table_of(e);
+    }
+    return &t[index_of(pt, iova, 0)];
+}
+
+/* IOVAs ahead of the one translated whose last entry is prefetched: the
+ * cache misses of independent walks overlap instead of queueing. */
+#define BATCH_PREFETCH 16
+
 int64_t iofs_pt_translate_batch(struct iofs_pt *pt, const uint64_t *iovas,
                                 size_t n, unsigned access, uint64_t *addrs_out)
 {
@@ -470,6 +489,12 @@ int64_t iofs_pt_translate_batch(struct iofs_pt *pt, const uint64_t *iovas,
     for (i = 0; i < n; i++) {
         uint64_t iova = iovas[i];
         unsigned level;
+        if (i + BATCH_PREFETCH < n) {
+            uint64_t ahead = iovas[i + BATCH_PREFETCH];
+            /* In the table the last walk ended in: hot already. */
+            if ((ahead >> c.shift) != c.key && ahead < pt->ias_end)
+                __builtin_prefetch(last_entry(pt, ahead), 1);
+        }
         if (iova >= pt->ias_end)
             break;
         uint64_t *ep = walk(pt, &c, iova, &level);

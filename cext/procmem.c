@@ -149,6 +149,24 @@ int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write)
     return 0;
 }
 
+int iofs_pin_check(int pidfd, int pid, int maps_fd, uint64_t addr, uint64_t len, int write)
+{
+    if (pidfd < 0 || iofs_pidfd_exited(pidfd) != 0)
+        return -ESRCH;
+    if (len == 0)
+        return 0;
+    int r = iofs_vm_probe(pid, addr, len, 4096);
+    if (r < 0)
+        return r == -ESRCH ? -ESRCH : -EFAULT;
+    if (!write)
+        return 0;
+    if (maps_fd < 0)
+        return -ENOTTY;
+    r = iofs_vma_check(maps_fd, addr, len, 1);
+    /* The maps fd stays bound to the process it was opened for. */
+    return r == -ENOTTY || r == -ESRCH ? r : (r < 0 ? -EFAULT : 0);
+}
+
 int64_t iofs_vm_read_upto(int pid, uint64_t remote, void *local, uint64_t len)
 {
     /* One remote iovec per page: the kernel stops at the first element it

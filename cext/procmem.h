@@ -43,4 +43,14 @@ int iofs_pidfd_exited(int pidfd);
  * /proc/<pid>/maps; -EFAULT if not; -ENOTTY on kernels without the ioctl;
  * -ESRCH once the process is gone. */
 int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write);
+/* The pin-time check of IOMMU_IOAS_MAP (reference §7, Pinning) in one call:
+ * the process behind pidfd (pid its pid, maps_fd its /proc/<pid>/maps or -1)
+ * has not exited; every page of [addr, addr+len) is readable (probed with
+ * process_vm_readv, which faults the pages in as pinning does); with
+ * write != 0, every byte lies in writable VMAs (PROCMAP_QUERY on maps_fd).
+ * Returns 0; -ESRCH the process has exited (also pidfd < 0); -EFAULT not
+ * readable or not writable; -ENOTTY readable, but writability cannot be
+ * asked here (maps_fd < 0 or a kernel without PROCMAP_QUERY): the caller
+ * checks it another way. */
+int iofs_pin_check(int pidfd, int pid, int maps_fd, uint64_t addr, uint64_t len, int write);
 #endif

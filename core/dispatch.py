@@ -28,6 +28,9 @@ from .uapi import ffi
 # with CONFIG_IOMMUFD_TEST, §2), so 0x95..0x9f are empty slots.
 _FIRST_NR = 0x80
 _LAST_NR = 0xA0
+# Every struct of a table starts with its u32 ``size`` (checked by Op).
+_U32 = ffi.typeof("uint32_t")
+_SIZE_WORD = ffi.typeof("uint32_t *")
 
 
 class Op:
@@ -43,7 +46,11 @@ class Op:
         self.cmd = cmd
         self.ctype = ffi.typeof(f"struct {struct} *")
         self.sizeof = ffi.sizeof(f"struct {struct}")
-        field = dict(ffi.typeof(f"struct {struct}").fields)[last]
+        fields = ffi.typeof(f"struct {struct}").fields
+        name, first = fields[0]
+        # Step 2 reads every struct's leading u32 ``size`` by that name.
+        assert name == "size" and first.offset == 0 and first.type == _U32, struct
+        field = dict(fields)[last]
         self.min_size = field.offset + ffi.sizeof(field.type)
         self.handler = handler
         self.respond = respond
@@ -66,51 +73,60 @@ def ioctl(cmd, struct, last, respond="struct"):
     return register
 
 
-def read_struct(arg, ctype, kernel_size, user_size, head=b""):
-    """copy_struct_from_user: ``user_size`` bytes of the argument into a new
-    cffi struct of ``kernel_size`` bytes. Short: zero-filled. Long: the tail
+def read_struct(arg, ctype, kernel_size, user_size, cdata=None, got=0):
+    """copy_struct_from_user: ``user_size`` bytes of the argument into a cffi
+    struct of ``kernel_size`` bytes. Short: zero-filled. Long: the tail
     must be zero (E2BIG). Unreadable: EFAULT.
 
-    ``head``: leading bytes already read from the argument (saves a copy).
+    ``cdata``/``got``: a struct (``ctype``) already holding the first ``got``
+    readable bytes of the argument, as :func:`iommufd_ioctl` reads it (saves
+    a copy); by default a new one is read.
     """
-    if user_size <= kernel_size:
-        data = head[:user_size] if user_size <= len(head) else arg.read(0, user_size)
-    else:
-        data = head[:kernel_size] if kernel_size <= len(head) else arg.read(0, kernel_size)
+    if cdata is None:
+        cdata = ffi.new(ctype)
+        got = 0
+    n = min(user_size, kernel_size)
+    if got < n:
+        got = arg.read_into(0, cdata, n)
+        if got < n:
+            raise UapiError(errno.EFAULT, f"struct unreadable after {got} of {n} bytes")
+    if got > n:
+        # Bytes the caller's size leaves out are the kernel's zero fill.
+        ffi.buffer(cdata)[n:got] = bytes(got - n)
+    if user_size > kernel_size:
         # check_zeroed_user: the tail is read in bounded chunks (size is a
         # u32 chosen by the caller), stopping at the first non-zero byte.
         off = kernel_size
         while off < user_size:
-            n = min(1 << 16, user_size - off)
-            if any(arg.read(off, n)):
+            k = min(1 << 16, user_size - off)
+            if any(arg.read(off, k)):
                 raise UapiError(errno.E2BIG, "non-zero bytes past the kernel struct")
-            off += n
-    cdata = ffi.new(ctype)
-    ffi.memmove(cdata, data, len(data))
+            off += k
     return cdata
 
 
 def write_struct(arg, cdata, kernel_size, user_size):
     """iommufd_ucmd_respond: write back min(user_size, kernel_size) bytes."""
-    n = min(user_size, kernel_size)
-    arg.write(0, ffi.buffer(cdata, n)[:])
+    arg.write_from(0, cdata, min(user_size, kernel_size))
 
 
 def decode(op, cmd, arg):
     """Steps 2-5 of the generic rules for ``op`` (None: an empty slot):
     returns ``(cdata, size)``. EFAULT unreadable size; ENOTTY empty slot or
     another full command; EINVAL below the minimum; E2BIG non-zero tail."""
-    # One copy for the size word and the struct: only the bytes the kernel
-    # would read are looked at, and a fault past them does not count.
-    head = arg.read_upto(0, op.sizeof if op is not None else 4)
-    if len(head) < 4:
+    # One copy for the size word and the struct, straight into the struct:
+    # only the bytes the kernel would read are looked at, and a fault past
+    # them does not count.
+    cdata = ffi.new(op.ctype if op is not None else _SIZE_WORD)
+    got = arg.read_into(0, cdata, op.sizeof if op is not None else 4)
+    if got < 4:
         raise UapiError(errno.EFAULT, "size unreadable")
-    size = int.from_bytes(head[:4], "little")
+    size = cdata.size if op is not None else cdata[0]
     if op is None or op.cmd != cmd:
         raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x}")
     if size < op.min_size:
         raise UapiError(errno.EINVAL, f"size {size} < {op.min_size}")
-    return read_struct(arg, op.ctype, op.sizeof, size, head), size
+    return read_struct(arg, op.ctype, op.sizeof, size, cdata, got), size
 
 
 def respond(op, arg, cdata, size):

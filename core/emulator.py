@@ -6,6 +6,7 @@ at a time. Every method either returns its result or raises
 """
 import errno
 
+from .dispatch import iommufd_ioctl as _iommufd_ioctl
 from .errors import UapiError
 
 
@@ -83,9 +84,7 @@ class Emulator:
         A context is usable only by the uid that opened it (EACCES), and not
         after a synchronous close (EBADF).
         """
-        from .dispatch import iommufd_ioctl
-
-        return iommufd_ioctl(ctx, caller, cmd, arg)
+        return _iommufd_ioctl(ctx, caller, cmd, arg)
 
     def close_iommufd(self, ctx):
         """close() of /dev/iommu: destroy every object of ctx leaf-first.

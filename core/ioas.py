@@ -236,9 +236,11 @@ class Ioas(Obj):
         """VA ranges of ``area`` that no pinned area on the same pages covers:
         what pinning must still check (memory already pinned stays usable
         even if the client unmapped it since, as pinned pages do)."""
-        covered = merge((a.user_va, a.user_va + a.length - 1)
-                        for a in area.pages.areas() if a.pinned and a is not area)
-        return subtract([(area.user_va, area.user_va + area.length - 1)], covered)
+        whole = [(area.user_va, area.user_va + area.length - 1)]
+        pinned = [a for a in area.pages.areas() if a.pinned and a is not area]
+        if not pinned:
+            return whole    # the usual case: memory no other area holds
+        return subtract(whole, merge((a.user_va, a.user_va + a.length - 1) for a in pinned))
 
     def _pin(self, areas):
         """Pin-time check of each area's memory in its owner (§7 Pinning):
@@ -246,9 +248,7 @@ class Ioas(Obj):
         pages, or if the owner has exited."""
         for area in areas:
             for s, l in self._unpinned_parts(area):
-                if not area.owner.alive():
-                    raise _err(errno.EFAULT, f"owner {area.owner.tgid} has exited")
-                check_access(area.owner.tgid, s, l - s + 1, area.pages.writable)
+                check_access(area.owner, s, l - s + 1, area.pages.writable)
 
     def _fill(self, areas, domains):
         """Map every area into every domain; on any failure unmap what was
@@ -684,7 +684,7 @@ def _map_checks(flags, reserved, *u64s):
     IOVA/length >= ULONG_MAX, EINVAL neither READABLE nor WRITEABLE."""
     if flags & ~MAP_FLAGS or reserved:
         raise _err(errno.EOPNOTSUPP, f"flags {flags:#x} / __reserved")
-    if any(v >= ULONG_MAX for v in u64s):
+    if max(u64s) >= ULONG_MAX:
         raise _err(errno.EOVERFLOW, "iova or length >= ULONG_MAX")
     if not flags & _RW:
         raise _err(errno.EINVAL, "neither READABLE nor WRITEABLE")
@@ -695,12 +695,13 @@ def ioas_map(ctx, caller, cmd):
     """IOMMU_IOAS_MAP (§7): after :func:`_map_checks`, ENOENT bad ioas_id,
     then the rules of :meth:`Ioas.map_user`. ``iova`` is written back (the
     chosen one without FIXED_IOVA)."""
-    _map_checks(cmd.flags, cmd.__reserved, cmd.iova, cmd.length)
+    flags, length, iova = cmd.flags, cmd.length, cmd.iova
+    _map_checks(flags, cmd.__reserved, iova, length)
     ioas = ctx.get(cmd.ioas_id, Ioas)
     owner = ctx.owners.hold(caller)
     try:
-        cmd.iova = ioas.map_user(owner, cmd.user_va, cmd.length, cmd.iova, map_prot(cmd.flags),
-                                 bool(cmd.flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
+        cmd.iova = ioas.map_user(owner, cmd.user_va, length, iova, map_prot(flags),
+                                 bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
     finally:
         ctx.owners.release(owner)
 

@@ -15,7 +15,6 @@ copy_from_user/copy_to_user would.
 """
 import errno
 import os
-import weakref
 
 from cext._native import ffi, lib
 
@@ -46,13 +45,14 @@ class ProcessMemory:
             raise UapiError(errno.EFAULT, f"read {n} bytes at {addr:#x} in {self.pid}: {-r}")
         return ffi.buffer(buf, n)[:]
 
-    def read_upto(self, addr, n):
-        """The readable leading part (0..n bytes, n < 60 KiB) of [addr, addr+n)."""
+    def read_into(self, addr, cbuf, n):
+        """Copy the readable leading part of [addr, addr+n) (n < 60 KiB) into
+        ``cbuf`` (a cffi pointer to at least n bytes); returns its length
+        (0..n). Never raises: the caller decides which shortfall is EFAULT."""
         if addr < 0 or addr + n > (1 << 64):
-            return b""
-        buf = ffi.new("char[]", n)
-        r = lib.iofs_vm_read_upto(self.pid, addr, buf, n)
-        return ffi.buffer(buf, r)[:] if r > 0 else b""
+            return 0
+        r = lib.iofs_vm_read_upto(self.pid, addr, cbuf, n)
+        return r if r > 0 else 0
 
     def write(self, addr, data):
         n = len(data)
@@ -61,6 +61,17 @@ class ProcessMemory:
         if addr < 0 or addr + n > (1 << 64):
             raise UapiError(errno.EFAULT, "address out of range")
         r = lib.iofs_vm_write(self.pid, addr, ffi.from_buffer(data), n)
+        if r < 0:
+            raise UapiError(errno.EFAULT, f"write {n} bytes at {addr:#x} in {self.pid}: {-r}")
+
+    def write_from(self, addr, cdata, n):
+        """Write the first ``n`` bytes of the cffi object ``cdata`` at
+        ``addr`` (no intermediate bytes object); EFAULT as :meth:`write`."""
+        if n == 0:
+            return
+        if addr < 0 or addr + n > (1 << 64):
+            raise UapiError(errno.EFAULT, "address out of range")
+        r = lib.iofs_vm_write(self.pid, addr, cdata, n)
         if r < 0:
             raise UapiError(errno.EFAULT, f"write {n} bytes at {addr:#x} in {self.pid}: {-r}")
 
@@ -115,10 +126,6 @@ def _tgid_from_proc(tid):
     raise UapiError(errno.ESRCH, f"thread {tid} is gone")
 
 
-# Live owners by tgid, so that check_access(pid, ...) finds the open maps fd.
-_owners = weakref.WeakValueDictionary()
-
-
 class Owner:
     """A client process that owns mappings: its tgid, uid and a pidfd on it.
 
@@ -143,7 +150,6 @@ class Owner:
             self.maps_fd = os.open(f"/proc/{tgid}/maps", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self.maps_fd = -1
-        _owners[tgid] = self
 
     def alive(self):
         """True while the process has not exited."""
@@ -163,24 +169,6 @@ class Owner:
             # The pid may have been reused during the copy: trust nothing.
             raise UapiError(errno.EFAULT, f"owner {self.tgid} exited during DMA")
         return max(n, 0)
-
-    def check_access(self, addr, length, write):
-        """Pin-time check of [addr, addr+length) in this process: mapped and
-        readable, and writable when ``write`` (reference §7, Pinning).
-        Raises UapiError(EFAULT), also when the process has exited."""
-        if length == 0:
-            return
-        if not self.alive():
-            raise UapiError(errno.EFAULT, f"owner {self.tgid} has exited")
-        if lib.iofs_vm_probe(self.tgid, addr, length, 4096) < 0:
-            raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not readable in {self.tgid}")
-        if not write:
-            return
-        rc = lib.iofs_vma_check(self.maps_fd, addr, length, 1) if self.maps_fd >= 0 else -errno.ENOTTY
-        if rc == -errno.ENOTTY:
-            _check_writable_by_text(self.tgid, addr, length)
-        elif rc < 0:
-            raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not writable in {self.tgid}")
 
     def vma_access(self, addr, length, write):
         """How a device walking this process's CPU page tables (SVA) fares
@@ -206,8 +194,6 @@ class Owner:
         if self.maps_fd >= 0:
             os.close(self.maps_fd)
             self.maps_fd = -1
-        if _owners.get(self.tgid) is self:
-            del _owners[self.tgid]
 
 
 class MemArg:
@@ -222,12 +208,17 @@ class MemArg:
     def read(self, off, n):
         return self.mem.read(self.addr + off, n)
 
-    def read_upto(self, off, n):
-        """The readable leading part of the n bytes at ``off`` (may be short)."""
-        return self.mem.read_upto(self.addr + off, n)
+    def read_into(self, off, cbuf, n):
+        """Copy the readable leading part of the n bytes at ``off`` into the
+        cffi buffer ``cbuf``; returns how many bytes that is (may be short)."""
+        return self.mem.read_into(self.addr + off, cbuf, n)
 
     def write(self, off, data):
         self.mem.write(self.addr + off, data)
+
+    def write_from(self, off, cdata, n):
+        """Write the first ``n`` bytes of the cffi object ``cdata`` at ``off``."""
+        self.mem.write_from(self.addr + off, cdata, n)
 
     def integer(self):
         """The argument as an integer (``unsigned long``), for ioctls that
@@ -253,13 +244,18 @@ class FrameArg:
             raise UapiError(errno.EFAULT, "read past the frame's argument")
         return bytes(self.buf[off:off + n])
 
-    def read_upto(self, off, n):
-        return bytes(self.buf[off:off + n])
+    def read_into(self, off, cbuf, n):
+        data = self.buf[off:off + n]
+        ffi.memmove(cbuf, data, len(data))
+        return len(data)
 
     def write(self, off, data):
         if off + len(data) > len(self.buf):
             raise UapiError(errno.EFAULT, "write past the frame's argument")
         self.buf[off:off + len(data)] = data
+
+    def write_from(self, off, cdata, n):
+        self.write(off, ffi.buffer(cdata, n))
 
     def integer(self):
         """The argument as an integer (``unsigned long``): the frame carries it
@@ -268,27 +264,31 @@ class FrameArg:
         return int.from_bytes(bytes(self.buf[:8]), "little")
 
 
-def check_access(pid, addr, length, write, page_size=4096):
-    """Pin-time check of [addr, addr+length) in process ``pid``: every page
-    must be mapped and readable, and writable when ``write`` (the kernel pins
-    with FOLL_WRITE for IOMMU_IOAS_MAP_WRITEABLE; reference §7, "Pinning").
+def check_access(owner, addr, length, write):
+    """Pin-time check of [addr, addr+length) in the process of ``owner`` (an
+    :class:`Owner`): every page must be mapped and readable, and writable
+    when ``write`` (the kernel pins with FOLL_WRITE for
+    IOMMU_IOAS_MAP_WRITEABLE; reference §7, "Pinning").
 
     Readability is probed with process_vm_readv (which also faults the pages
-    in, like pinning). Writability is read from /proc/<pid>/maps rather than
-    tested by writing, so the client's bytes are never touched.
-    Raises UapiError(EFAULT).
+    in, like pinning). Writability is read from the VMAs (PROCMAP_QUERY on
+    the owner's held /proc/<pid>/maps, or its text on older kernels) rather
+    than tested by writing, so the client's bytes are never touched.
+    Raises UapiError(EFAULT), also when the process has exited.
     """
     if length == 0:
         return
-    owner = _owners.get(pid)
-    if owner is not None and owner.maps_fd >= 0:
-        owner.check_access(addr, length, write)
+    rc = lib.iofs_pin_check(owner.pidfd, owner.tgid, owner.maps_fd, addr, length,
+                            1 if write else 0)
+    if rc == 0:
         return
-    if lib.iofs_vm_probe(pid, addr, length, page_size) < 0:
-        raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not readable in {pid}")
-    if not write:
+    if rc == -errno.ENOTTY:
+        _check_writable_by_text(owner.tgid, addr, length)
         return
-    _check_writable_by_text(pid, addr, length)
+    if rc == -errno.ESRCH:
+        raise UapiError(errno.EFAULT, f"owner {owner.tgid} has exited")
+    raise UapiError(errno.EFAULT, f"{addr:#x}+{length:#x} not readable or not writable "
+                                  f"in {owner.tgid}")
 
 
 def _check_writable_by_text(pid, addr, length):

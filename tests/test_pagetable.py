@@ -7,6 +7,7 @@ and (b) a pure-Python dict model of pages and leaves written from the spec.
 """
 import errno
 import gc
+import random
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -360,6 +361,27 @@ def test_translate_batch_stops_at_first_fault():
     with pytest.raises(IOPageFault) as ei:
         pt.translate_batch([0, 1 << 50], 0)
     assert ei.value.iova == 1 << 50 and ei.value.done == [UVA]
+
+
+def test_translate_batch_of_many_tables_agrees_with_the_reference_walker():
+    # Longer than the batch's look-ahead (it prefetches the entries of later
+    # IOVAs), in random order over many leaf tables, 2 MiB leaves and holes.
+    pt = PageTable()
+    pt.map(0, UVA + 4096, 64 * MiB, RW, huge=False)      # 32 leaf tables
+    pt.map(64 * MiB, UVA + 64 * MiB, 8 * MiB, READ)       # 2 MiB leaves
+    rng = random.Random(7)
+    iovas = [rng.randrange(72 * MiB) for _ in range(500)]
+    assert pt.translate_batch(iovas, READ) == [refwalk.walk(pt, i)[0] for i in iovas]
+    # A hole, then IOVAs beyond the IOVA space within the look-ahead.
+    bad = iovas[:100] + [72 * MiB] + [1 << 50] * 20 + iovas[100:]
+    with pytest.raises(IOPageFault) as ei:
+        pt.translate_batch(bad, READ)
+    assert ei.value.iova == 72 * MiB and len(ei.value.done) == 100
+    # WRITE: the first read-only 2 MiB leaf stops it, with EACCES.
+    first_ro = next(k for k, i in enumerate(iovas) if i >= 64 * MiB)
+    with pytest.raises(IOPageFault) as ei:
+        pt.translate_batch(iovas, WRITE)
+    assert (ei.value.errno, len(ei.value.done)) == (errno.EACCES, first_ro)
 
 
 def test_translate_range_coalesces_contiguous_pieces():
