@@ -22,10 +22,12 @@ symlink (``fd``, ``stdin``, ...), a directory as a recursive bind mount
 (``pts``, ``shm``, ``mqueue`` with their mounts), any other file as a bind
 mount of the host's (``null``, ``zero``, ``urandom``, ``tty``, ...), so
 stat, lstat, ownership, modes and device numbers are the host's.
-``/dev/ptmx`` is the exception: it is a symlink to ``.iommufs-host/ptmx``,
-because the kernel finds the devpts instance of a ptmx open through the
-``pts`` directory next to it in the same mount, which a single-file bind
-mount does not have (a ``pts/ptmx`` symlink would work too, but devpts
+``/dev/ptmx`` is the exception: the kernel finds the devpts instance of a
+ptmx open through the ``pts`` directory next to it in the same mount, which
+a single-file bind mount does not have; so it is a device node made in the
+tmpfs (same numbers, mode and owner), and in a user namespace (no mknod
+there) a symlink to ``.iommufs-host/ptmx`` (new ptys are then named
+``/dev/.iommufs-host/pts/N``; a ``pts/ptmx`` symlink would not do: devpts
 usually has ``ptmxmode=000``). Entries the host adds later appear under
 ``.iommufs-host`` only. An overlay of the host ``/dev`` was the other
 candidate: it needs overlayfs with trusted xattrs on the upper layer and
@@ -196,6 +198,19 @@ def _move_tree(fd, target):
     _check(0 if r == 0 else -1, f"move_mount to {target}")
 
 
+def _ptmx(source, target):
+    """/dev/ptmx: a device node of its own in the tmpfs (root), so that the
+    kernel finds ``/dev/pts`` next to it and new ptys are ``/dev/pts/N``;
+    in a user namespace (no mknod) a symlink to the host's."""
+    st = os.lstat(source)
+    if os.geteuid() == 0 and stat.S_ISCHR(st.st_mode):
+        os.mknod(target, st.st_mode, st.st_rdev)
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.chown(target, st.st_uid, st.st_gid)
+    else:
+        os.symlink(f"{HOST_DIR}/ptmx", target)
+
+
 def build_dev(mnt, nodes, dev="/dev"):
     """Replace ``dev`` in this (private) mount namespace by a tmpfs holding
     the host's entries and the iommufs nodes of ``mnt`` (``nodes``: the
@@ -214,7 +229,7 @@ def build_dev(mnt, nodes, dev="/dev"):
         if name in ("iommu", "vfio"):
             continue
         if name == "ptmx":
-            os.symlink(f"{HOST_DIR}/ptmx", os.path.join(dev, name))
+            _ptmx(os.path.join(keep, name), os.path.join(dev, name))
             continue
         _place(os.path.join(keep, name), os.path.join(dev, name))
     _place(os.path.join(mnt, "iommu"), os.path.join(dev, "iommu"))
