@@ -1005,11 +1005,19 @@ EXPORT int fcntl64(int fd, int cmd, ...)
 
 /* ------------------------------------------- other processes may hold them */
 
+/* _Fork runs no atfork handlers: do their work, holding the lock across
+ * the fork so that the child never inherits it held by another thread. */
 EXPORT pid_t _Fork(void)
 {
     ENSURE(_Fork);
-    mark_shared(1, "_Fork");
-    return REAL(_Fork)();
+    sigset_t old;
+    lock(&old);
+    mark_shared_locked(1);
+    pid_t r = REAL(_Fork)();
+    int saved = errno;
+    unlock(&old);
+    errno = saved;
+    return r;
 }
 
 EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
