@@ -1281,7 +1281,7 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
     ENSURE(statx);
     char buf[PATH_BUF];
     int r = REAL(statx)(dirfd, redirect(path, buf), flags, mask, sx);
-    if (r != 0 || !sx || !g_root[0] || !(sx->stx_mask & STATX_INO))
+    if (r != 0 || !g_root[0] || !(sx->stx_mask & STATX_INO))
         return r;
     int saved = errno;
     unsigned int minor = 0;
