@@ -31,7 +31,7 @@ def bins():
     os.chmod(d, 0o755)
     src = os.path.join(ROOT, "tests", "c")
     out = {}
-    for name in ("run_dma", "run_threads", "run_fork", "run_fds", "run_stat"):
+    for name in ("run_dma", "run_threads", "run_fork", "run_fds", "run_stat", "run_spawn"):
         exe = os.path.join(d, name)
         # Fortified as distributions build: non-constant open flags call __open_2.
         subprocess.run(["gcc", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-pthread",
@@ -145,6 +145,30 @@ def test_close_tears_down_only_the_last_reference(mount, bins):
     assert len(forks) == 2
     assert trace.count("close fd 3: shared, plain close") == 4
     assert trace[-1] == "close fd 3: last reference, sync close -> 0"
+
+
+def test_files_other_processes_hold_are_never_torn_down(mount, bins):
+    """posix_spawn and vfork children inheriting the fd, and an SCM_RIGHTS
+    receiver, use the open file after the program's close; an O_CLOEXEC fd
+    across system() and close_range() still get the synchronous close."""
+    env = dict(client_env(), IOMMUFS_DEBUG="1")
+    p = iommufs_run(bins["run_spawn"], mount=mount.path, env=env)
+    assert ok_lines(p) == ["ok posix_spawn child uses the file after our close",
+                           "ok vfork child uses the file after our close", "ok system",
+                           "ok SCM_RIGHTS receiver uses the file after our close",
+                           "ok close_range"]
+    trace = [re.sub(r"^iommufs-preload\[\d+\]: ", "", l) for l in p.stderr.splitlines()]
+    assert trace[1:] == [
+        "open /dev/iommu -> fd 3: iommu", "posix_spawn: 1 open file(s) now shared",
+        "close fd 3: shared, plain close",
+        "open /dev/iommu -> fd 3: iommu", "vfork: 1 open file(s) now shared",
+        "close fd 3: shared, plain close",
+        "open /dev/iommu -> fd 3: iommu", "close fd 3: last reference, sync close -> 0",
+        "open /dev/iommu -> fd 5: iommu", "SCM_RIGHTS of fd 5: shared",
+        "close fd 5: shared, plain close",
+        "open /dev/iommu -> fd 3: iommu", "open /dev/iommu -> fd 4: iommu",
+        "close fd 3: last reference, sync close -> 0",
+        "close fd 4: last reference, sync close -> 0"], p.stderr
 
 
 def test_stat_and_fstat_report_character_devices(mount, bins):
