@@ -539,8 +539,10 @@ class Server:
             try:
                 reply = step[0]()
             except Blocked as b:
-                if b.resume is not None:
-                    step[0] = lambda: self._core(b.resume)
+                # Bind the continuation now: Python unbinds ``b`` after the handler.
+                resume = b.resume
+                if resume is not None:
+                    step[0] = lambda: self._core(resume)
                 return ("wait", b)
             except UapiError as e:    # dma() reports in its reply; this is a bug
                 return ("reply", self._dma_failure(e.errno))
