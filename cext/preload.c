@@ -52,6 +52,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -1157,13 +1158,34 @@ static int fd_returning(int fd, unsigned long req, void *arg, int result)
     strcpy(path + g_root_len + 1, p.path);
     int nfd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC, 0);
     if (nfd < 0) {
+        /* As the kernel when it has no fd to give: the ioctl fails and the
+         * object goes. The object holds its node until the node has been
+         * opened and closed, so open it once in a slot lent by a soft
+         * RLIMIT_NOFILE one higher (EMFILE); if that cannot be done the
+         * object stays until the context is closed. */
         int err = errno;
-        dbg("ioctl %x on fd %d: open %s failed (errno %d)", (unsigned)req, fd, path, err);
-        if (id_off) {                 /* as the kernel: no fd, no object */
+        struct rlimit lim, more;        /* struct rlimit64 of prlimit64 on LP64 */
+        int tmp = -1;
+        if (err == EMFILE && syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, &lim) == 0
+            && lim.rlim_cur < lim.rlim_max) {
+            more = lim;
+            more.rlim_cur++;
+            if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &more, NULL) == 0) {
+                tmp = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC, 0);
+                if (tmp >= 0)
+                    syscall(SYS_close, tmp);
+                syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &lim, NULL);
+            }
+        }
+        int destroyed = -1;
+        if (tmp >= 0 && id_off) {
             uint32_t d[2] = {8, 0};
             memcpy(&d[1], (char *)arg + id_off, 4);
-            REAL(ioctl)(fd, IOMMU_DESTROY, d);
+            destroyed = REAL(ioctl)(fd, IOMMU_DESTROY, d);
         }
+        dbg("ioctl %x on fd %d: open %s failed (errno %d): %s", (unsigned)req, fd, path, err,
+            tmp < 0 ? "object left until the context closes"
+                    : destroyed == 0 || !id_off ? "object released" : "object not destroyed");
         errno = err;
         return -1;
     }

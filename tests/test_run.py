@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT, client_env
 
 PLAIN = "0000:00:03.0"          # vfio0 of the built-in topology
+PRI = ("0000:00:04.0", 1)       # a PRI device and its vfio number
 SHIM_MAJOR_MINOR = {"iommu": "10:123", "vfio": "511"}
 
 
@@ -31,7 +32,8 @@ def bins():
     os.chmod(d, 0o755)
     src = os.path.join(ROOT, "tests", "c")
     out = {}
-    for name in ("run_dma", "run_threads", "run_fork", "run_fds", "run_stat", "run_spawn"):
+    for name in ("run_dma", "run_threads", "run_fork", "run_fds", "run_stat", "run_spawn",
+                 "run_fault"):
         exe = os.path.join(d, name)
         # Fortified as distributions build: non-constant open flags call __open_2.
         subprocess.run(["gcc", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-pthread",
@@ -118,6 +120,22 @@ def test_forked_child_uses_parent_fds_with_its_own_memory(mount, bins):
                      "ok device wrote the child's memory",
                      "ok parent's memory untouched",
                      "ok parent's context survived the child's close"]
+
+
+def test_fault_queue_fd_from_an_ioctl(mount, bins):
+    """IOMMU_FAULT_QUEUE_ALLOC hands the program a real fault fd: it polls,
+    reads the fault of a PRI DMA, answers it and the DMA completes; with no
+    fd to give the ioctl fails with EMFILE and leaves no object. Without
+    the shim the field stays -1."""
+    p = iommufs_run(bins["run_fault"], *PRI, mount=mount.path)
+    assert ok_lines(p) == ["ok out_fault_fd is an fd", "ok fault object busy",
+                           "ok fault record read from the fault fd",
+                           "ok DMA completed after the page response",
+                           "ok EMFILE leaves no object"]
+    p = iommufs_run(bins["run_fault"], "alloc-only", mount=mount.path)
+    assert p.stdout == "out_fault_fd 4\n"        # the lowest free fd, as the kernel's
+    p = iommufs_run("env", "-u", "LD_PRELOAD", bins["run_fault"], "alloc-only", mount=mount.path)
+    assert p.stdout == "out_fault_fd -1\n"
 
 
 def test_close_tears_down_only_the_last_reference(mount, bins):
