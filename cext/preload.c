@@ -420,6 +420,7 @@ static int maybe_ours(dev_t dev)
     if (st == M_ABSENT || !g_root[0])
         return 0;
     if (st == M_UNKNOWN) {
+        int saved = errno;
         sigset_t old;
         lock(&old);
         if (atomic_load(&g_mstate) == M_UNKNOWN) {
@@ -433,6 +434,7 @@ static int maybe_ours(dev_t dev)
             }
         }
         unlock(&old);
+        errno = saved;
         st = atomic_load(&g_mstate);
         if (st == M_ABSENT)
             return 0;
