@@ -381,24 +381,22 @@ def run(argv, mnt=None, topology=None, user=None, log=None):
         mnt = os.path.realpath(mnt)
         if mount_fstype(mnt) != "fuse.iommufs":
             raise RunError(f"no iommufs mounted at {mnt}")
+    waited = set(FORWARDED) | {signal.SIGCHLD}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
         nodes = vfio_nodes(mnt)
         env = program_env(os.environ, mnt, shim)
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(FORWARDED) | {signal.SIGCHLD})
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                os.close(err_r)
-                _child(mnt, nodes, argv, env, user, mask, err_w)
-            os.close(err_w)
-            with os.fdopen(err_r, "rb") as f:
-                failure = f.read()        # EOF at the exec: the program runs
-            status = _wait_forwarding(pid)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(err_r)
+            _child(mnt, nodes, argv, env, user, mask, err_w)
+        os.close(err_w)
+        with os.fdopen(err_r, "rb") as f:
+            failure = f.read()            # EOF at the exec: the program runs
+        status = _wait_forwarding(pid)
         if failure:
             code, _, msg = failure.decode(errors="replace").partition(" ")
             print(f"iommufs run: {msg}", file=sys.stderr)
@@ -408,3 +406,7 @@ def run(argv, mnt=None, topology=None, user=None, log=None):
     finally:
         if own is not None:
             _stop_own_mount(mnt, own)
+        # Signals that came after the program ended were for it: drop them.
+        while signal.sigtimedwait(waited, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
