@@ -2,6 +2,7 @@
  * allocates IOASes, maps and unmaps its own buffer in them and destroys
  * them. Every call must succeed, concurrently allocated IDs must be
  * distinct, and at the end nothing is left (the next IOAS is ID 1 again).
+ * Meanwhile each thread also opens, dups and closes contexts of its own.
  *
  *   run_threads THREADS ITERATIONS */
 #define _GNU_SOURCE
@@ -32,6 +33,18 @@ static void *worker(void *p)
         check_ok("UNMAP", ioctl(iommufd, IOMMU_IOAS_UNMAP, &u));
         if (u.length != 65536)
             fail("unmapped length", (long)u.length, 65536);
+        /* A context of this thread's own, used through a dup. */
+        int own = open("/dev/iommu", O_RDWR);
+        if (own < 0)
+            fail("open own", -errno, 0);
+        struct iommu_ioas_alloc oa = { sizeof(oa), 0, 0 };
+        check_ok("own IOAS_ALLOC", ioctl(own, IOMMU_IOAS_ALLOC, &oa));
+        int again = dup(own);
+        close(own);
+        check_ok("own IOAS_ALLOC via dup", ioctl(again, IOMMU_IOAS_ALLOC, &oa));
+        if (oa.out_ioas_id != 2)
+            fail("own context through the dup", oa.out_ioas_id, 2);
+        close(again);
         /* Keep this thread's last IOAS so IDs of live objects overlap in time. */
         if (i + 1 < iterations) {
             struct iommu_destroy d = { sizeof(d), al.out_ioas_id };
