@@ -54,7 +54,6 @@ program, except when the terminal sent them (they reached the program
 already: it is in the same process group).
 """
 import ctypes
-import errno
 import grp
 import os
 import pwd

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,6 @@ from conftest import ROOT, client_env
 
 PLAIN = "0000:00:03.0"          # vfio0 of the built-in topology
 PRI = ("0000:00:04.0", 1)       # a PRI device and its vfio number
-SHIM_MAJOR_MINOR = {"iommu": "10:123", "vfio": "511"}
 
 
 @pytest.fixture(scope="module")
