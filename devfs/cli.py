@@ -4,6 +4,8 @@
 
     iommufs mount MOUNTPOINT [--topology FILE] [--foreground] [--debug] [--log FILE]
     iommufs umount MOUNTPOINT
+    iommufs run [--mount MNT] [--topology FILE] [--user USER] [--log FILE] -- PROGRAM ARGS...
+    iommufs shim
 
 ``mount`` creates MOUNTPOINT if missing and first cleans a stale mount there
 (a dead server's: stat gives ENOTCONN -> ``fusermount3 -u -z``). By default
@@ -13,6 +15,10 @@ this process until SIGINT/SIGTERM or an unmount, then unmounts cleanly.
 
 ``umount`` runs ``fusermount3 -u`` (``-u -z`` if files are still open); the
 server notices and exits.
+
+``run`` runs PROGRAM with /dev/iommu and /dev/vfio/devices/vfioN bound to a
+mount's nodes and the preload shim loaded (devfs.run); ``shim`` prints the
+path of the shim (libiommufs-preload.so), for LD_PRELOAD by hand.
 
 Hidden options for tests and benchmarks: ``--emulator MODULE:CALLABLE``
 builds the emulator with ``CALLABLE(topology_path_or_None)`` instead of
@@ -130,33 +136,52 @@ async def _serve_until_unmounted(emulator, mnt, debug, ready_fd):
             nursery.start_soon(stop_on_signal)
 
 
-def _background(args):
-    """Start ``mount --foreground`` detached and wait until it says ready."""
+def spawn_server(mountpoint, topology=None, debug=False, emulator=None, log=None, env=None,
+                 preexec_fn=None):
+    """Start ``iommufs mount MOUNTPOINT --foreground`` detached (its own
+    session, so a terminal's ^C does not reach it) and wait until it says ready.
+
+    Returns ``(proc, None)`` once the mount is usable, or ``(proc, reason)``
+    (a str) after the server exited without mounting. ``env``: its
+    environment (default: this one); ``log``: a file path for its output.
+    """
     r, w = os.pipe()
-    cmd = [sys.executable, "-m", "devfs.cli", "mount", args.mountpoint, "--foreground",
+    cmd = [sys.executable, "-m", "devfs.cli", "mount", mountpoint, "--foreground",
            "--ready-fd", str(w)]
-    if args.topology:
-        cmd += ["--topology", args.topology]
-    if args.debug:
+    if topology:
+        cmd += ["--topology", topology]
+    if debug:
         cmd.append("--debug")
-    if args.emulator:
-        cmd += ["--emulator", args.emulator]
-    out = open(args.log, "ab") if args.log else subprocess.DEVNULL
-    env = dict(os.environ)
+    if emulator:
+        cmd += ["--emulator", emulator]
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    env = dict(os.environ if env is None else env)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                            pass_fds=(w,), start_new_session=True, env=env)
-    os.close(w)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                pass_fds=(w,), start_new_session=True, env=env,
+                                preexec_fn=preexec_fn)
+    finally:
+        os.close(w)
+        if log:
+            out.close()
     with os.fdopen(r, "rb") as f:
         msg = f.readline()   # one line; EOF if the child exits first
     text = msg.decode(errors="replace").strip()
     if text == "ready":
+        return proc, None
+    proc.wait()
+    return proc, text or f"server exited with {proc.returncode}"
+
+
+def _background(args):
+    """Start ``mount --foreground`` detached and wait until it says ready."""
+    proc, err = spawn_server(args.mountpoint, args.topology, args.debug, args.emulator, args.log)
+    if err is None:
         print(f"iommufs mounted at {os.path.abspath(args.mountpoint)} (server pid {proc.pid})")
         return 0
-    proc.wait()
-    print(f"iommufs: mount failed: {text or f'server exited with {proc.returncode}'}",
-          file=sys.stderr)
+    print(f"iommufs: mount failed: {err}", file=sys.stderr)
     return 1
 
 
@@ -185,12 +210,35 @@ def main(argv=None):
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     u = sub.add_parser("umount", help="unmount")
     u.add_argument("mountpoint")
+    r = sub.add_parser("run", help="run a program with /dev/iommu and /dev/vfio/devices/* "
+                                   "from a mount (mounting one if no --mount)")
+    r.add_argument("--mount", help="an iommufs mount to use (default: mount one for the run)")
+    r.add_argument("--topology", help="TOML topology file of the mount made for the run")
+    r.add_argument("--user", help="run the program as USER, UID or UID:GID (root only)")
+    r.add_argument("--log", help="log file of the server started for the run")
+    r.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
+    sub.add_parser("shim", help="print the path of libiommufs-preload.so")
     args = p.parse_args(argv)
 
     logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
                         format="iommufs[%(process)d] %(levelname)s %(message)s")
     if args.command == "umount":
         return umount(args.mountpoint)
+    if args.command in ("run", "shim"):
+        from . import run as runmod
+
+        try:
+            if args.command == "shim":
+                print(runmod.shim_path())
+                return 0
+            prog = args.program[1:] if args.program[:1] == ["--"] else args.program
+            if args.mount and args.topology:
+                raise runmod.RunError("--topology applies to the mount made for the run, "
+                                      "not to --mount")
+            return runmod.run(prog, args.mount, args.topology, args.user, args.log)
+        except runmod.RunError as e:
+            print(f"iommufs run: {e}", file=sys.stderr)
+            return runmod.EXIT_FAILED
     if args.foreground:
         return _foreground(args, args.ready_fd)
     return _background(args)

@@ -539,6 +539,7 @@ class Server:
             try:
                 reply = step[0]()
             except Blocked as b:
+                # Bind the continuation now: Python unbinds ``b`` after the handler.
                 resume = b.resume
                 if resume is not None:
                     step[0] = lambda: self._core(resume)

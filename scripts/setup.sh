@@ -38,6 +38,7 @@ install() {
     # (which tests import) holds them whatever pip's editable mode did.
     "$VENV/bin/python" cext/build_native.py
     "$VENV/bin/python" devfs/build_fuse.py
+    "$VENV/bin/python" cext/build_preload.py >/dev/null
 }
 
 cmd=${1:-}
