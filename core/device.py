@@ -87,18 +87,25 @@ class BoundDevice(Obj):
                 return obj, False
         return new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
 
-    def attach(self, pt_id, pasid=RID):
-        """Attach (or, when something is attached there, replace) the route
-        ``pasid`` (RID when None) to ``pt_id`` (an IOAS: auto domain; or a
-        paging HWPT). Returns the HWPT id now attached.
+    def attach(self, pt_id, pasid=RID, mode=None):
+        """Attach the route ``pasid`` (RID when None) to ``pt_id`` (an IOAS:
+        auto domain; or a paging HWPT). Returns the HWPT id now attached.
 
-        Errors (§8): ENOENT unknown pt_id; EINVAL another object type, an
-        IOAS for a PASID, a group peer on another HWPT, PASID
-        incompatibility; EBUSY the RID/PASID this takes on the wire is held
-        by an mdev or parent of this device or by an SVA bond (core.routing);
-        EADDRINUSE the device's reserved ranges collide in the IOAS; EFAULT
-        a lazy mapping whose memory is gone. On error the previous attachment
-        stays as it was.
+        ``mode``: None for VFIO's ATTACH, which replaces what is attached
+        (§11.3); "attach" for the core's iommufd_device_attach (EBUSY when
+        the RID/PASID is attached already, even to the same HWPT); "replace"
+        for iommufd_device_replace (EINVAL when nothing is attached; the same
+        HWPT is a no-op).
+
+        Errors in order (§8): ENOENT unknown pt_id; EINVAL another object
+        type or an IOAS for a PASID; EBUSY / EINVAL of ``mode``; EINVAL a
+        group peer on another HWPT, PASID incompatibility; EBUSY the
+        RID/PASID this takes on the wire is held by an mdev or parent of this
+        device or by an SVA bond (core.routing); EADDRINUSE the device's
+        reserved ranges collide in the IOAS; then the driver's step: EINVAL a
+        HWPT of another IOMMU, a PASID beyond the device's width, and what
+        ``device.set_dev_pasid`` raises (the mock's PASID 1024: ENOMEM).
+        On error the previous attachment stays as it was.
 
         An mdev's RID attachment is its parent's RID with the mdev's default
         PASID (seed 004): like a PASID attach it reserves no IOVA range.
@@ -112,28 +119,49 @@ class BoundDevice(Obj):
         else:
             hwpt = target
         old = self.attachments.get(pasid)
+        key = ("device", id(self))
+        reserved = None
         try:
+            if mode == "attach" and old is not None:
+                raise UapiError(errno.EBUSY, f"{pasid!r} is attached already")
+            if mode == "replace" and old is None:
+                raise UapiError(errno.EINVAL, f"nothing attached at {pasid!r} to replace")
             if old is hwpt:
                 return hwpt.id
             self._check_group(hwpt, pasid)
             self._check_pasid_compat(hwpt, pasid)
             if old is None:
                 self._check_route_free(pasid)
-            if self._reserves(pasid):
-                key = ("device", id(self))
-                if old is None or old.ioas is not hwpt.ioas:
-                    hwpt.ioas.add_reserved(key, self.device.iommu.reserved_ranges())
-                    if old is not None:
-                        old.ioas.remove_reserved(key)
+            if self._reserves(pasid) and (old is None or old.ioas is not hwpt.ioas):
+                # A new IOAS: the key is not in use there (the old IOAS keeps
+                # its ranges until the swap below).
+                hwpt.ioas.add_reserved(key, self.device.iommu.reserved_ranges())
+                reserved = hwpt.ioas
+            self._driver_attach(hwpt, pasid)
         except BaseException:
+            if reserved is not None:
+                reserved.remove_reserved(key)
             if created:
                 self._drop_if_unused(hwpt)
             raise
+        if reserved is not None and old is not None:
+            old.ioas.remove_reserved(key)
         self.attachments[pasid] = hwpt.get()
         if old is not None:
             self._drop_faults(old, pasid)
             self._release(old)
         return hwpt.id
+
+    def _driver_attach(self, hwpt, pasid):
+        # The IOMMU driver's part, after the core's checks (§8): a domain of
+        # another IOMMU cannot serve the device; a PASID must fit the
+        # device's width; then the driver itself may refuse.
+        if hwpt.iommu.key() != self.device.iommu.key():
+            raise UapiError(errno.EINVAL, f"HWPT {hwpt.id} belongs to another IOMMU")
+        if pasid is not RID:
+            if pasid >> self.device.pasid_bits:
+                raise UapiError(errno.EINVAL, f"PASID {pasid} beyond {self.device.pasid_bits} bits")
+            self.device.set_dev_pasid(pasid, hwpt)
 
     def detach(self, pasid=RID):
         """Detach the route ``pasid``; nothing attached is not an error (§8).
@@ -141,6 +169,8 @@ class BoundDevice(Obj):
         hwpt = self.attachments.pop(pasid, None)
         if hwpt is None:
             return
+        if pasid is not RID:
+            self.device.set_dev_pasid(pasid, None)
         if self._reserves(pasid):
             hwpt.ioas.remove_reserved(("device", id(self)))
         self._drop_faults(hwpt, pasid)
