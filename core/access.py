@@ -141,11 +141,8 @@ class Access(Obj):
                 raise UapiError(errno.EPERM, f"{area!r} lacks {'write' if write else 'read'}")
             if not area.pinned:
                 # Memory a domain holds is pinned already; the rest is pinned now.
-                if not area.owner.alive():
-                    raise UapiError(errno.EFAULT, f"owner {area.owner.tgid} has exited")
                 lo = va - va % PAGE_SIZE
-                area.owner.check_access(lo, -(-(va + n - lo) // PAGE_SIZE) * PAGE_SIZE,
-                                        area.pages.writable)
+                self.ioas.check_pinnable(area, lo, -(-(va + n - lo) // PAGE_SIZE) * PAGE_SIZE)
             pieces.append((area, va, n))
         if not runs or runs[-1][2] != last:
             raise UapiError(errno.ENOENT, f"IOVA {iova:#x}+{length:#x} is not all mapped")

@@ -208,8 +208,10 @@ def get_hw_info(ctx, caller, cmd):
     """IOMMU_GET_HW_INFO (reference §9.2).
 
     EOPNOTSUPP: flags other than INPUT_TYPE, non-zero ``__reserved``, or an
-    INPUT_TYPE other than NONE (the emulated IOMMU has no driver data yet);
-    ENOENT: unknown dev_id; EFAULT: unwritable data_uptr buffer.
+    INPUT_TYPE other than NONE or the device driver's own type (the emulated
+    PCI IOMMU has no driver data; the selftest mock's is 0xfeedbeef);
+    ENOENT: unknown dev_id; EFAULT: unwritable data_uptr buffer. The PCI
+    capability bits are reported for PCI functions only.
     """
     if cmd.flags & ~uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
         raise UapiError(errno.EOPNOTSUPP, f"flags {cmd.flags:#x}")
@@ -217,22 +219,25 @@ def get_hw_info(ctx, caller, cmd):
         raise UapiError(errno.EOPNOTSUPP, "__reserved")
     idev = ctx.get(cmd.dev_id, BoundDevice)
     dev = idev.device
-    if cmd.flags & uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE and cmd.out_data_type != uapi.IOMMU_HW_INFO_TYPE_NONE:
+    data_type, data, pci = dev.hw_info()
+    if (cmd.flags & uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE
+            and cmd.out_data_type not in (uapi.IOMMU_HW_INFO_TYPE_NONE, data_type)):
         raise UapiError(errno.EOPNOTSUPP, f"hw_info type {cmd.out_data_type}")
-    kernel_len = 0
     if cmd.data_len and cmd.data_uptr:
         # min(data_len, kernel_len) bytes of data, then the rest zero-filled.
-        caller.mem.write(cmd.data_uptr, bytes(cmd.data_len))
+        n = cmd.data_len
+        caller.mem.write(cmd.data_uptr, data[:n] + bytes(max(0, n - len(data))))
     caps = 0
     if dev.dirty_tracking:
         caps |= uapi.IOMMU_HW_CAP_DIRTY_TRACKING
-    if dev.pasid_exec:
-        caps |= uapi.IOMMU_HW_CAP_PCI_PASID_EXEC
-    if dev.pasid_priv:
-        caps |= uapi.IOMMU_HW_CAP_PCI_PASID_PRIV
-    if not dev.ats:
-        caps |= uapi.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
-    cmd.data_len = kernel_len
-    cmd.out_data_type = uapi.IOMMU_HW_INFO_TYPE_NONE
+    if pci:
+        if dev.pasid_exec:
+            caps |= uapi.IOMMU_HW_CAP_PCI_PASID_EXEC
+        if dev.pasid_priv:
+            caps |= uapi.IOMMU_HW_CAP_PCI_PASID_PRIV
+        if not dev.ats:
+            caps |= uapi.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    cmd.data_len = len(data)
+    cmd.out_data_type = data_type
     cmd.out_max_pasid_log2 = dev.pasid_bits
     cmd.out_capabilities = caps

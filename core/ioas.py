@@ -350,6 +350,13 @@ class Ioas(Obj):
             self.accesses.remove(access)
             self._recalc_alignment()
 
+    def check_pinnable(self, area, user_va, length):
+        """Pin-time check of ``[user_va, user_va+length)``, part of
+        ``area``'s memory, for an access pinning it (§7 Pinning): EFAULT if
+        it is not there (readable, and writable when registered writable),
+        unless another area of the same memory holds it pinned already."""
+        self._pin([Area(area.iova, length, user_va, area.prot, area.owner, area.pages)])
+
     def _notify_unmap(self, area):
         # The kernel asks every access of the IOAS to let go of the area
         # (their unmap callback) and retries; one that does not is EDEADLOCK

@@ -29,6 +29,7 @@ the ops that respond in the kernel (:data:`RESPOND_OPS`).
 """
 import errno
 import itertools
+import struct
 from dataclasses import dataclass
 
 # Object modules by name: this module is imported by core.dispatch while
@@ -96,6 +97,13 @@ class MockDevice(Device):
 
     dev_flags: int = 0
     pasid_1024_fake_error: bool = False
+
+    def hw_info(self):
+        """GET_HW_INFO of the mock driver (§9.2): type 0xfeedbeef, data
+        ``struct iommu_test_hw_info {u32 flags = 0; u32 test_reg =
+        0xdeadbeef}``; not a PCI device."""
+        return (uapi.IOMMU_HW_INFO_TYPE_SELFTEST,
+                struct.pack("<II", 0, uapi.IOMMU_HW_INFO_SELFTEST_REGVAL), False)
 
     def set_dev_pasid(self, pasid, hwpt):
         """The mock driver's PASID step. PASID 1024

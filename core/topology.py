@@ -159,6 +159,12 @@ class Device:
     def is_mdev(self):
         return self.parent is not None
 
+    def hw_info(self):
+        """The IOMMU driver's GET_HW_INFO answer for the device: ``(type,
+        data bytes, PCI)``; the emulated PCI IOMMU has no driver data (type
+        NONE) and its devices are PCI functions (§9.2)."""
+        return 0, b"", True
+
     def set_dev_pasid(self, pasid, hwpt):
         """The IOMMU driver's step of a PASID attach, replace (``hwpt``: the
         new HwptPaging) or detach (``hwpt`` None: the blocked domain), run

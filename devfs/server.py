@@ -433,7 +433,11 @@ class Server:
         arg = MemArg(caller.mem, addr)
         if cmd in FD_CMDS and (kind, cmd) in _FD_NODE:
             # An unreadable argument resolves nothing: core reports EFAULT.
-            fds = _fd_args(cmd, self._core(caller.mem.read_upto, addr, 12))
+            try:
+                head = self._core(caller.mem.read, addr, 12)
+            except UapiError:
+                head = b""
+            fds = _fd_args(cmd, head)
             if fds:
                 return self._defer(req, self._ioctl_attempt(h, caller, cmd, arg),
                                    resolve=(caller, fds))

@@ -802,3 +802,23 @@ def test_close_tears_everything_down(st, buf):
     assert ctx.closed and opened.closed and afile.closed and not ctx.objects
     assert st.refs(buf.va, 2 * PAGE) == [0, 0]
     assert not any(d.name.startswith("mock") for ds in st.emu.topology.by_rid.values() for d in ds)
+
+
+# -- GET_HW_INFO of a mock device (§9.2) -------------------------------------------------------
+def test_get_hw_info_of_a_mock_device(st):
+    ioas = st.ioas()
+    _, _, idev = st.mock_domain(ioas, uapi.MOCK_FLAGS_DEVICE_PASID)
+    _, _, nodirty = st.mock_domain(ioas, uapi.MOCK_FLAGS_DEVICE_NO_DIRTY)
+    data = ffi.new("char[12]", b"\xff" * 12)
+    c = new("iommu_hw_info", dev_id=idev, data_len=12, data_uptr=addr(data))
+    st.ioctl(uapi.IOMMU_GET_HW_INFO, c)
+    assert (c.out_data_type, c.data_len, c.out_max_pasid_log2) == (0xFEEDBEEF, 8, 20)
+    assert c.out_capabilities == uapi.IOMMU_HW_CAP_DIRTY_TRACKING      # not PCI: no PCI bits
+    assert ffi.buffer(data)[:] == struct.pack("<II", 0, 0xDEADBEEF) + bytes(4)
+    c = new("iommu_hw_info", dev_id=nodirty, flags=uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+            out_data_type=0xFEEDBEEF)
+    st.ioctl(uapi.IOMMU_GET_HW_INFO, c)
+    assert (c.out_capabilities, c.out_max_pasid_log2, c.data_len) == (0, 0, 8)
+    c = new("iommu_hw_info", dev_id=idev, flags=uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+            out_data_type=uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD)
+    assert st.err(uapi.IOMMU_GET_HW_INFO, c) == errno.EOPNOTSUPP
