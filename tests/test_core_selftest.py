@@ -19,7 +19,7 @@ from core.caller import Caller
 from core.errors import UapiError
 from core.selftest import AccessFile
 from core.uapi import ffi
-from core.usermem import FrameArg, MemArg
+from core.usermem import MemArg
 from devfs.client import Buffer
 
 from corekit import Kit, addr, new
