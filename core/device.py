@@ -87,18 +87,25 @@ class BoundDevice(Obj):
                 return obj, False
         return new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
 
-    def attach(self, pt_id, pasid=RID):
-        """Attach (or, when something is attached there, replace) the route
-        ``pasid`` (RID when None) to ``pt_id`` (an IOAS: auto domain; or a
-        paging HWPT). Returns the HWPT id now attached.
+    def attach(self, pt_id, pasid=RID, mode=None):
+        """Attach the route ``pasid`` (RID when None) to ``pt_id`` (an IOAS:
+        auto domain; or a paging HWPT). Returns the HWPT id now attached.
 
-        Errors (§8): ENOENT unknown pt_id; EINVAL another object type, an
-        IOAS for a PASID, a group peer on another HWPT, PASID
-        incompatibility; EBUSY the RID/PASID this takes on the wire is held
-        by an mdev or parent of this device or by an SVA bond (core.routing);
-        EADDRINUSE the device's reserved ranges collide in the IOAS; EFAULT
-        a lazy mapping whose memory is gone. On error the previous attachment
-        stays as it was.
+        ``mode``: None for VFIO's ATTACH, which replaces what is attached
+        (§11.3); "attach" for the core's iommufd_device_attach (EBUSY when
+        the RID/PASID is attached already, even to the same HWPT); "replace"
+        for iommufd_device_replace (EINVAL when nothing is attached; the same
+        HWPT is a no-op).
+
+        Errors in order (§8): ENOENT unknown pt_id; EINVAL another object
+        type or an IOAS for a PASID; EBUSY / EINVAL of ``mode``; EINVAL a
+        group peer on another HWPT, PASID incompatibility; EBUSY the
+        RID/PASID this takes on the wire is held by an mdev or parent of this
+        device or by an SVA bond (core.routing); EADDRINUSE the device's
+        reserved ranges collide in the IOAS; then the driver's step: EINVAL a
+        HWPT of another IOMMU, a PASID beyond the device's width, and what
+        ``device.set_dev_pasid`` raises (the mock's PASID 1024: ENOMEM).
+        On error the previous attachment stays as it was.
 
         An mdev's RID attachment is its parent's RID with the mdev's default
         PASID (seed 004): like a PASID attach it reserves no IOVA range.
@@ -112,28 +119,49 @@ class BoundDevice(Obj):
         else:
             hwpt = target
         old = self.attachments.get(pasid)
+        key = ("device", id(self))
+        reserved = None
         try:
+            if mode == "attach" and old is not None:
+                raise UapiError(errno.EBUSY, f"{pasid!r} is attached already")
+            if mode == "replace" and old is None:
+                raise UapiError(errno.EINVAL, f"nothing attached at {pasid!r} to replace")
             if old is hwpt:
                 return hwpt.id
             self._check_group(hwpt, pasid)
             self._check_pasid_compat(hwpt, pasid)
             if old is None:
                 self._check_route_free(pasid)
-            if self._reserves(pasid):
-                key = ("device", id(self))
-                if old is None or old.ioas is not hwpt.ioas:
-                    hwpt.ioas.add_reserved(key, self.device.iommu.reserved_ranges())
-                    if old is not None:
-                        old.ioas.remove_reserved(key)
+            if self._reserves(pasid) and (old is None or old.ioas is not hwpt.ioas):
+                # A new IOAS: the key is not in use there (the old IOAS keeps
+                # its ranges until the swap below).
+                hwpt.ioas.add_reserved(key, self.device.iommu.reserved_ranges())
+                reserved = hwpt.ioas
+            self._driver_attach(hwpt, pasid)
         except BaseException:
+            if reserved is not None:
+                reserved.remove_reserved(key)
             if created:
                 self._drop_if_unused(hwpt)
             raise
+        if reserved is not None and old is not None:
+            old.ioas.remove_reserved(key)
         self.attachments[pasid] = hwpt.get()
         if old is not None:
             self._drop_faults(old, pasid)
             self._release(old)
         return hwpt.id
+
+    def _driver_attach(self, hwpt, pasid):
+        # The IOMMU driver's part, after the core's checks (§8): a domain of
+        # another IOMMU cannot serve the device; a PASID must fit the
+        # device's width; then the driver itself may refuse.
+        if hwpt.iommu.key() != self.device.iommu.key():
+            raise UapiError(errno.EINVAL, f"HWPT {hwpt.id} belongs to another IOMMU")
+        if pasid is not RID:
+            if pasid >> self.device.pasid_bits:
+                raise UapiError(errno.EINVAL, f"PASID {pasid} beyond {self.device.pasid_bits} bits")
+            self.device.set_dev_pasid(pasid, hwpt)
 
     def detach(self, pasid=RID):
         """Detach the route ``pasid``; nothing attached is not an error (§8).
@@ -141,6 +169,8 @@ class BoundDevice(Obj):
         hwpt = self.attachments.pop(pasid, None)
         if hwpt is None:
             return
+        if pasid is not RID:
+            self.device.set_dev_pasid(pasid, None)
         if self._reserves(pasid):
             hwpt.ioas.remove_reserved(("device", id(self)))
         self._drop_faults(hwpt, pasid)
@@ -178,8 +208,10 @@ def get_hw_info(ctx, caller, cmd):
     """IOMMU_GET_HW_INFO (reference §9.2).
 
     EOPNOTSUPP: flags other than INPUT_TYPE, non-zero ``__reserved``, or an
-    INPUT_TYPE other than NONE (the emulated IOMMU has no driver data yet);
-    ENOENT: unknown dev_id; EFAULT: unwritable data_uptr buffer.
+    INPUT_TYPE other than NONE or the device driver's own type (the emulated
+    PCI IOMMU has no driver data; the selftest mock's is 0xfeedbeef);
+    ENOENT: unknown dev_id; EFAULT: unwritable data_uptr buffer. The PCI
+    capability bits are reported for PCI functions only.
     """
     if cmd.flags & ~uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
         raise UapiError(errno.EOPNOTSUPP, f"flags {cmd.flags:#x}")
@@ -187,22 +219,25 @@ def get_hw_info(ctx, caller, cmd):
         raise UapiError(errno.EOPNOTSUPP, "__reserved")
     idev = ctx.get(cmd.dev_id, BoundDevice)
     dev = idev.device
-    if cmd.flags & uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE and cmd.out_data_type != uapi.IOMMU_HW_INFO_TYPE_NONE:
+    data_type, data, pci = dev.hw_info()
+    if (cmd.flags & uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE
+            and cmd.out_data_type not in (uapi.IOMMU_HW_INFO_TYPE_NONE, data_type)):
         raise UapiError(errno.EOPNOTSUPP, f"hw_info type {cmd.out_data_type}")
-    kernel_len = 0
     if cmd.data_len and cmd.data_uptr:
         # min(data_len, kernel_len) bytes of data, then the rest zero-filled.
-        caller.mem.write(cmd.data_uptr, bytes(cmd.data_len))
+        n = cmd.data_len
+        caller.mem.write(cmd.data_uptr, data[:n] + bytes(max(0, n - len(data))))
     caps = 0
     if dev.dirty_tracking:
         caps |= uapi.IOMMU_HW_CAP_DIRTY_TRACKING
-    if dev.pasid_exec:
-        caps |= uapi.IOMMU_HW_CAP_PCI_PASID_EXEC
-    if dev.pasid_priv:
-        caps |= uapi.IOMMU_HW_CAP_PCI_PASID_PRIV
-    if not dev.ats:
-        caps |= uapi.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
-    cmd.data_len = kernel_len
-    cmd.out_data_type = uapi.IOMMU_HW_INFO_TYPE_NONE
+    if pci:
+        if dev.pasid_exec:
+            caps |= uapi.IOMMU_HW_CAP_PCI_PASID_EXEC
+        if dev.pasid_priv:
+            caps |= uapi.IOMMU_HW_CAP_PCI_PASID_PRIV
+        if not dev.ats:
+            caps |= uapi.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    cmd.data_len = len(data)
+    cmd.out_data_type = data_type
     cmd.out_max_pasid_log2 = dev.pasid_bits
     cmd.out_capabilities = caps

@@ -153,12 +153,14 @@ def iommufd_ioctl(ctx, caller, cmd, arg):
         respond(op, arg, cdata, size)
     except UapiError as e:
         ctx.rollback()
+        caller.returned.clear()     # the objects behind returned fds are gone
         if getattr(e, "respond", False):
             # EMSGSIZE of IOVA_RANGES: the struct is written back all the same.
             write_struct(arg, cdata, op.sizeof, size)
         raise
     except BaseException:
         ctx.rollback()
+        caller.returned.clear()
         raise
     ctx.commit()
     return result or 0
@@ -207,6 +209,7 @@ from . import ioas as _ioas  # noqa: E402,F401
 from . import hwpt as _hwpt  # noqa: E402,F401
 from . import device as _device  # noqa: E402,F401
 from . import fault as _fault  # noqa: E402,F401
+from . import selftest as _selftest  # noqa: E402,F401
 from . import compat as _compat  # noqa: E402
 
 __all__ = ["iommufd_ioctl", "ioctl", "OPS", "uapi"]

@@ -38,6 +38,8 @@ class Emulator:
         self.sva = SvaTable(self)
         self.watches = {}        # fd -> Watch
         self.watch_gen = 0
+        # IOMMU_TEST_CMD SET_TEMP_MEMORY_LIMIT (core.selftest): global, as in the kernel.
+        self.test_memory_limit = 65536
 
     # -- fds core wants to hear about -------------------------------------------
     def watch(self, fd, fn):
@@ -158,6 +160,19 @@ class Emulator:
     def release_fault(self, ffile):
         """The last close of one open of the node."""
         ffile.released()
+
+    # -- access fds (fds/access-N, IOMMU_TEST_CMD CREATE_ACCESS) ------------------
+    def open_access(self, afile, caller):
+        """open() of an access fd's node (core.selftest.AccessFile): ENOENT
+        once the fd is closed; EACCES for another uid."""
+        if caller.uid != afile.uid:
+            raise UapiError(errno.EACCES, f"access fd of uid {afile.uid}")
+        afile.opened()
+
+    def release_access(self, afile):
+        """The last close of one open of the node: the last one destroys the
+        access (its pins released)."""
+        afile.released()
 
     # -- devices/<name>/dma ----------------------------------------------------
     def dma(self, device, caller, request):

@@ -211,6 +211,8 @@ class FaultFile:
     one open) or, never opened, when its context is closed.
     """
 
+    node_kind = "fault"      # the transport's node kind (devfs/nodes.py)
+
     def __init__(self, queue, uid):
         self.queue = queue.get()
         self.ctx = queue.ctx

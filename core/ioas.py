@@ -162,7 +162,11 @@ class Ioas(Obj):
     (sorted inclusive ranges of IOMMU_IOAS_ALLOW_IOVAS), ``domains`` (in the
     order they were added), ``disable_large_pages`` (IOMMU_OPTION
     HUGE_PAGES=0) and ``iova_alignment`` (bytes; 1 with no domain, else the
-    largest domain page size; at least PAGE_SIZE with large pages disabled).
+    largest domain page size; at least PAGE_SIZE with large pages disabled
+    or a pinning in-kernel access attached). ``accesses``: the in-kernel
+    accesses attached (core.access.Access); ``access_pins``: area -> how
+    many access pins hold it (the kernel's ``num_accesses``; such an area
+    is unmapped only after its accesses let go, and never split).
 
     **Domain interface** (implemented by paging HWPTs): ``page_size`` (bytes,
     a power of two), ``map(iova, user_va, length, prot, huge)``,
@@ -186,6 +190,8 @@ class Ioas(Obj):
         self.domains = []
         self.disable_large_pages = False
         self.iova_alignment = 1
+        self.accesses = []
+        self.access_pins = {}
 
     # -- lookups ------------------------------------------------------------------
     # Lookups go through irange, never positional indexing: sortedcontainers
@@ -228,6 +234,8 @@ class Ioas(Obj):
         new = PAGE_SIZE if self.disable_large_pages else 1
         for d in self.domains:
             new = max(new, d.page_size)
+        for a in self.accesses:
+            new = max(new, a.iova_alignment)
         if new > self.iova_alignment:
             self._check_alignment(new)
         self.iova_alignment = new
@@ -323,6 +331,40 @@ class Ioas(Obj):
                 area.pinned = False
         # Fewer domains can only lower the alignment: this cannot fail.
         self._recalc_alignment()
+
+    # -- in-kernel accesses (core.access) ----------------------------------------------
+    def add_access(self, access):
+        """Attach an in-kernel access (the kernel's iopt_add_access): the
+        alignment becomes at least ``access.iova_alignment`` (PAGE_SIZE for
+        a pinning access, §7); EADDRINUSE if an area is not aligned to it.
+        Nothing changes on error."""
+        new = max(self.iova_alignment, access.iova_alignment)
+        if new > self.iova_alignment:
+            self._check_alignment(new)
+        self.iova_alignment = new
+        self.accesses.append(access)
+
+    def remove_access(self, access):
+        """Detach an access (it holds no pin any more); the alignment may drop."""
+        if access in self.accesses:
+            self.accesses.remove(access)
+            self._recalc_alignment()
+
+    def check_pinnable(self, area, user_va, length):
+        """Pin-time check of ``[user_va, user_va+length)``, part of
+        ``area``'s memory, for an access pinning it (§7 Pinning): EFAULT if
+        it is not there (readable, and writable when registered writable),
+        unless another area of the same memory holds it pinned already."""
+        self._pin([Area(area.iova, length, user_va, area.prot, area.owner, area.pages)])
+
+    def _notify_unmap(self, area):
+        # The kernel asks every access of the IOAS to let go of the area
+        # (their unmap callback) and retries; one that does not is EDEADLOCK
+        # (§7 IOAS_UNMAP).
+        for a in list(self.accesses):
+            a.unmap(area.iova, area.length)
+        if area in self.access_pins:
+            raise _err(errno.EDEADLOCK, f"{area!r} is still pinned by an access")
 
     # -- reserved and allowed ranges ------------------------------------------------
     def add_reserved(self, key, ranges):
@@ -500,6 +542,8 @@ class Ioas(Obj):
                 raise _err(errno.EBUSY, f"{area!r} is locked")
             if area.iova < start or area.last > last:
                 raise _err(errno.ENOENT, f"{area!r} is not inside {start:#x}..{last:#x}")
+            if self.access_pins and area in self.access_pins:
+                self._notify_unmap(area)
             self._remove_area(area)
             total += area.length
         return total
@@ -549,7 +593,7 @@ class Ioas(Obj):
         mask = self.iova_alignment - 1
         if (iova + 1) & mask or ((area.user_va + off) % PAGE_SIZE) & mask:
             raise _err(errno.EINVAL, f"cut of {area!r} at {iova + 1:#x} is not aligned to {mask + 1:#x}")
-        if area.locks:
+        if area.locks or area in self.access_pins:
             raise _err(errno.EINVAL, f"{area!r} is used by an in-kernel access")
         if area.pinned and self.domains and not self.disable_large_pages:
             raise _err(errno.EINVAL, f"{area!r} may be mapped with huge pages")

@@ -159,6 +159,20 @@ class Device:
     def is_mdev(self):
         return self.parent is not None
 
+    def hw_info(self):
+        """The IOMMU driver's GET_HW_INFO answer for the device: ``(type,
+        data bytes, PCI)``; the emulated PCI IOMMU has no driver data (type
+        NONE) and its devices are PCI functions (§9.2)."""
+        return 0, b"", True
+
+    def set_dev_pasid(self, pasid, hwpt):
+        """The IOMMU driver's step of a PASID attach, replace (``hwpt``: the
+        new HwptPaging) or detach (``hwpt`` None: the blocked domain), run
+        after the core's checks (§8). May raise UapiError to refuse the
+        change, which then leaves the old attachment in place. The emulated
+        PCI IOMMU accepts every change; the selftest mock device overrides
+        this (core.selftest: PASID 1024)."""
+
     def info(self):
         """The ``info`` document (DESIGN.md): a dict ready for JSON."""
         d = {

@@ -68,6 +68,48 @@ ffi.cdef(
         uint32_t size; uint32_t flags; uint32_t out_fault_id; uint32_t out_fault_fd;
     };
 
+    /* IOMMU_TEST_CMD (reference §12): one struct, the op's fields in a union. */
+    struct iommu_test_cmd {
+        uint32_t size; uint32_t op; uint32_t id; uint32_t __reserved;
+        union {
+            struct { uint64_t start; uint64_t length; } add_reserved;
+            struct { uint32_t out_stdev_id; uint32_t out_hwpt_id; uint32_t out_idev_id; } mock_domain;
+            struct {
+                uint32_t out_stdev_id; uint32_t out_hwpt_id; uint32_t out_idev_id;
+                uint32_t dev_flags;
+            } mock_domain_flags;
+            struct { uint32_t pt_id; } mock_domain_replace;
+            struct { uint64_t iova; uint64_t length; uint64_t uptr; } check_map;
+            struct { uint64_t length; uint64_t uptr; uint32_t refs; } check_refs;
+            struct { uint32_t out_access_fd; uint32_t flags; } create_access;
+            struct { uint32_t access_pages_id; } destroy_access_pages;
+            struct {
+                uint32_t flags; uint32_t out_access_pages_id; uint64_t iova; uint64_t length;
+                uint64_t uptr;
+            } access_pages;
+            struct { uint64_t iova; uint64_t length; uint64_t uptr; uint32_t flags; } access_rw;
+            struct { uint32_t limit; } memory_limit;
+            struct { uint32_t ioas_id; } access_replace_ioas;
+            struct {
+                uint32_t flags; uint64_t iova; uint64_t length; uint64_t page_size;
+                uint64_t uptr; uint64_t out_nr_dirty;
+            } dirty;
+            struct { uint32_t id; uint32_t iotlb; } check_iotlb;
+            struct {
+                uint32_t dev_id; uint32_t pasid; uint32_t grpid; uint32_t perm; uint64_t addr;
+            } trigger_iopf;
+            struct { uint32_t id; uint32_t cache; } check_dev_cache;
+            struct { uint32_t dev_id; } trigger_vevent;
+            struct { uint32_t pasid; uint32_t pt_id; } pasid_attach;
+            struct { uint32_t pasid; uint32_t pt_id; } pasid_replace;
+            struct { uint32_t pasid; } pasid_detach;
+            struct { uint32_t pasid; uint32_t hwpt_id; } pasid_check;
+            struct { uint32_t length; uint32_t open_flags; } dmabuf_get;
+            struct { int32_t dmabuf_fd; uint32_t revoked; } dmabuf_revoke;
+        };
+        uint32_t last;
+    };
+
     struct iommufs_fd_path { uint32_t size; uint32_t index; char path[256]; };
     struct iommufs_pasid { uint32_t size; uint32_t flags; uint32_t pasid; uint32_t __reserved; };
     struct iommufs_sva_bind {
@@ -194,6 +236,8 @@ IOMMU_HWPT_DATA_VTD_S1 = 1
 
 IOMMU_HW_INFO_TYPE_NONE = 0
 IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
+IOMMU_HW_INFO_TYPE_SELFTEST = 0xFEEDBEEF      # §9.2: the mock driver's
+IOMMU_HW_INFO_SELFTEST_REGVAL = 0xDEADBEEF
 IOMMU_HW_INFO_FLAG_INPUT_TYPE = 1
 
 IOMMU_HW_CAP_DIRTY_TRACKING = 1
@@ -238,6 +282,68 @@ VFIO_DMA_MAP_FLAG_VADDR = 4
 VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP = 1
 VFIO_DMA_UNMAP_FLAG_ALL = 2
 VFIO_DMA_UNMAP_FLAG_VADDR = 4
+
+# §12: IOMMU_TEST_CMD ops and the mock driver's constants.
+IOMMU_TEST_OP_ADD_RESERVED = 1
+IOMMU_TEST_OP_MOCK_DOMAIN = 2
+IOMMU_TEST_OP_MD_CHECK_MAP = 3
+IOMMU_TEST_OP_MD_CHECK_REFS = 4
+IOMMU_TEST_OP_CREATE_ACCESS = 5
+IOMMU_TEST_OP_DESTROY_ACCESS_PAGES = 6
+IOMMU_TEST_OP_ACCESS_PAGES = 7
+IOMMU_TEST_OP_ACCESS_RW = 8
+IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT = 9
+IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE = 10
+IOMMU_TEST_OP_ACCESS_REPLACE_IOAS = 11
+IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS = 12
+IOMMU_TEST_OP_DIRTY = 13
+IOMMU_TEST_OP_MD_CHECK_IOTLB = 14
+IOMMU_TEST_OP_TRIGGER_IOPF = 15
+IOMMU_TEST_OP_DEV_CHECK_CACHE = 16
+IOMMU_TEST_OP_TRIGGER_VEVENT = 17
+IOMMU_TEST_OP_PASID_ATTACH = 18
+IOMMU_TEST_OP_PASID_REPLACE = 19
+IOMMU_TEST_OP_PASID_DETACH = 20
+IOMMU_TEST_OP_PASID_CHECK_HWPT = 21
+IOMMU_TEST_OP_DMABUF_GET = 22
+IOMMU_TEST_OP_DMABUF_REVOKE = 23
+
+MOCK_APERTURE_START = 1 << 24
+MOCK_APERTURE_LAST = (1 << 31) - 1
+MOCK_PAGE_SIZE = 2048
+MOCK_HUGE_PAGE_SIZE = 512 * MOCK_PAGE_SIZE
+MOCK_PASID_WIDTH = 20
+IOMMU_TEST_PASID_RESERVED = 1024
+
+MOCK_FLAGS_ACCESS_WRITE = 1 << 0
+MOCK_FLAGS_ACCESS_SYZ = 1 << 16
+MOCK_ACCESS_RW_WRITE = 1 << 0
+MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
+MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0
+MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
+MOCK_FLAGS_DEVICE_PASID = 1 << 2
+
+# Test ops whose ``id`` (offset 8) is an fd number of the caller: an access fd.
+TEST_OPS_ACCESS_FD = frozenset((IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, IOMMU_TEST_OP_ACCESS_PAGES,
+                                IOMMU_TEST_OP_ACCESS_RW, IOMMU_TEST_OP_ACCESS_REPLACE_IOAS))
+
+
+def fd_fields(cmd, head):
+    """The fd numbers an ioctl argument passes in, as the kernel would fget
+    them: ``[(offset, kind), ...]`` with kind "iommufd" (an open /dev/iommu)
+    or "access" (an IOMMU_TEST_CMD access fd). ``head``: the argument's
+    leading bytes (at least 12 to see any field; fewer: none is readable,
+    and the ioctl itself reports EFAULT). Only VFIO_DEVICE_BIND_IOMMUFD
+    (``iommufd`` at 8, §11.2) and the IOMMU_TEST_CMD access ops (``id`` at
+    8, §12) take fds so far."""
+    if len(head) < 12:
+        return []
+    if cmd == VFIO_DEVICE_BIND_IOMMUFD:
+        return [(8, "iommufd")]
+    if cmd == IOMMU_TEST_CMD and int.from_bytes(head[4:8], "little") in TEST_OPS_ACCESS_FD:
+        return [(8, "access")]
+    return []
+
 
 U64_MAX = (1 << 64) - 1
 # ULONG_MAX on LP64: the kernel's EOVERFLOW bound for iova/length (§7).

@@ -518,3 +518,160 @@ class DmaPort:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# -- IOMMU_TEST_CMD: the kernel's selftest interface (reference §12) ---------------------------
+def _returned_path(node, index=0):
+    """The mount-relative node path of fd field ``index`` that the last
+    fd-returning ioctl on ``node`` returned (README, "Ioctls that return
+    file descriptors"): from the frame reply's extra data, or asked with
+    IOMMUFS_FD_PATH."""
+    if node.frames:
+        paths = node.last_extra.split(b"\0")
+        return paths[index].decode()
+    p = _new("iommufs_fd_path", index=index)
+    node.ioctl(uapi.IOMMUFS_FD_PATH, p)
+    return ffi.string(p.path).decode()
+
+
+class Selftest:
+    """IOMMU_TEST_CMD on an open :class:`Iommufd` (ioctl() or frames, as
+    the Iommufd speaks), one method per op. Failures raise OSError with the
+    kernel's errno.
+
+        st = Selftest(iommufd)
+        stdev, hwpt, idev = st.mock_domain(ioas)
+        acc = st.create_access(ioas)          # an open access fd
+        acc.write(iova, b"hello")
+        acc.close()
+    """
+
+    def __init__(self, iommufd):
+        self.iommufd = iommufd
+        self.mount = os.path.dirname(iommufd.path)
+
+    def cmd(self, op, id=0, **members):
+        """Run ``op`` with ``id`` and union ``members`` ({member: {field:
+        value}}); returns the struct as written back."""
+        c = _new("iommu_test_cmd", op=op, id=id)
+        for member, fields in members.items():
+            for k, v in fields.items():
+                setattr(getattr(c, member), k, v)
+        self.iommufd.ioctl(uapi.IOMMU_TEST_CMD, c)
+        return c
+
+    def add_reserved(self, ioas_id, start, length):
+        """ADD_RESERVED: reserve IOVA ``[start, start+length)`` in the IOAS."""
+        self.cmd(uapi.IOMMU_TEST_OP_ADD_RESERVED, ioas_id, add_reserved={"start": start, "length": length})
+
+    def mock_domain(self, pt_id, dev_flags=None):
+        """MOCK_DOMAIN (MOCK_DOMAIN_FLAGS with ``dev_flags``): a mock device
+        bound and attached to ``pt_id`` -> (stdev_id, hwpt_id, idev_id)."""
+        if dev_flags is None:
+            c = self.cmd(uapi.IOMMU_TEST_OP_MOCK_DOMAIN, pt_id)
+        else:
+            c = self.cmd(uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, pt_id,
+                         mock_domain_flags={"dev_flags": dev_flags})
+        return c.mock_domain.out_stdev_id, c.mock_domain.out_hwpt_id, c.mock_domain.out_idev_id
+
+    def mock_domain_replace(self, stdev_id, pt_id):
+        """MOCK_DOMAIN_REPLACE of the mock device's RID -> the HWPT id attached."""
+        c = self.cmd(uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev_id, mock_domain_replace={"pt_id": pt_id})
+        return c.mock_domain_replace.pt_id
+
+    def md_check_map(self, hwpt_id, iova, length, uptr):
+        """MD_CHECK_MAP: every mock page of the IOVA range maps to ``uptr``'s memory."""
+        self.cmd(uapi.IOMMU_TEST_OP_MD_CHECK_MAP, hwpt_id,
+                 check_map={"iova": iova, "length": length, "uptr": uptr})
+
+    def md_check_refs(self, uptr, length, refs):
+        """MD_CHECK_REFS: every page of ``[uptr, uptr+length)`` is pinned ``refs`` times."""
+        self.cmd(uapi.IOMMU_TEST_OP_MD_CHECK_REFS, check_refs={"uptr": uptr, "length": length, "refs": refs})
+
+    def create_access(self, ioas_id, flags=uapi.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES):
+        """CREATE_ACCESS -> an :class:`AccessFd` (the returned node, opened)."""
+        self.cmd(uapi.IOMMU_TEST_OP_CREATE_ACCESS, ioas_id, create_access={"flags": flags})
+        return AccessFd(self, os.path.join(self.mount, _returned_path(self.iommufd)))
+
+    def set_temp_memory_limit(self, limit):
+        """SET_TEMP_MEMORY_LIMIT."""
+        self.cmd(uapi.IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT, memory_limit={"limit": limit})
+
+    def trigger_iopf(self, dev_id, pasid=0, grpid=0, perm=0, addr=0):
+        """TRIGGER_IOPF: a one-page fault group for the device's {RID, pasid}."""
+        self.cmd(uapi.IOMMU_TEST_OP_TRIGGER_IOPF, trigger_iopf={
+            "dev_id": dev_id, "pasid": pasid, "grpid": grpid, "perm": perm, "addr": addr})
+
+    def pasid_attach(self, stdev_id, pasid, pt_id):
+        """PASID_ATTACH -> the HWPT id attached."""
+        c = self.cmd(uapi.IOMMU_TEST_OP_PASID_ATTACH, stdev_id, pasid_attach={"pasid": pasid, "pt_id": pt_id})
+        return c.pasid_attach.pt_id
+
+    def pasid_replace(self, stdev_id, pasid, pt_id):
+        """PASID_REPLACE -> the HWPT id attached."""
+        c = self.cmd(uapi.IOMMU_TEST_OP_PASID_REPLACE, stdev_id, pasid_replace={"pasid": pasid, "pt_id": pt_id})
+        return c.pasid_replace.pt_id
+
+    def pasid_detach(self, stdev_id, pasid):
+        """PASID_DETACH."""
+        self.cmd(uapi.IOMMU_TEST_OP_PASID_DETACH, stdev_id, pasid_detach={"pasid": pasid})
+
+    def pasid_check_hwpt(self, stdev_id, pasid, hwpt_id):
+        """PASID_CHECK_HWPT: EINVAL unless ``hwpt_id`` (0: nothing) is attached there."""
+        self.cmd(uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev_id, pasid_check={"pasid": pasid, "hwpt_id": hwpt_id})
+
+
+class AccessFd:
+    """An open access fd (``fds/access-N``) and the ops that name it by its
+    fd number. Closing it destroys the access and releases its pins
+    (synchronously: the server is done when :meth:`close` returns)."""
+
+    def __init__(self, selftest, path):
+        self.selftest = selftest
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def fileno(self):
+        return self.fd
+
+    def pages(self, iova, length, uptr=0, flags=0):
+        """ACCESS_PAGES: pin the IOVA range (``uptr``: check the pages are
+        this memory) -> the item id."""
+        c = self.selftest.cmd(uapi.IOMMU_TEST_OP_ACCESS_PAGES, self.fd, access_pages={
+            "iova": iova, "length": length, "uptr": uptr, "flags": flags})
+        return c.access_pages.out_access_pages_id
+
+    def destroy_pages(self, item_id):
+        """DESTROY_ACCESS_PAGES: unpin an item."""
+        self.selftest.cmd(uapi.IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, self.fd,
+                          destroy_access_pages={"access_pages_id": item_id})
+
+    def read(self, iova, length, slow_path=False):
+        """ACCESS_RW read of ``length`` bytes at ``iova`` -> bytes."""
+        out = ffi.new("char[]", max(length, 1))
+        self._rw(iova, length, int(ffi.cast("uintptr_t", out)), slow_path and uapi.MOCK_ACCESS_RW_SLOW_PATH)
+        return ffi.buffer(out, length)[:]
+
+    def write(self, iova, data, slow_path=False):
+        """ACCESS_RW write of ``data`` at ``iova``."""
+        src = ffi.new("char[]", bytes(data) or b"\0")
+        self._rw(iova, len(data), int(ffi.cast("uintptr_t", src)),
+                 uapi.MOCK_ACCESS_RW_WRITE | (slow_path and uapi.MOCK_ACCESS_RW_SLOW_PATH))
+
+    def _rw(self, iova, length, uptr, flags):
+        self.selftest.cmd(uapi.IOMMU_TEST_OP_ACCESS_RW, self.fd,
+                          access_rw={"iova": iova, "length": length, "uptr": uptr, "flags": int(flags)})
+
+    def replace_ioas(self, ioas_id):
+        """ACCESS_REPLACE_IOAS."""
+        self.selftest.cmd(uapi.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, self.fd,
+                          access_replace_ioas={"ioas_id": ioas_id})
+
+    def close(self):
+        """Destroy the access now (IOMMUFS_SYNC_CLOSE), then close the fd."""
+        if self.fd >= 0:
+            try:
+                _libc.ioctl(self.fd, uapi.IOMMUFS_SYNC_CLOSE, _libc_ffi.NULL)
+            finally:
+                os.close(self.fd)
+                self.fd = -1

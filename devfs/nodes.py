@@ -11,6 +11,7 @@
     /devices/<name>/driver    file 0666   the device's driver side (PASIDs, SVA)
     /fds                      dir  0755   nodes of fds that ioctls return
     /fds/fault-N              file 0600   a fault fd (IOMMU_FAULT_QUEUE_ALLOC), owned by its uid
+    /fds/access-N             file 0600   an access fd (IOMMU_TEST_CMD CREATE_ACCESS), owned by its uid
 
 The static tree is built once from the emulator, so its inode numbers are
 stable for the life of a mount (and, for a given topology, from one mount to
@@ -32,6 +33,10 @@ DMA = "dma"
 INFO = "info"
 DRIVER = "driver"
 FAULT = "fault"
+ACCESS = "access"
+# The kinds of nodes under fds/, by the name core's returned objects give
+# (their ``node_kind``); the name is also the node's prefix.
+FD_KINDS = {FAULT: FAULT, ACCESS: ACCESS}
 
 ROOT_INO = 1      # FUSE_ROOT_ID
 IOMMU_INO = 2     # fixed: the fd resolution of BIND checks st_ino against it
@@ -44,6 +49,7 @@ _MODES = {
     INFO: stat.S_IFREG | 0o444,
     DRIVER: stat.S_IFREG | 0o666,
     FAULT: stat.S_IFREG | 0o600,
+    ACCESS: stat.S_IFREG | 0o600,
 }
 
 

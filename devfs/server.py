@@ -33,8 +33,13 @@ or in a frame):
 - IOMMUFS_WHOAMI (0xF502): the identity of the open file (a positive int),
   answered only to threads of the server process itself (EPERM for anyone
   else), EBADF after a synchronous close. It is how the server learns which
-  context an fd passed to VFIO_DEVICE_BIND_IOMMUFD is (see resolve_fd).
+  open file an fd passed in is: the context of VFIO_DEVICE_BIND_IOMMUFD's
+  ``iommufd``, the access of an IOMMU_TEST_CMD access op's ``id`` (see
+  resolve_fds).
 - any other 0xF5xx: ENOTTY.
+- access fds (``fds/access-N``) answer IOMMUFS_SYNC_CLOSE, IOMMUFS_NULL and
+  (to the server's threads) IOMMUFS_WHOAMI; every other ioctl, read() and
+  write() as the kernel's access fd does: ENOTTY, EINVAL, EINVAL.
 
 Other rules decided here (documented choices):
 
@@ -82,7 +87,7 @@ from core.usermem import FrameArg, MemArg
 from . import frames
 from .frames import FrameError, build_reply, check_dma_whole, parse_request
 from .fuse import ffi, req_ident
-from .nodes import DMA, DRIVER, FAULT, INFO, IOMMU, IOMMU_INO, VFIO, Tree
+from .nodes import ACCESS, DMA, DRIVER, FAULT, FD_KINDS, INFO, IOMMU, IOMMU_INO, VFIO, Tree
 
 log = logging.getLogger("iommufs.devfs")
 
@@ -99,7 +104,13 @@ FD_PATH = uapi.IOMMUFS_FD_PATH
 FD_PATH_SIZE = uapi.sizeof("iommufs_fd_path")
 PRIVATE_TYPE = uapi.IOMMUFS_TYPE
 BIND = uapi.VFIO_DEVICE_BIND_IOMMUFD
-BIND_FD_OFFSET = 8        # struct vfio_device_bind_iommufd: argsz, flags, iommufd (s32)
+TEST_CMD = uapi.IOMMU_TEST_CMD
+# The commands that pass fds in, by node kind (core.uapi.fd_fields says where):
+# BIND's ``iommufd`` on a VFIO node, the access fd in IOMMU_TEST_CMD's ``id``.
+FD_CMDS = frozenset((BIND, TEST_CMD))
+_FD_NODE = {(VFIO, BIND), (IOMMU, TEST_CMD)}
+# What an fd field must be: the node kind core.uapi.fd_fields names.
+_FD_FIELD_KIND = {"iommufd": IOMMU, "access": ACCESS}
 
 # The private ioctls devfs answers itself; on a driver node every other
 # 0xF5xx number is a driver command for core (core.driver).
@@ -142,7 +153,7 @@ class Handle:
         self.kind = node.kind
         self.obj = obj
         self.closed = False
-        self.slots = frames.ReplySlots() if node.kind not in (INFO, FAULT) else None
+        self.slots = frames.ReplySlots() if node.kind not in (INFO, FAULT, ACCESS) else None
         self.ph = None
         self.data = data
         self.returned = {}       # tid -> node paths of the fds its last such ioctl returned
@@ -166,11 +177,12 @@ def _tgid(tid):
     raise OSError(errno.ESRCH, f"no Tgid for {tid}")
 
 
-def _fd_field(data, off=BIND_FD_OFFSET):
-    """The s32 ``iommufd`` of a BIND argument at ``off`` of ``data``, or None."""
-    if data is None or len(data) < off + 4:
-        return None
-    return int.from_bytes(data[off:off + 4], "little", signed=True)
+def _fd_args(cmd, head):
+    """The fds an argument passes in: ``[(fd, node kind), ...]`` from its
+    leading bytes ``head`` (core.uapi.fd_fields); [] when none is readable
+    (core then reports EFAULT itself)."""
+    return [(int.from_bytes(head[off:off + 4], "little", signed=True), _FD_FIELD_KIND[kind])
+            for off, kind in uapi.fd_fields(cmd, head)]
 
 
 class Server:
@@ -264,9 +276,12 @@ class Server:
         paths = []
         with self.lock:
             for obj in caller.returned:
-                node = self.tree.add_dynamic("fault", FAULT, obj, caller.uid)
+                # The object names its kind (``node_kind``), which is also the prefix.
+                kind = FD_KINDS[obj.node_kind]
+                node = self.tree.add_dynamic(kind, kind, obj, caller.uid)
                 obj.on_close = lambda node=node: self.tree.remove(node)
-                obj.queue.on_change = lambda node=node: self._notify_node(node)
+                if kind is FAULT:
+                    obj.queue.on_change = lambda node=node: self._notify_node(node)
                 paths.append(self.tree.path(node.ino))
         h.returned[caller.tid] = paths
 
@@ -325,6 +340,9 @@ class Server:
         elif kind is FAULT:
             obj = node.obj
             self._core(self.emulator.open_fault, obj, Caller(*req_ident(req)))
+        elif kind is ACCESS:
+            obj = node.obj
+            self._core(self.emulator.open_access, obj, Caller(*req_ident(req)))
         else:  # DMA
             obj = node.device
         hid = self._new_id()
@@ -355,6 +373,8 @@ class Server:
             self._core(self.emulator.close_driver, h.obj)
         elif h.kind is FAULT:
             self._core(self.emulator.release_fault, h.obj)
+        elif h.kind is ACCESS:
+            self._core(self.emulator.release_access, h.obj)
 
     def _sync_close(self, h):
         if not h.closed:
@@ -393,6 +413,8 @@ class Server:
             raise UapiError(errno.EBADF, f"no open file {fh}")
         kind = h.kind
         if kind is not IOMMU and kind is not VFIO and kind is not DRIVER:
+            if kind is ACCESS:
+                return self._access_ioctl(h, req, cmd, argp)
             raise UapiError(errno.ENOTTY, f"no ioctls on {kind}")
         if cmd == NULL:
             # The benchmark's baseline: nothing but this branch on the way.
@@ -409,13 +431,16 @@ class Server:
         caller = Caller(tid, uid, gid)
         addr = argp
         arg = MemArg(caller.mem, addr)
-        if kind is VFIO and cmd == BIND:
+        if cmd in FD_CMDS and (kind, cmd) in _FD_NODE:
+            # An unreadable argument resolves nothing: core reports EFAULT.
             try:
-                raw = self._core(caller.mem.read, addr + BIND_FD_OFFSET, 4)
+                head = self._core(caller.mem.read, addr, 12)
             except UapiError:
-                raw = None     # core reads the struct itself and reports EFAULT
-            return self._defer(req, self._ioctl_attempt(h, caller, cmd, arg),
-                               resolve=(caller, _fd_field(raw, 0)))
+                head = b""
+            fds = _fd_args(cmd, head)
+            if fds:
+                return self._defer(req, self._ioctl_attempt(h, caller, cmd, arg),
+                                   resolve=(caller, fds))
         try:
             return self._core_ioctl(h, caller, cmd, arg)
         except Blocked as b:
@@ -430,6 +455,17 @@ class Server:
             except Blocked as b:
                 return ("wait", b)
         return attempt
+
+    def _access_ioctl(self, h, req, cmd, argp):
+        """ioctl() on an access fd's node. The kernel's access fd has no
+        ioctls (ENOTTY); the transport answers three of its private ones
+        there: IOMMUFS_SYNC_CLOSE (destroy the access now, so its pins are
+        gone when close() returns), IOMMUFS_NULL, and IOMMUFS_WHOAMI for the
+        server's own threads (how an fd passed back in is resolved)."""
+        tid = req_ident(req)[0]
+        if cmd == SYNC_CLOSE or cmd == NULL or (cmd == WHOAMI and _own_thread(tid)):
+            return self._private(h, tid, cmd, None)
+        raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x} on an access fd")
 
     def _private(self, h, tid, cmd, arg):
         if cmd == SYNC_CLOSE:
@@ -466,6 +502,8 @@ class Server:
         if kind is FAULT:
             tid, uid, gid = req_ident(req)
             return self._core(self.emulator.fault_write, h.obj, Caller(tid, uid, gid), bytes(data))
+        if kind is ACCESS:
+            raise UapiError(errno.EINVAL, "an access fd has no write")
         n = len(data)
         if kind is DMA:
             check_dma_whole(data, self.max_write)
@@ -504,8 +542,9 @@ class Server:
             caller = Caller(tid, uid, gid)
             attempt = self._frame_attempt(h, caller, cmd, argb)
             failure = lambda err: build_reply(-err, argb)   # noqa: E731
-            if h.kind is VFIO and cmd == BIND:
-                self._background(h, tid, attempt, failure, resolve=(caller, _fd_field(argb)))
+            fds = _fd_args(cmd, argb[:12]) if cmd in FD_CMDS and (h.kind, cmd) in _FD_NODE else ()
+            if fds:
+                self._background(h, tid, attempt, failure, resolve=(caller, fds))
             else:
                 self._serve_frame(h, tid, attempt, failure)
             return
@@ -528,7 +567,8 @@ class Server:
                 result = -e.errno
             except Blocked as b:
                 return ("wait", b)
-            return ("reply", build_reply(result, arg.buf, self.reply_extra(h, caller, cmd, arg)))
+            extra = self.reply_extra(h, caller, cmd, arg) if result >= 0 else b""
+            return ("reply", build_reply(result, arg.buf, extra))
         return attempt
 
     def _dma_attempt(self, h, caller, data):
@@ -584,6 +624,8 @@ class Server:
             data = self._core(self.emulator.fault_read, h.obj, Caller(tid, uid, gid), size)
             self._notify(h)
             return data
+        if h.kind is ACCESS:
+            raise UapiError(errno.EINVAL, "an access fd has no read")
         if h.kind is DRIVER and not h.slots.holds(tid):
             # No frame of this thread in flight: the read is for events.
             if h.closed:
@@ -626,6 +668,8 @@ class Server:
         if h.kind is FAULT:
             # §10.1: always writable; readable while groups wait.
             return POLLOUT | (POLLIN if self._core(self.emulator.fault_readable, h.obj) else 0)
+        if h.kind is ACCESS:
+            return POLLIN | POLLOUT     # a file without poll: the VFS's default mask
         if h.slots.ready(req_ident(req)[0]):
             return POLLIN
         if h.kind is DRIVER and not h.closed and h.obj.events:
@@ -653,13 +697,12 @@ class Server:
         ``d`` (a deferred request) the core call is a commit: None if the
         request was answered meanwhile (INTERRUPT)."""
         if resolve is not None:
-            caller, fd = resolve
-            if fd is not None:
-                # Off the loop thread: the self-ioctl of resolve_fd is a
-                # request to this very mount (fuse-notes §4, §7). Cancellable:
-                # a cancelled wait abandons the thread, which only closes its dup.
-                caller.fds = await trio.to_thread.run_sync(
-                    self.resolve_fd, caller.tid, fd, abandon_on_cancel=True)
+            caller, fds = resolve
+            # Off the loop thread: the self-ioctl of resolve_fds is a
+            # request to this very mount (fuse-notes §4, §7). Cancellable:
+            # a cancelled wait abandons the thread, which only closes its dups.
+            caller.fds = await trio.to_thread.run_sync(
+                self.resolve_fds, caller.tid, fds, abandon_on_cancel=True)
         while True:
             if blocked is not None:
                 await self._wait_blocked(blocked)
@@ -723,21 +766,24 @@ class Server:
 
         self.port.spawn(work, owner=h)
 
-    def resolve_fd(self, tid, fd):
-        """``{fd: Context or errno}`` for fd number ``fd`` of thread ``tid``'s
-        process (VFIO_DEVICE_BIND_IOMMUFD's ``iommufd``), as core.caller.Caller
-        wants it in ``fds``.
+    def resolve_fds(self, tid, fds):
+        """``{fd: object or errno}`` for the fd numbers of thread ``tid``'s
+        process that an argument passes in (``fds``: [(fd, node kind)]:
+        VFIO_DEVICE_BIND_IOMMUFD's ``iommufd`` must be an ``iommu`` node and
+        gives its Context; IOMMU_TEST_CMD's access fd an ``fds/access-N``
+        node and gives its core.selftest.AccessFile), as core.caller.Caller
+        wants them in ``fds``.
 
         Runs on a worker thread, never the loop thread: pidfd_getfd takes a
-        duplicate of the caller's fd; it must be a file of this mount's
-        ``iommu`` node (fstat: st_dev, st_ino), and an IOMMUFS_WHOAMI ioctl on
-        the duplicate (served by the loop thread) names the open file. Errnos:
-        EBADF not an open fd (or process gone, or synchronously closed),
-        EBADFD not an iommufs /dev/iommu of this mount.
+        duplicate of the caller's fd; it must be a file of this mount's node
+        of that kind (fstat: st_dev, st_ino), and an IOMMUFS_WHOAMI ioctl on
+        the duplicate (served by the loop thread) names the open file.
+        Errnos: EBADF not an open fd (or process gone, or synchronously
+        closed), EBADFD not such a node of this mount.
         """
-        return {fd: self._resolve(tid, fd)}
+        return {fd: self._resolve(tid, fd, kind) for fd, kind in fds}
 
-    def _resolve(self, tid, fd):
+    def _resolve(self, tid, fd, kind):
         from cext._native import lib as native
 
         try:
@@ -752,15 +798,17 @@ class Server:
             return errno.EBADF
         try:
             st = os.fstat(dup)
-            if (self.st_dev is None or st.st_dev != self.st_dev
-                    or st.st_ino != IOMMU_INO or not stat.S_ISREG(st.st_mode)):
+            if self.st_dev is None or st.st_dev != self.st_dev or not stat.S_ISREG(st.st_mode):
+                return errno.EBADFD
+            node = self.tree.get(st.st_ino)
+            if (st.st_ino != IOMMU_INO if kind is IOMMU else node is None or node.kind is not kind):
                 return errno.EBADFD
             try:
                 hid = fcntl.ioctl(dup, WHOAMI)
             except OSError as e:
                 return errno.EBADF if e.errno == errno.EBADF else errno.EBADFD
             h = self.handles.get(hid)
-            if h is None or h.kind is not IOMMU:
+            if h is None or h.kind is not kind:
                 return errno.EBADFD
             if h.closed:
                 return errno.EBADF
