@@ -692,8 +692,8 @@ class Server:
     # -- deferred work -----------------------------------------------------------------------
     async def _retry(self, attempt, blocked, resolve, d=None):
         """Resolve an fd first (``resolve``: (caller, fd or None)), wait for
-        ``blocked`` (a Blocked, or None), then run ``attempt`` (under the core
-        lock, in a worker thread) until it answers; returns its answer. With
+        ``blocked`` (a Blocked, or None), then run ``attempt`` (it takes the
+        core lock) until it answers; returns its answer. With
         ``d`` (a deferred request) the core call is a commit: None if the
         request was answered meanwhile (INTERRUPT)."""
         if resolve is not None:
@@ -709,8 +709,10 @@ class Server:
             if d is not None and not d.enter_commit():
                 self._abandon(blocked)
                 return None
-            # Not cancellable: once core runs, its result is the answer.
-            out = await trio.to_thread.run_sync(attempt)
+            # Once core runs, its result is the answer. Run here, on the trio
+            # thread: core calls are short, and a hand-off to a worker thread
+            # cost a fifth of a fault round trip (scripts/bench_fault.py).
+            out = attempt()
             if out[0] != "wait":
                 return out
             blocked = out[1]

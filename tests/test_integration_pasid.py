@@ -377,6 +377,6 @@ def test_demo_runs_every_seed_scenario(mount):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/demo_seeds.py"), mount.path],
                        capture_output=True, text=True, timeout=120, env=client_env())
     assert p.returncode == 0, p.stdout + p.stderr
-    for seed in ("001", "002", "003", "004"):
+    for seed in ("001", "002", "003", "004", "004 (RFC v2 4.6)"):
         assert f"seed {seed}:" in p.stdout
     assert p.stdout.strip().endswith("all scenarios ok")
