@@ -11,7 +11,9 @@ from . import uapi
 from .context import Obj
 from .dispatch import ioctl
 from .errors import UapiError
-from .hwpt import HwptPaging, new_paging_hwpt
+# The module, not its names: core.dispatch imports the handler modules in
+# turn, and importing core.hwpt first reaches this one before hwpt is done.
+from . import hwpt as _hwpt
 from .routing import RID, occupant
 
 
@@ -43,7 +45,7 @@ class BoundDevice(Obj):
             if pasid is not RID:
                 raise UapiError(errno.EINVAL, "an IOAS cannot be attached to a PASID")
             return obj
-        if isinstance(obj, HwptPaging):
+        if isinstance(obj, _hwpt.HwptPaging):
             return obj
         raise UapiError(errno.EINVAL, f"pt_id {pt_id} is a {obj.kind}")
 
@@ -82,10 +84,10 @@ class BoundDevice(Obj):
 
     def _auto_domain(self, ioas):
         for obj in list(self.ctx.objects.values()):
-            if (isinstance(obj, HwptPaging) and obj.auto and obj.ioas is ioas
+            if (isinstance(obj, _hwpt.HwptPaging) and obj.auto and obj.ioas is ioas
                     and obj.iommu.key() == self.device.iommu.key()):
                 return obj, False
-        return new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
+        return _hwpt.new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
 
     def attach(self, pt_id, pasid=RID, mode=None):
         """Attach the route ``pasid`` (RID when None) to ``pt_id`` (an IOAS:
