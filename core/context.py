@@ -75,8 +75,7 @@ class Context:
         # hold a reference on the iommufd file: bound VFIO device files and
         # open fault and access fds.
         self.bound = 0
-        self.fault_files = set() # core.fault.FaultFile of this context's FAULT objects
-        self.access_files = set()  # core.selftest.AccessFile of this context's accesses
+        self.returned_fds = set()  # core.fds.ReturnedFd objects of this context
         self._undo = []          # callbacks of the running ioctl, run on rollback
         self.closed = False      # everything destroyed
         self.rlimit_mm = False   # IOMMU_OPTION RLIMIT_MODE (§7)
@@ -194,11 +193,9 @@ class Context:
         if self.closed:
             return
         self.rollback()
-        # Fault and access fds never opened die with the context (README).
-        for ffile in list(self.fault_files):
-            ffile.close()
-        for afile in list(self.access_files):
-            afile.close()
+        # Returned fds never opened die with the context (README).
+        for f in list(self.returned_fds):
+            f.close()
         # Leaf-first: destroy what nobody references, until nothing is left.
         while self.objects:
             leaves = [o for o in self.objects.values() if o.refs == 0]

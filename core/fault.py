@@ -11,10 +11,10 @@ IOMMU_HWPT_ALLOC_FAULT_ID_VALID route their faults into it.
   last with LAST_PAGE. Groups wait in ``pending`` until read() delivers them
   whole; delivery gives each a cookie (the lowest free number >= 1) and moves
   it to ``awaiting``, where a page response (write()) completes it.
-- The fd is a :class:`FaultFile` (the transport gives it a node under
-  ``fds/``). It holds a reference on the FAULT object, so IOMMU_DESTROY is
-  EBUSY while it is open (§10.1), and it keeps the context alive as the
-  kernel's fault fd keeps its iommufd.
+- The fd is a :class:`FaultFile` (core.fds: the transport gives it a node
+  under ``fds/``). It holds a reference on the FAULT object, so
+  IOMMU_DESTROY is EBUSY while it is open (§10.1), and it keeps the context
+  alive as the kernel's fault fd keeps its iommufd.
 - Completing a group wakes the DMA waiting for it (core.dma): ``done`` holds
   the response code and ``wake_fd`` (an eventfd, made when someone waits)
   becomes readable. Detach, replace, and destroying the FAULT object answer
@@ -28,6 +28,7 @@ from . import uapi
 from .context import Obj
 from .dispatch import ioctl
 from .errors import UapiError
+from .fds import ReturnedFd
 
 RECORD = struct.Struct("<IIIIIIQII")      # struct iommu_hwpt_pgfault (40 bytes)
 RESPONSE = struct.Struct("<II")           # struct iommu_hwpt_page_response (8 bytes)
@@ -202,58 +203,22 @@ class FaultQueue(Obj):
         self.on_change = None
 
 
-class FaultFile:
+class FaultFile(ReturnedFd):
     """The fault fd of a FaultQueue (``queue``): it holds one reference on
-    the queue and keeps its context alive (``ctx.bound``) once opened.
-
-    The transport shows it as a node under ``fds/``. ``opens`` counts the
-    node's open files; the fd closes when the last one does (after at least
-    one open) or, never opened, when its context is closed.
-    """
+    the queue, so IOMMU_DESTROY of the FAULT object is EBUSY while it is
+    open (§10.1). Lifetime and node: core.fds.ReturnedFd."""
 
     node_kind = "fault"      # the transport's node kind (devfs/nodes.py)
 
     def __init__(self, queue, uid):
+        super().__init__(queue.ctx, uid)
         self.queue = queue.get()
-        self.ctx = queue.ctx
-        self.uid = uid
-        self.opens = 0
-        self.closed = False
-        self.on_close = None      # set by the transport: drops the node
         queue.file = self
 
-    def check_caller(self, caller):
-        if self.closed:
-            raise UapiError(errno.EBADF, "fault fd closed")
-        if caller.uid != self.uid:
-            raise UapiError(errno.EACCES, f"fault fd of uid {self.uid}")
-
-    def opened(self):
-        """One more open of the node: the first one holds the context."""
-        if self.closed:
-            raise UapiError(errno.ENOENT, "fault fd closed")
-        self.opens += 1
-        if self.opens == 1:
-            self.ctx.bound += 1
-
-    def released(self):
-        """One open of the node closed; the last one closes the fd."""
-        self.opens -= 1
-        if self.opens == 0:
-            self.close()
-            self.ctx.unbound()
-
-    def close(self):
-        """Drop the fd's reference on the queue (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
+    def _close(self):
         q = self.queue
         q.file = None
         q.put()
-        q.ctx.fault_files.discard(self)
-        if self.on_close is not None:
-            self.on_close()
 
 
 @ioctl(uapi.IOMMU_FAULT_QUEUE_ALLOC, "iommu_fault_alloc", "out_fault_fd")
@@ -267,8 +232,5 @@ def fault_queue_alloc(ctx, caller, cmd):
         raise UapiError(errno.EOPNOTSUPP, f"flags {cmd.flags:#x}")
     queue = FaultQueue(ctx)
     cmd.out_fault_id = ctx.add(queue)
-    ffile = FaultFile(queue, caller.uid)
-    ctx.fault_files.add(ffile)
-    ctx.on_rollback(ffile.close)
-    caller.returned.append(ffile)
+    caller.returned.append(FaultFile(queue, caller.uid))
     cmd.out_fault_fd = 0xFFFFFFFF

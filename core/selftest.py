@@ -43,6 +43,7 @@ from . import routing, uapi
 from .context import Obj
 from .dispatch import ioctl, write_struct
 from .errors import UapiError
+from .fds import ReturnedFd
 from .iova import PAGE_SIZE, U64_MAX
 from .pins import first_refs_mismatch
 from .routing import RID
@@ -169,30 +170,21 @@ class SelftestDevice(Obj):
                 del by_rid[mock.rid]
 
 
-class AccessFile:
+class AccessFile(ReturnedFd):
     """The fd of CREATE_ACCESS (the kernel's ``selftest_access``): its
-    ``access`` (core.access.Access), the pins ACCESS_PAGES made (``items``:
-    item id -> Pin; ids count up from 0 per fd) and the node's lifetime.
-
-    The transport shows it as a node under ``fds/`` (``node_kind``).
-    ``opens`` counts the node's open files; the fd closes when the last one
-    does (after at least one open) or, never opened, when its context is
-    closed. Closing the fd unpins everything and destroys the access. While
-    open it keeps the context alive (``ctx.bound``), as the kernel's access
-    holds its iommufd.
-    """
+    ``access`` (core.access.Access) and the pins ACCESS_PAGES made
+    (``items``: item id -> Pin; ids count up from 0 per fd). Closing the fd
+    unpins everything and destroys the access. Lifetime and node:
+    core.fds.ReturnedFd; a closed access fd used as ``id`` is EBADFD."""
 
     node_kind = "access"
+    closed_errno = errno.EBADFD
 
     def __init__(self, access, uid):
+        super().__init__(access.ctx, uid)
         self.access = access
-        self.ctx = access.ctx
-        self.uid = uid
         self.items = {}
         self.next_id = 0
-        self.opens = 0
-        self.closed = False
-        self.on_close = None      # set by the transport: drops the node
         access.unmap = self.unmap
 
     def unmap(self, iova, length):
@@ -204,42 +196,13 @@ class AccessFile:
                 del self.items[item_id]
                 self.access.unpin(pin)
 
-    def check_caller(self, caller):
-        """EBADFD once closed; EACCES for another uid than the creator's."""
-        if self.closed:
-            raise UapiError(errno.EBADFD, "access fd closed")
-        if caller.uid != self.uid:
-            raise UapiError(errno.EACCES, f"access fd of uid {self.uid}")
-
-    def opened(self):
-        """One more open of the node: the first one holds the context."""
-        if self.closed:
-            raise UapiError(errno.ENOENT, "access fd closed")
-        self.opens += 1
-        if self.opens == 1:
-            self.ctx.bound += 1
-
-    def released(self):
-        """One open of the node closed; the last one closes the fd."""
-        self.opens -= 1
-        if self.opens == 0:
-            self.close()
-            self.ctx.unbound()
-
-    def close(self):
-        """Close the fd: unpin every item, destroy the access (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
+    def _close(self):
         self.unmap(0, U64_MAX)
         ctx, access = self.ctx, self.access
         if ctx.find(access.id) is access:
             ctx.remove(access)
         else:
             access.destroy()
-        ctx.access_files.discard(self)
-        if self.on_close is not None:
-            self.on_close()
 
 
 def _access_file(caller, fd):
@@ -398,8 +361,6 @@ def _create_access(ctx, caller, cmd):
     access = _access.Access(ctx, bool(flags & uapi.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES))
     ctx.add_published(access)
     afile = AccessFile(access, caller.uid)
-    ctx.access_files.add(afile)
-    ctx.on_rollback(afile.close)
     access.change_ioas(ctx.get(cmd.id, _ioas.Ioas))
     caller.returned.append(afile)
     cmd.create_access.out_access_fd = 0xFFFFFFFF
