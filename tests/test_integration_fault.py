@@ -261,6 +261,62 @@ def test_fault_fd_rules_through_the_mount(mount):
             p.wait()
 
 
+SYNC_CLOSE_CODE = """
+import errno, fcntl, os, select, sys
+from core import uapi
+from devfs.client import Iommufd
+M = sys.argv[1]
+def err(fn, *a):
+    try:
+        fn(*a)
+    except OSError as e:
+        return e.errno
+    raise AssertionError("succeeded")
+fd = Iommufd(M)
+# The Python client's close is synchronous: destroy right after it succeeds,
+# even while another fd keeps the open file (the close means closed now).
+fault_id, fq = fd.fault_queue_alloc()
+other = os.dup(fq.fileno())
+fq.close()
+fd.destroy(fault_id)
+assert not os.path.exists(fq.path)
+assert err(os.read, other, 40) == errno.EBADF
+os.close(other)
+# ioctl() on the fault node: the kernel's fault fd has none (ENOTTY); the
+# transport answers IOMMUFS_NULL and IOMMUFS_SYNC_CLOSE there.
+fault_id, fq = fd.fault_queue_alloc()
+f = fq.fileno()
+assert fcntl.ioctl(f, uapi.IOMMUFS_NULL) == 0
+for cmd in (uapi.IOMMU_DESTROY, uapi.IOMMU_TEST_CMD, uapi.IOMMUFS_WHOAMI, uapi.IOMMUFS_FD_PATH,
+            0xF5FF, uapi.VFIO_DEVICE_BIND_IOMMUFD, uapi.IOMMU_DESTROY | 0x40080000):
+    assert err(fcntl.ioctl, f, cmd, bytes(16)) == errno.ENOTTY, hex(cmd)
+assert err(fd.destroy, fault_id) == errno.EBUSY                # the fd holds it
+assert fcntl.ioctl(f, uapi.IOMMUFS_SYNC_CLOSE) == 0
+fd.destroy(fault_id)                                           # released: destroyable at once
+assert fcntl.ioctl(f, uapi.IOMMUFS_SYNC_CLOSE) == 0            # idempotent
+assert err(fcntl.ioctl, f, uapi.IOMMUFS_NULL) == errno.EBADF
+assert err(os.read, f, 40) == errno.EBADF
+assert err(os.write, f, bytes(8)) == errno.EBADF
+p = select.poll(); p.register(f, select.POLLIN | select.POLLOUT)
+assert p.poll(0) == [(f, select.POLLERR)]
+os.close(f)
+fq.fd = -1
+fd.sync_close()
+print("ok", flush=True)
+"""
+
+
+def test_fault_fd_synchronous_close(mount):
+    """Closing a fault fd through the Python client, or IOMMUFS_SYNC_CLOSE
+    on it, releases the FAULT object at once: IOMMU_DESTROY right after
+    succeeds, as after the kernel's synchronous close. Other ioctls on the
+    node are ENOTTY; after the synchronous close the fd answers EBADF."""
+    p = subprocess.run([sys.executable, "-c", SYNC_CLOSE_CODE, mount.path], capture_output=True,
+                       text=True, env=client_env(), timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout == "ok\n"
+
+
 def test_fault_node_is_private_to_its_uid(mount):
     from devfs.client import Iommufd
 
