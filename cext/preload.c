@@ -10,13 +10,16 @@
  *     out_access_fd): after the server's success, IOMMUFS_FD_PATH tells the
  *     node under fds/; the shim opens it and writes the fd number into the
  *     struct (README, "Ioctls that return file descriptors");
- *   - close() of the last reference to an iommufd or VFIO device open file
- *     sends IOMMUFS_SYNC_CLOSE first, so the teardown is finished when
- *     close() returns (FUSE releases asynchronously). The shim tracks the
- *     open files it saw opened and every dup of them; an open file that may
- *     be referenced outside this process (fork, vfork, posix_spawn, system,
- *     popen, SCM_RIGHTS, or an fd the shim never saw opened) is "shared" and
- *     gets a plain close;
+ *   - close() of the last reference to an iommufd or VFIO device open file,
+ *     or to a fault or access fd the shim handed out, sends
+ *     IOMMUFS_SYNC_CLOSE first, so the teardown is finished when close()
+ *     returns (FUSE releases asynchronously): a program that closes a fault
+ *     fd and destroys the FAULT object, or closes an access fd and checks
+ *     pin counts, gets the kernel's answer. The shim tracks the open files
+ *     it saw opened or handed out and every dup of them; an open file that
+ *     may be referenced outside this process (fork, vfork, posix_spawn,
+ *     system, popen, SCM_RIGHTS, or an fd the shim never saw opened) is
+ *     "shared" and gets a plain close;
  *   - the stat family reports S_IFCHR and fixed device numbers for the
  *     iommu node (10:123, misc) and vfioN nodes (511:N, "vfio-dev");
  *   - with IOMMUFS_REDIRECT unset or not "0", opens (and stats, access) of
@@ -46,6 +49,7 @@
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +64,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "preload_uapi.h"
+
 #define EXPORT __attribute__((visibility("default")))
 #define HIDDEN __attribute__((visibility("hidden")))
 
@@ -70,24 +76,11 @@
 #define IOMMU_MINOR 123
 #define VFIO_DEV_MAJOR 511
 
-/* README, "Private ioctls"; core/uapi.py. */
-#define IOMMUFS_SYNC_CLOSE 0xF501u
-#define IOMMUFS_FD_PATH 0xF503u
-struct iommufs_fd_path {
-    uint32_t size;
-    uint32_t index;
-    char path[256];
-};
-
-/* reference §2, §5, §12: the ioctls that return an fd, and where. */
-#define IOMMU_DESTROY 0x3b80u
-#define IOMMU_FAULT_QUEUE_ALLOC 0x3b8eu
-#define IOMMU_VEVENTQ_ALLOC 0x3b93u
-#define IOMMU_TEST_CMD 0x3ba0u
-#define IOMMU_TEST_OP_CREATE_ACCESS 5
-
-/* What a file of the mount is. */
-enum kind { K_NONE = 0, K_IOMMU, K_VFIO, K_OTHER };
+/* What a file of the mount is. classify() tells K_IOMMU, K_VFIO and
+ * K_OTHER apart by inode; a node under fds/ is K_OTHER there, and the
+ * tracked open files the shim handed out remember what they are: K_FAULT
+ * (IOMMU_FAULT_QUEUE_ALLOC) or K_ACCESS (IOMMU_TEST_CMD CREATE_ACCESS). */
+enum kind { K_NONE = 0, K_IOMMU, K_VFIO, K_OTHER, K_FAULT, K_ACCESS };
 
 /* ---------------------------------------------------------------- real libc */
 
@@ -579,22 +572,11 @@ static void fd_dup(int oldfd, int newfd)
         g_ofd[s].shared = 1;         /* an fd we cannot follow: never tear down */
 }
 
-/* A fresh open of fd, seen by an open hook. */
-static void track_open(int fd, int flags, const char *path)
+/* A new open file of kind k (inode ino) on fd, ours alone so far; returns
+ * 0 if it cannot be tracked (it then gets a plain close). */
+static int track(int fd, enum kind k, unsigned int minor, ino_t ino)
 {
-    ino_t ino = 0;
-    unsigned int minor = 0;
-    /* O_PATH opens no file on the server side: nothing to close there */
-    enum kind k = (flags & O_PATH) ? K_NONE : fd_kind(fd, &ino, &minor);
     sigset_t old;
-    if (k != K_IOMMU && k != K_VFIO) {
-        if (fd_slot(fd) >= 0) {       /* stale entry of an fd closed behind our back */
-            lock(&old);
-            fd_drop(fd, NULL);
-            unlock(&old);
-        }
-        return;
-    }
     lock(&old);
     fd_drop(fd, NULL);
     int s;
@@ -609,6 +591,26 @@ static void track_open(int fd, int flags, const char *path)
         g_ofd[s].ino = ino;
     }
     unlock(&old);
+    return ok;
+}
+
+/* A fresh open of fd, seen by an open hook. */
+static void track_open(int fd, int flags, const char *path)
+{
+    ino_t ino = 0;
+    unsigned int minor = 0;
+    /* O_PATH opens no file on the server side: nothing to close there */
+    enum kind k = (flags & O_PATH) ? K_NONE : fd_kind(fd, &ino, &minor);
+    if (k != K_IOMMU && k != K_VFIO) {
+        if (fd_slot(fd) >= 0) {       /* stale entry of an fd closed behind our back */
+            sigset_t old;
+            lock(&old);
+            fd_drop(fd, NULL);
+            unlock(&old);
+        }
+        return;
+    }
+    int ok = track(fd, k, minor, ino);
     if (k == K_IOMMU)
         dbg("open %s -> fd %d: iommu%s", path, fd, ok ? "" : " (untracked)");
     else
@@ -692,8 +694,11 @@ static void before_close(int fd)
         dbg("close fd %d: %s, plain close", fd, shared ? "shared" : "other fds remain");
         return;
     }
+    /* Still the file it was (an fd may have been closed and reused behind
+     * our back, by a raw syscall): a node under fds/ classifies as K_OTHER. */
     ino_t now;
-    if ((int)fd_kind(fd, &now, NULL) != kind || now != ino) {
+    int want = kind == K_FAULT || kind == K_ACCESS ? K_OTHER : kind;
+    if ((int)fd_kind(fd, &now, NULL) != want || now != ino) {
         dbg("close fd %d: no longer the file opened, plain close", fd);
         return;
     }
@@ -1125,18 +1130,31 @@ __asm__(".text\n"
 
 /* ------------------------------------------------------------------- ioctl */
 
+/* The op of an IOMMU_TEST_CMD argument the kernel has just read. */
+static __u32 test_op(const void *arg)
+{
+    __u32 op;
+    memcpy(&op, (const char *)arg + offsetof(struct iommu_test_cmd, op), sizeof(op));
+    return op;
+}
+
 /* After a successful fd-returning ioctl on our iommufd: open the node the
- * server made and put its fd where the kernel would have. */
+ * server made and put its fd where the kernel would have. The fds of fault
+ * queues and accesses are tracked: their last close is synchronous. */
 static int fd_returning(int fd, unsigned long req, void *arg, int result)
 {
-    size_t fd_off, id_off = 0;
+    size_t fd_off, id_off = 0;        /* id_off 0: no object id to destroy */
+    enum kind k = K_NONE;             /* K_NONE: an fd left untracked */
     if (req == IOMMU_FAULT_QUEUE_ALLOC) {
-        fd_off = 12; id_off = 8;      /* out_fault_fd, out_fault_id */
+        fd_off = offsetof(struct iommu_fault_alloc, out_fault_fd);
+        id_off = offsetof(struct iommu_fault_alloc, out_fault_id);
+        k = K_FAULT;
     } else if (req == IOMMU_VEVENTQ_ALLOC) {
-        fd_off = 24; id_off = 20;     /* out_veventq_fd, out_veventq_id */
-    } else if (req == IOMMU_TEST_CMD && arg
-               && ((uint32_t *)arg)[1] == IOMMU_TEST_OP_CREATE_ACCESS) {
-        fd_off = 16;                  /* create_access.out_access_fd */
+        fd_off = offsetof(struct iommu_veventq_alloc, out_veventq_fd);
+        id_off = offsetof(struct iommu_veventq_alloc, out_veventq_id);
+    } else if (req == IOMMU_TEST_CMD && arg && test_op(arg) == IOMMU_TEST_OP_CREATE_ACCESS) {
+        fd_off = offsetof(struct iommu_test_cmd, create_access.out_access_fd);
+        k = K_ACCESS;
     } else {
         return result;
     }
@@ -1174,16 +1192,19 @@ static int fd_returning(int fd, unsigned long req, void *arg, int result)
             more.rlim_cur++;
             if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &more, NULL) == 0) {
                 tmp = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC, 0);
-                if (tmp >= 0)
+                if (tmp >= 0) {
+                    /* released now: the DESTROY below must not find it held */
+                    REAL(ioctl)(tmp, IOMMUFS_SYNC_CLOSE, 0);
                     syscall(SYS_close, tmp);
+                }
                 syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &lim, NULL);
             }
         }
         int destroyed = -1;
         if (tmp >= 0 && id_off) {
-            uint32_t d[2] = {8, 0};
-            memcpy(&d[1], (char *)arg + id_off, 4);
-            destroyed = REAL(ioctl)(fd, IOMMU_DESTROY, d);
+            struct iommu_destroy d = { sizeof(d), 0 };
+            memcpy(&d.id, (char *)arg + id_off, sizeof(d.id));
+            destroyed = REAL(ioctl)(fd, IOMMU_DESTROY, &d);
         }
         dbg("ioctl %x on fd %d: open %s failed (errno %d): %s", (unsigned)req, fd, path, err,
             tmp < 0 ? "object left until the context closes"
@@ -1191,9 +1212,12 @@ static int fd_returning(int fd, unsigned long req, void *arg, int result)
         errno = err;
         return -1;
     }
-    int32_t v = nfd;
-    memcpy((char *)arg + fd_off, &v, 4);
-    dbg("ioctl %x on fd %d: %s -> fd %d", (unsigned)req, fd, p.path, nfd);
+    __s32 v = nfd;
+    memcpy((char *)arg + fd_off, &v, sizeof(v));
+    ino_t ino;
+    int tracked = k != K_NONE && fd_kind(nfd, &ino, NULL) == K_OTHER && track(nfd, k, 0, ino);
+    dbg("ioctl %x on fd %d: %s -> fd %d%s", (unsigned)req, fd, p.path, nfd,
+        k == K_NONE || tracked ? "" : " (untracked)");
     errno = saved;
     return result;
 }

@@ -67,6 +67,11 @@ ffi.cdef(
     struct iommu_fault_alloc {
         uint32_t size; uint32_t flags; uint32_t out_fault_id; uint32_t out_fault_fd;
     };
+    struct iommu_veventq_alloc {
+        uint32_t size; uint32_t flags; uint32_t viommu_id; uint32_t type;
+        uint32_t veventq_depth; uint32_t out_veventq_id; uint32_t out_veventq_fd;
+        uint32_t __reserved;
+    };
 
     /* IOMMU_TEST_CMD (reference §12): one struct, the op's fields in a union. */
     struct iommu_test_cmd {

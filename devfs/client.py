@@ -442,7 +442,10 @@ PGFAULT = struct.Struct("<IIIIIIQII")      # struct iommu_hwpt_pgfault
 
 class FaultFd:
     """A fault fd (reference §10.1): ``read_groups()`` and ``respond()``;
-    usable with select/poll/epoll through ``fileno()``."""
+    usable with select/poll/epoll through ``fileno()``. Closing it releases
+    its reference on the FAULT object synchronously (the server is done when
+    :meth:`close` returns), so IOMMU_DESTROY of the queue right after the
+    close succeeds as in the kernel."""
 
     def __init__(self, path):
         self.path = path
@@ -476,9 +479,13 @@ class FaultFd:
         return os.write(self.fd, data)
 
     def close(self):
+        """Release the fault fd now (IOMMUFS_SYNC_CLOSE), then close it."""
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                _libc.ioctl(self.fd, uapi.IOMMUFS_SYNC_CLOSE, _libc_ffi.NULL)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
 
 class DmaError(OSError):

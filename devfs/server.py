@@ -37,9 +37,15 @@ or in a frame):
   ``iommufd``, the access of an IOMMU_TEST_CMD access op's ``id`` (see
   resolve_fds).
 - any other 0xF5xx: ENOTTY.
-- access fds (``fds/access-N``) answer IOMMUFS_SYNC_CLOSE, IOMMUFS_NULL and
-  (to the server's threads) IOMMUFS_WHOAMI; every other ioctl, read() and
-  write() as the kernel's access fd does: ENOTTY, EINVAL, EINVAL.
+- returned fds' nodes (``fds/fault-N``, ``fds/access-N``) answer
+  IOMMUFS_SYNC_CLOSE (release the fd now: the fault fd's reference on its
+  FAULT object, or the access and its pins, are gone when it returns; a
+  node opened more than once keeps its object until every open is closed),
+  IOMMUFS_NULL and, on access nodes, IOMMUFS_WHOAMI (to the server's
+  threads); every other ioctl is ENOTTY, as the kernel's fault and access
+  fds have none. After a synchronous close, read(), write() and poll() of
+  a fault fd get EBADF (poll: POLLERR); an access fd's read() and write()
+  stay EINVAL.
 
 Other rules decided here (documented choices):
 
@@ -111,6 +117,10 @@ FD_CMDS = frozenset((BIND, TEST_CMD))
 _FD_NODE = {(VFIO, BIND), (IOMMU, TEST_CMD)}
 # What an fd field must be: the node kind core.uapi.fd_fields names.
 _FD_FIELD_KIND = {"iommufd": IOMMU, "access": ACCESS}
+# Nodes of returned fds, and those of them an fd field may name (their open
+# files answer IOMMUFS_WHOAMI to the server's threads).
+_RETURNED_FD_KINDS = frozenset(FD_KINDS.values())
+_PASSED_IN_KINDS = frozenset(_FD_FIELD_KIND.values())
 
 # The private ioctls devfs answers itself; on a driver node every other
 # 0xF5xx number is a driver command for core (core.driver).
@@ -413,8 +423,8 @@ class Server:
             raise UapiError(errno.EBADF, f"no open file {fh}")
         kind = h.kind
         if kind is not IOMMU and kind is not VFIO and kind is not DRIVER:
-            if kind is ACCESS:
-                return self._access_ioctl(h, req, cmd, argp)
+            if kind in _RETURNED_FD_KINDS:
+                return self._returned_fd_ioctl(h, req, cmd)
             raise UapiError(errno.ENOTTY, f"no ioctls on {kind}")
         if cmd == NULL:
             # The benchmark's baseline: nothing but this branch on the way.
@@ -456,16 +466,20 @@ class Server:
                 return ("wait", b)
         return attempt
 
-    def _access_ioctl(self, h, req, cmd, argp):
-        """ioctl() on an access fd's node. The kernel's access fd has no
-        ioctls (ENOTTY); the transport answers three of its private ones
-        there: IOMMUFS_SYNC_CLOSE (destroy the access now, so its pins are
-        gone when close() returns), IOMMUFS_NULL, and IOMMUFS_WHOAMI for the
-        server's own threads (how an fd passed back in is resolved)."""
+    def _returned_fd_ioctl(self, h, req, cmd):
+        """ioctl() on a returned fd's node (a fault fd, an access fd). The
+        kernel's fault fd (reference §10.1) and access fd (§12) have no
+        ioctls: ENOTTY. The transport answers its private ones that a
+        client needs there: IOMMUFS_SYNC_CLOSE (release the fd now: a fault
+        fd's reference on its FAULT object, so IOMMU_DESTROY succeeds right
+        after close(), or the access and its pins) and IOMMUFS_NULL (EBADF
+        after a synchronous close); and IOMMUFS_WHOAMI on access nodes, for
+        the server's own threads (how an fd passed back in is resolved)."""
         tid = req_ident(req)[0]
-        if cmd == SYNC_CLOSE or cmd == NULL or (cmd == WHOAMI and _own_thread(tid)):
+        if (cmd == SYNC_CLOSE or cmd == NULL
+                or (cmd == WHOAMI and h.kind in _PASSED_IN_KINDS and _own_thread(tid))):
             return self._private(h, tid, cmd, None)
-        raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x} on an access fd")
+        raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x} on a {h.kind} fd")
 
     def _private(self, h, tid, cmd, arg):
         if cmd == SYNC_CLOSE:
@@ -500,6 +514,8 @@ class Server:
         if kind is INFO:
             raise UapiError(errno.EBADF, "info is read-only")
         if kind is FAULT:
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed synchronously")
             tid, uid, gid = req_ident(req)
             return self._core(self.emulator.fault_write, h.obj, Caller(tid, uid, gid), bytes(data))
         if kind is ACCESS:
@@ -621,6 +637,8 @@ class Server:
             return h.data[off:off + size]
         tid, uid, gid = req_ident(req)
         if h.kind is FAULT:
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed synchronously")
             data = self._core(self.emulator.fault_read, h.obj, Caller(tid, uid, gid), size)
             self._notify(h)
             return data
@@ -666,6 +684,8 @@ class Server:
         if h.kind is INFO:
             return POLLIN
         if h.kind is FAULT:
+            if h.closed:
+                raise UapiError(errno.EBADF, "closed synchronously")     # POLLERR
             # §10.1: always writable; readable while groups wait.
             return POLLOUT | (POLLIN if self._core(self.emulator.fault_readable, h.obj) else 0)
         if h.kind is ACCESS:

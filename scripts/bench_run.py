@@ -13,7 +13,8 @@ with and without the shim (the shim's close waits for IOMMUFS_SYNC_CLOSE).
 
 Server and clients are pinned to one CPU (``taskset -c CPU``; fuse-notes §0:
 this kind of VM is slow and noisy at cross-CPU wake-ups); each figure is the
-median of ROUNDS interleaved rounds of N calls from a C client. Run as root:
+median of ROUNDS interleaved rounds of N calls from a C client
+(tests/c/bench_run_client.c). Run as root:
 
     python3 scripts/bench_run.py [-n 20000] [--rounds 5] [--cpu 0]
 """
@@ -29,90 +30,10 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-CLIENT_C = r"""
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <time.h>
-#include <unistd.h>
-
-#define IOMMUFS_NULL 0xF500
-#define IOMMU_IOAS_ALLOC 0x3b81
-#define IOMMU_OPTION 0x3b87
-
-struct option { uint32_t size, option_id; uint16_t op, rsvd; uint32_t object_id; uint64_t val64; };
-struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void die(const char *what) { perror(what); exit(1); }
-
-/* One call of MODE on fd (or, for "cycle", on a fresh open of path). */
-static void call(const char *mode, int fd, const char *path)
-{
-    struct option o = {sizeof(o), 0, 1, 0, 0, 0};              /* GET RLIMIT_MODE */
-    if (!strcmp(mode, "ioctl-null")) {
-        if (ioctl(fd, IOMMUFS_NULL, 0)) die("ioctl");
-    } else if (!strcmp(mode, "ioctl-option")) {
-        if (ioctl(fd, IOMMU_OPTION, &o)) die("IOMMU_OPTION");
-    } else if (!strcmp(mode, "frame-null") || !strcmp(mode, "frame-option")) {
-        unsigned char req[16 + sizeof(o)], rep[64];
-        uint32_t hdr[4] = {0, IOMMUFS_NULL, 0, 0};
-        memcpy(hdr, "IOFS", 4);
-        if (!strcmp(mode, "frame-option")) {
-            hdr[1] = IOMMU_OPTION;
-            hdr[2] = sizeof(o);
-        }
-        memcpy(req, hdr, 16);
-        memcpy(req + 16, &o, sizeof(o));
-        size_t n = 16 + hdr[2];
-        if (write(fd, req, n) != (ssize_t)n) die("write");
-        if (read(fd, rep, sizeof(rep)) != (ssize_t)n) die("read");
-    } else {                                                  /* cycle */
-        int f = open(path, O_RDWR);
-        if (f < 0) die("open");
-        struct ioas_alloc a = {sizeof(a), 0, 0};
-        if (ioctl(f, IOMMU_IOAS_ALLOC, &a)) die("IOAS_ALLOC");
-        close(f);
-    }
-}
-
-/* usage: bench MODE PATH N ROUNDS; one µs-per-call figure per round */
-int main(int argc, char **argv)
-{
-    const char *mode = argv[1], *path = argv[2];
-    long n = atol(argv[3]);
-    int rounds = atoi(argv[4]);
-    int fd = open(path, O_RDWR);
-    if (fd < 0) die("open");
-    for (long i = 0; i < n / 10; i++)                       /* warm up */
-        call(mode, fd, path);
-    for (int r = 0; r < rounds; r++) {
-        double t0 = now();
-        for (long i = 0; i < n; i++)
-            call(mode, fd, path);
-        printf("%.3f\n", (now() - t0) / n * 1e6);
-        fflush(stdout);
-    }
-    return 0;
-}
-"""
-
-
 def build(tmp):
-    src = os.path.join(tmp, "bench_run_client.c")
-    with open(src, "w") as f:
-        f.write(CLIENT_C)
     cli = os.path.join(tmp, "bench_run_client")
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", cli, src], check=True)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", cli,
+                    os.path.join(ROOT, "tests", "c", "bench_run_client.c")], check=True)
     return cli
 
 

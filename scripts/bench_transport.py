@@ -10,7 +10,8 @@
 Server and client are pinned to one CPU (``taskset -c CPU``): this kind of
 VM is slow and noisy at waking a process on another CPU (fuse-notes §0), so
 pinned figures measure CPU cost. Each figure is the median of ROUNDS
-interleaved rounds of N calls from a C client. Run as root:
+interleaved rounds of N calls from a C client (tests/c/bench_transport_client.c).
+Run as root:
 
     python3 scripts/bench_transport.py [-n 20000] [--rounds 5] [--cpu 0]
 """
@@ -27,99 +28,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-CLIENT_C = r"""
-#include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-#define IOMMUFS_NULL 0xF500
-#define IOMMU_IOAS_ALLOC 0x3b81
-#define IOMMU_IOAS_MAP 0x3b85
-#define IOMMU_IOAS_UNMAP 0x3b86
-
-struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
-struct ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void die(const char *what) { perror(what); exit(1); }
-
-/* usage: bench MODE PATH N ROUNDS; prints one µs-per-call figure per round */
-int main(int argc, char **argv)
-{
-    const char *mode = argv[1];
-    long n = atol(argv[3]);
-    int rounds = atoi(argv[4]);
-    int fd = open(argv[2], O_RDWR);
-    if (fd < 0) die("open");
-    uint32_t req[4] = {0, IOMMUFS_NULL, 0, 0};
-    memcpy(req, "IOFS", 4);
-    unsigned char rep[64];
-    uint32_t ioas = 0;
-    void *page = NULL;
-    if (strcmp(mode, "map") == 0) {
-        struct ioas_alloc a = {sizeof(a), 0, 0};
-        if (ioctl(fd, IOMMU_IOAS_ALLOC, &a)) die("IOAS_ALLOC");
-        ioas = a.out_ioas_id;
-        page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        memset(page, 1, 4096);
-    }
-    for (long i = 0; i < n / 10; i++)                   /* warm up */
-        if (ioctl(fd, IOMMUFS_NULL, 0)) die("ioctl");
-    for (int r = 0; r < rounds; r++) {
-        double t0 = now();
-        if (strcmp(mode, "ioctl") == 0) {
-            for (long i = 0; i < n; i++)
-                if (ioctl(fd, IOMMUFS_NULL, 0)) die("ioctl");
-        } else if (strcmp(mode, "frame") == 0) {
-            for (long i = 0; i < n; i++) {
-                if (write(fd, req, sizeof(req)) != sizeof(req)) die("write");
-                if (read(fd, rep, sizeof(rep)) != 16) die("read");
-            }
-        } else {
-            for (long i = 0; i < n; i++) {
-                struct ioas_map m = {sizeof(m), 7, ioas, 0, (uint64_t)(uintptr_t)page, 4096,
-                                     (1ULL << 32) + (uint64_t)i * 4096};
-                if (ioctl(fd, IOMMU_IOAS_MAP, &m)) die("IOAS_MAP");
-            }
-        }
-        double t = now() - t0;
-        printf("%.3f\n", t / n * 1e6);
-        fflush(stdout);
-        if (strcmp(mode, "map") == 0) {                 /* untimed: unmap all */
-            struct ioas_unmap u = {sizeof(u), ioas, 0, ~0ULL};
-            if (ioctl(fd, IOMMU_IOAS_UNMAP, &u)) die("IOAS_UNMAP");
-        }
-    }
-    return 0;
-}
-"""
-
-
 def build(tmp):
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], check=True,
                            capture_output=True, text=True).stdout.split()
     srv = os.path.join(tmp, "null_llsrv")
     subprocess.run(["gcc", "-O2", "-Wall", "-o", srv, os.path.join(ROOT, "scripts", "null_llsrv.c"),
                     *flags], check=True)
-    src = os.path.join(tmp, "bench_client.c")
-    with open(src, "w") as f:
-        f.write(CLIENT_C)
-    cli = os.path.join(tmp, "bench_client")
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", cli, src], check=True)
+    cli = os.path.join(tmp, "bench_transport_client")
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", cli,
+                    os.path.join(ROOT, "tests", "c", "bench_transport_client.c")], check=True)
     return srv, cli
 
 

@@ -261,6 +261,62 @@ def test_fault_fd_rules_through_the_mount(mount):
             p.wait()
 
 
+SYNC_CLOSE_CODE = """
+import errno, fcntl, os, select, sys
+from core import uapi
+from devfs.client import Iommufd
+M = sys.argv[1]
+def err(fn, *a):
+    try:
+        fn(*a)
+    except OSError as e:
+        return e.errno
+    raise AssertionError("succeeded")
+fd = Iommufd(M)
+# The Python client's close is synchronous: destroy right after it succeeds,
+# even while another fd keeps the open file (the close means closed now).
+fault_id, fq = fd.fault_queue_alloc()
+other = os.dup(fq.fileno())
+fq.close()
+fd.destroy(fault_id)
+assert not os.path.exists(fq.path)
+assert err(os.read, other, 40) == errno.EBADF
+os.close(other)
+# ioctl() on the fault node: the kernel's fault fd has none (ENOTTY); the
+# transport answers IOMMUFS_NULL and IOMMUFS_SYNC_CLOSE there.
+fault_id, fq = fd.fault_queue_alloc()
+f = fq.fileno()
+assert fcntl.ioctl(f, uapi.IOMMUFS_NULL) == 0
+for cmd in (uapi.IOMMU_DESTROY, uapi.IOMMU_TEST_CMD, uapi.IOMMUFS_WHOAMI, uapi.IOMMUFS_FD_PATH,
+            0xF5FF, uapi.VFIO_DEVICE_BIND_IOMMUFD, uapi.IOMMU_DESTROY | 0x40080000):
+    assert err(fcntl.ioctl, f, cmd, bytes(16)) == errno.ENOTTY, hex(cmd)
+assert err(fd.destroy, fault_id) == errno.EBUSY                # the fd holds it
+assert fcntl.ioctl(f, uapi.IOMMUFS_SYNC_CLOSE) == 0
+fd.destroy(fault_id)                                           # released: destroyable at once
+assert fcntl.ioctl(f, uapi.IOMMUFS_SYNC_CLOSE) == 0            # idempotent
+assert err(fcntl.ioctl, f, uapi.IOMMUFS_NULL) == errno.EBADF
+assert err(os.read, f, 40) == errno.EBADF
+assert err(os.write, f, bytes(8)) == errno.EBADF
+p = select.poll(); p.register(f, select.POLLIN | select.POLLOUT)
+assert p.poll(0) == [(f, select.POLLERR)]
+os.close(f)
+fq.fd = -1
+fd.sync_close()
+print("ok", flush=True)
+"""
+
+
+def test_fault_fd_synchronous_close(mount):
+    """Closing a fault fd through the Python client, or IOMMUFS_SYNC_CLOSE
+    on it, releases the FAULT object at once: IOMMU_DESTROY right after
+    succeeds, as after the kernel's synchronous close. Other ioctls on the
+    node are ENOTTY; after the synchronous close the fd answers EBADF."""
+    p = subprocess.run([sys.executable, "-c", SYNC_CLOSE_CODE, mount.path], capture_output=True,
+                       text=True, env=client_env(), timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout == "ok\n"
+
+
 def test_fault_node_is_private_to_its_uid(mount):
     from devfs.client import Iommufd
 
@@ -290,100 +346,12 @@ def test_fault_node_is_private_to_its_uid(mount):
     assert not os.path.exists(fq.path)
 
 
-C_HANDLER = r"""
-/* A fault handler in C, from the reference layouts (§5, §10.1) and README:
- * IOMMU_FAULT_QUEUE_ALLOC, IOMMUFS_FD_PATH to open the returned node, epoll,
- * read whole groups, map the faulting pages, write SUCCESS responses. */
-#include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
-#define IO(nr) (0x3b00u | (nr))
-struct fault_alloc { uint32_t size, flags, out_fault_id, out_fault_fd; };
-struct fd_path { uint32_t size, index; char path[256]; };
-struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
-struct hwpt_alloc { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, rsvd, data_type, data_len;
-                    uint64_t data_uptr; uint32_t fault_id, rsvd2; };
-struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token; };
-struct attach { uint32_t argsz, flags, pt_id, pasid; };
-struct pgfault { uint32_t flags, dev_id, pasid, grpid, perm, rsvd; uint64_t addr; uint32_t length, cookie; };
-struct response { uint32_t cookie, code; };
-
-static void die(const char *w) { printf("FAIL %s: %s\n", w, strerror(errno)); exit(1); }
-
-int main(int argc, char **argv)
-{
-    char p[600];
-    int groups = atoi(argv[3]);
-    snprintf(p, sizeof p, "%s/iommu", argv[1]);
-    int fd = open(p, O_RDWR);
-    snprintf(p, sizeof p, "%s/vfio/devices/%s", argv[1], argv[2]);
-    int dev = open(p, O_RDWR);
-    if (fd < 0 || dev < 0) die("open");
-    struct bind b = { sizeof b, 0, fd, 0, 0 };
-    if (ioctl(dev, IO(118), &b)) die("bind");
-    struct fault_alloc fa = { sizeof fa, 0, 0, 0 };
-    if (ioctl(fd, IO(0x8e), &fa)) die("FAULT_QUEUE_ALLOC");
-    if ((int32_t)fa.out_fault_fd != -1) die("out_fault_fd is not -1");
-    struct fd_path fp = { sizeof fp, 0 };
-    if (ioctl(fd, 0xF503, &fp)) die("IOMMUFS_FD_PATH");
-    snprintf(p, sizeof p, "%s/%s", argv[1], fp.path);
-    int ffd = open(p, O_RDWR | O_CLOEXEC);
-    if (ffd < 0) die("open fault node");
-    struct ioas_alloc a = { sizeof a, 0, 0 };
-    if (ioctl(fd, IO(0x81), &a)) die("IOAS_ALLOC");
-    struct hwpt_alloc h = { sizeof h, 4, b.out_devid, a.out_ioas_id, 0, 0, 0, 0, 0, fa.out_fault_id, 0 };
-    if (ioctl(fd, IO(0x89), &h)) die("HWPT_ALLOC");
-    struct attach at = { sizeof at, 0, h.out_hwpt_id, 0 };
-    if (ioctl(dev, IO(119), &at)) die("attach");
-    char *buf = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    int ep = epoll_create1(0);
-    struct epoll_event ev = { .events = EPOLLIN };
-    ev.data.fd = ffd;
-    epoll_ctl(ep, EPOLL_CTL_ADD, ffd, &ev);
-    printf("ready %u\n", b.out_devid);
-    fflush(stdout);
-    int served = 0;
-    while (served < groups) {
-        struct epoll_event got;
-        if (epoll_wait(ep, &got, 1, 10000) != 1) die("epoll_wait timed out");
-        struct pgfault recs[32];
-        ssize_t n = read(ffd, recs, sizeof recs);
-        if (n < 0) die("read");
-        for (ssize_t i = 0; i < n / 40; i++) {
-            struct ioas_map m = { sizeof m, 1 | 2 | 4, a.out_ioas_id, 0,
-                                  (uintptr_t)buf + (recs[i].addr - 0x70000000), 4096, recs[i].addr };
-            if (recs[i].dev_id != b.out_devid) die("dev_id");
-            if (ioctl(fd, IO(0x85), &m)) die("map");
-            if (recs[i].flags & 2) {
-                struct response r = { recs[i].cookie, 0 };
-                if (write(ffd, &r, sizeof r) != 8) die("response");
-                served++;
-            }
-        }
-    }
-    sleep(1);   /* the DMAs complete after the responses */
-    printf("served %d %.12s\n", served, buf);
-    return 0;
-}
-"""
-
-
 def test_c_handler_serves_faults_with_epoll(mount, tmp_path):
     from devfs.client import DmaPort
 
-    src = tmp_path / "handler.c"
-    src.write_text(C_HANDLER)
-    exe = tmp_path / "handler"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe), str(src)], check=True)
+    exe = tmp_path / "fault_handler"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe),
+                    os.path.join(ROOT, "tests", "c", "fault_handler.c")], check=True)
     p = subprocess.Popen([str(exe), mount.path, "vfio1", "3"], stdout=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline().split()

@@ -276,98 +276,10 @@ def test_sva_bond_to_another_uid_is_refused(mount):
     assert info(mount.path, ACCEL)["sva_bonds"] == []
 
 
-PASID_C = r"""
-/* PASID attach from C with the reference layouts (§8, §11.2, §11.3). */
-#include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
-#define IO(nr) (0x3b00u | (nr))
-struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
-struct hwpt_alloc { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, rsvd, data_type, data_len;
-                    uint64_t data_uptr; uint32_t fault_id, rsvd2; };
-struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token; };
-struct attach { uint32_t argsz, flags, pt_id, pasid; };
-struct detach { uint32_t argsz, flags, pasid; };
-struct dma_req { char magic[4]; uint32_t op, flags, pasid; uint64_t iova; uint32_t len, rsvd; char data[16]; };
-struct dma_rep { char magic[4]; int32_t status; uint32_t moved, rsvd; uint64_t fault; };
-
-static int fails;
-static void check(const char *what, int got, int want)
-{
-    printf("%s %s: got %d want %d\n", got == want ? "ok" : "FAIL", what, got, want);
-    fails += got != want;
-}
-static int rc(int r) { return r < 0 ? -errno : r; }
-
-int main(int argc, char **argv)
-{
-    char p[512];
-    snprintf(p, sizeof p, "%s/iommu", argv[1]);
-    int fd = open(p, O_RDWR);
-    snprintf(p, sizeof p, "%s/vfio/devices/%s", argv[1], argv[2]);
-    int dev = open(p, O_RDWR);
-    snprintf(p, sizeof p, "%s/devices/%s/dma", argv[1], argv[3]);
-    int dma = open(p, O_RDWR);
-    struct bind b = { sizeof b, 0, fd, 0, 0 };
-    check("bind", rc(ioctl(dev, IO(118), &b)), 0);
-    struct ioas_alloc a = { sizeof a, 0, 0 };
-    check("ioas", rc(ioctl(fd, IO(0x81), &a)), 0);
-    struct hwpt_alloc plain = { sizeof plain, 0, b.out_devid, a.out_ioas_id };
-    check("plain hwpt", rc(ioctl(fd, IO(0x89), &plain)), 0);
-    struct hwpt_alloc ph = { sizeof ph, 8 /* PASID */, b.out_devid, a.out_ioas_id };
-    check("pasid hwpt", rc(ioctl(fd, IO(0x89), &ph)), 0);
-    struct attach at = { sizeof at, 1, a.out_ioas_id, 9 };
-    check("IOAS on a PASID", rc(ioctl(dev, IO(119), &at)), -EINVAL);
-    at.pt_id = plain.out_hwpt_id;
-    check("non-PASID HWPT on a PASID", rc(ioctl(dev, IO(119), &at)), -EINVAL);
-    at.pt_id = ph.out_hwpt_id; at.pasid = 1u << 20;
-    check("PASID beyond the width", rc(ioctl(dev, IO(119), &at)), -EINVAL);
-    at.pasid = 9; at.argsz = 12;
-    check("argsz 12 with PASID", rc(ioctl(dev, IO(119), &at)), -EINVAL);
-    at.argsz = sizeof at; at.flags = 2;
-    check("unknown attach flag", rc(ioctl(dev, IO(119), &at)), -EINVAL);
-    at.flags = 1;
-    check("attach PASID 9", rc(ioctl(dev, IO(119), &at)), 0);
-    check("pt_id written back", at.pt_id, ph.out_hwpt_id);
-    struct attach rid = { sizeof rid, 0, plain.out_hwpt_id, 0 };
-    check("RID on a non-PASID HWPT with a PASID attached", rc(ioctl(dev, IO(119), &rid)), -EINVAL);
-    char *buf = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    struct ioas_map m = { sizeof m, 1 | 2 | 4, a.out_ioas_id, 0, (uintptr_t)buf, 1 << 20, 0x500000 };
-    check("map", rc(ioctl(fd, IO(0x85), &m)), 0);
-    struct dma_req rq = { "IODM", 2, 1, 9, 0x500040, 16, 0, "DMA with PASID 9" };
-    struct dma_rep rp;
-    check("dma write", (int)write(dma, &rq, sizeof rq), (int)sizeof rq);
-    check("dma reply", (int)read(dma, &rp, sizeof rp), (int)sizeof rp);
-    check("dma status", rp.status, 0);
-    check("bytes in my buffer", memcmp(buf + 0x40, "DMA with PASID 9", 16), 0);
-    rq.pasid = 10;
-    write(dma, &rq, sizeof rq);
-    read(dma, &rp, sizeof rp);
-    check("unattached PASID faults", rp.status, -EFAULT);
-    struct detach d = { sizeof d, 1, 9 };
-    check("detach PASID", rc(ioctl(dev, IO(120), &d)), 0);
-    rq.pasid = 9;
-    write(dma, &rq, sizeof rq);
-    read(dma, &rp, sizeof rp);
-    check("detached PASID gone", rp.status, -ENODEV);
-    return fails ? 1 : 0;
-}
-"""
-
-
 def test_c_client_pasid_attach_rules(mount, tmp_path):
-    src = tmp_path / "pasid.c"
-    src.write_text(PASID_C)
-    exe = tmp_path / "pasid"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Wno-unused-result", "-o", str(exe), str(src)], check=True)
+    exe = tmp_path / "pasid_client"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Wno-unused-result", "-o", str(exe),
+                    os.path.join(ROOT, "tests", "c", "pasid_client.c")], check=True)
     p = subprocess.run([str(exe), mount.path, "vfio1", ACCEL], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("ok ") == 20 and "FAIL" not in p.stdout

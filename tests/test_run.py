@@ -31,7 +31,7 @@ def bins():
     src = os.path.join(ROOT, "tests", "c")
     out = {}
     for name in ("run_dma", "run_threads", "run_fork", "run_fds", "run_stat", "run_spawn",
-                 "run_fault"):
+                 "run_fault", "run_close"):
         exe = os.path.join(d, name)
         # Fortified as distributions build: non-constant open flags call __open_2.
         subprocess.run(["gcc", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-pthread",
@@ -134,6 +134,28 @@ def test_fault_queue_fd_from_an_ioctl(mount, bins):
     assert p.stdout == "out_fault_fd 4\n"        # the lowest free fd, as the kernel's
     p = iommufs_run("env", "-u", "LD_PRELOAD", bins["run_fault"], "alloc-only", mount=mount.path)
     assert p.stdout == "out_fault_fd -1\n"
+
+
+def test_close_of_returned_fds_is_synchronous(mount, bins):
+    """A fault fd and an access fd the shim handed out are closed as the
+    kernel closes them: IOMMU_DESTROY of the FAULT object right after the
+    close succeeds, MD_CHECK_REFS right after the access fd's close counts
+    no pin; the last reference sends IOMMUFS_SYNC_CLOSE, a dup's close
+    before it is plain (the object stays busy, as in the kernel)."""
+    env = dict(client_env(), IOMMUFS_DEBUG="1")
+    p = iommufs_run(bins["run_close"], mount=mount.path, env=env)
+    assert ok_lines(p) == ["ok DESTROY right after close of the fault fd",
+                           "ok a dup keeps the fault fd; its close releases it",
+                           "ok no pin left right after close of the access fd"]
+    trace = [re.sub(r"^iommufs-preload\[\d+\]: ", "", l) for l in p.stderr.splitlines()
+             if l.startswith("iommufs-preload[")]
+    assert [re.sub(r"fds/(fault|access)-\d+", r"fds/\1-N", l) for l in trace[1:]] == [
+        "open /dev/iommu -> fd 3: iommu",
+        "ioctl 3b8e on fd 3: fds/fault-N -> fd 4", "close fd 4: last reference, sync close -> 0",
+        "ioctl 3b8e on fd 3: fds/fault-N -> fd 4", "dup fd 4 -> 5",
+        "close fd 4: other fds remain, plain close", "close fd 5: last reference, sync close -> 0",
+        "ioctl 3ba0 on fd 3: fds/access-N -> fd 4", "close fd 4: last reference, sync close -> 0",
+        "close fd 3: last reference, sync close -> 0"], p.stderr
 
 
 def test_close_tears_down_only_the_last_reference(mount, bins):

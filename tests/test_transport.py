@@ -2,8 +2,9 @@
 
 Most tests use ``fake_mount`` (tests/fake_emulator.py), so they see exactly
 what devfs hands to core. Clients are Python subprocesses (``run_py``) or a
-small C program (``tclient``, compiled once per module into a tmp dir) where
-signals and blocking calls must not be hidden by Python.
+small C program (``tclient``: tests/c/transport_client.c, compiled once per
+module into a tmp dir) where signals and blocking calls must not be hidden by
+Python.
 
 The deferred path is exercised with the fake's FAKE_BLOCK command: its core
 call raises an exception carrying ``wait_fd`` (a pipe that only
@@ -28,88 +29,12 @@ import time
 
 import pytest
 
-from conftest import FAKE, client_env, kill_pid, server_children, start_server, stop_server
+from conftest import FAKE, ROOT, client_env, kill_pid, server_children, start_server, stop_server
 from fake_emulator import (FAKE_BLOCK, FAKE_CLOSED, FAKE_CRASH, FAKE_DOUBLE, FAKE_ERRNO,
                            FAKE_SUM, FAKE_UNBLOCK, FAKE_WHO)
 
 NULL, SYNC_CLOSE, WHOAMI = 0xF500, 0xF501, 0xF502
 BIND = 0x3B76
-
-TCLIENT_C = r"""
-/* Transport test client: blocking calls and signals, which Python would hide.
- *
- *   tclient block PATH [sigint]     ioctl(FAKE_BLOCK); prints "result R errno E"
- *   tclient frameblock PATH [sigint] the same request as a frame write()
- *   tclient null PATH N             N IOMMUFS_NULL ioctls
- *
- * With "sigint", a SIGINT handler is installed without SA_RESTART, so an
- * interrupted call returns -1/EINTR. "blocking" is printed just before the
- * call blocks.
- */
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <unistd.h>
-
-#define FAKE_BLOCK ((0x3b << 8) | 0xC4)
-#define IOMMUFS_NULL 0xF500
-
-static void on_sigint(int sig) { (void)sig; }
-
-int main(int argc, char **argv)
-{
-    if (argc < 3)
-        return 2;
-    const char *mode = argv[1];
-    int fd = open(argv[2], O_RDWR);
-    if (fd < 0) {
-        perror("open");
-        return 1;
-    }
-    if (argc > 3 && strcmp(argv[3], "sigint") == 0) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = on_sigint;
-        sigaction(SIGINT, &sa, NULL);
-    }
-    if (strcmp(mode, "null") == 0) {
-        long n = argc > 3 ? atol(argv[3]) : 1;
-        for (long i = 0; i < n; i++)
-            if (ioctl(fd, IOMMUFS_NULL, 0) != 0) {
-                perror("ioctl");
-                return 1;
-            }
-        printf("ok\n");
-        return 0;
-    }
-    long r;
-    printf("blocking\n");
-    fflush(stdout);
-    if (strcmp(mode, "block") == 0) {
-        r = ioctl(fd, FAKE_BLOCK, 0);
-    } else {
-        uint32_t frame[4] = {0, FAKE_BLOCK, 0, 0};
-        memcpy(frame, "IOFS", 4);
-        r = write(fd, frame, sizeof(frame));
-        if (r == (long)sizeof(frame)) {
-            unsigned char rep[64];
-            r = read(fd, rep, sizeof(rep));
-            if (r >= 16) {
-                int32_t result;
-                memcpy(&result, rep + 4, 4);
-                r = result;
-            }
-        }
-    }
-    printf("result %ld errno %d\n", r, r < 0 ? errno : 0);
-    return 0;
-}
-"""
 
 # Shared by the Python clients: frames, ioctl through ctypes on a real buffer.
 PRELUDE = """
@@ -167,15 +92,12 @@ def oserr(f, *a):
 @pytest.fixture(scope="module")
 def tclient():
     d = tempfile.mkdtemp(prefix="iommufs-tclient-")
-    src = os.path.join(d, "tclient.c")
-    with open(src, "w") as f:
-        f.write(TCLIENT_C)
-    exe = os.path.join(d, "tclient")
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", exe, src], check=True)
+    exe = os.path.join(d, "transport_client")
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", exe,
+                    os.path.join(ROOT, "tests", "c", "transport_client.c")], check=True)
     os.chmod(d, 0o755)
     yield exe
     os.unlink(exe)
-    os.unlink(src)
     os.rmdir(d)
 
 

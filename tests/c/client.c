@@ -1,6 +1,6 @@
 /* A C client of iommufs, written only from DESIGN.md and the reference
- * layouts (reference §5, §11.2): its own struct declarations, real ioctl()
- * calls, the DMA node's frames. Prints "ok <check>" per check; exits 1 at the
+ * layouts (reference §5, §11.2; declared in uapi.h): real ioctl() calls, the
+ * DMA node's frames. Prints "ok <check>" per check; exits 1 at the
  * first mismatch with a "FAIL" line.
  *
  *   client MOUNT DEVICE_NAME VFIO_NODE
@@ -16,29 +16,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define IO(nr) (0x3b00u | (nr))
-#define IOMMU_DESTROY IO(0x80)
-#define IOMMU_IOAS_ALLOC IO(0x81)
-#define IOMMU_IOAS_IOVA_RANGES IO(0x84)
-#define IOMMU_IOAS_MAP IO(0x85)
-#define IOMMU_IOAS_UNMAP IO(0x86)
-#define VFIO_DEVICE_BIND_IOMMUFD IO(100 + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT IO(100 + 19)
-#define VFIO_DEVICE_DETACH_IOMMUFD_PT IO(100 + 20)
-
-struct destroy { uint32_t size, id; };
-struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct range { uint64_t start, last; };
-struct iova_ranges { uint32_t size, ioas_id, num_iovas, rsvd; uint64_t allowed_iovas, out_iova_alignment; };
-struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
-struct ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
-struct attach { uint32_t argsz, flags, pt_id, pasid; };
-struct detach { uint32_t argsz, flags, pasid; };
-
-#define MAP_FIXED_IOVA 1
-#define MAP_WRITEABLE 2
-#define MAP_READABLE 4
+#include "uapi.h"
 
 static void fail(const char *what, long got, long want)
 {
@@ -64,25 +42,24 @@ static void expect_ok(const char *what, int r)
 /* One DMA frame on the device's dma node; returns the status. */
 static int dma(int fd, uint32_t op, uint64_t iova, void *data, uint32_t len)
 {
-    static unsigned char buf[32 + 65536];
-    struct { char magic[4]; uint32_t op, flags, pasid; uint64_t iova; uint32_t len, rsvd; } __attribute__((packed)) req =
-        { {'I', 'O', 'D', 'M'}, op, 0, 0, iova, len, 0 };
-    memcpy(buf, &req, 32);
-    size_t n = 32;
-    if (op == 2) {
-        memcpy(buf + 32, data, len);
+    static unsigned char buf[sizeof(struct iommufs_dma_request) + 65536];
+    struct iommufs_dma_request req = { {'I', 'O', 'D', 'M'}, op, 0, 0, iova, len, 0 };
+    memcpy(buf, &req, sizeof(req));
+    size_t n = sizeof(req);
+    if (op == IOMMUFS_DMA_OP_WRITE) {
+        memcpy(buf + sizeof(req), data, len);
         n += len;
     }
     if (write(fd, buf, n) != (ssize_t)n)
         fail("dma write()", -errno, 0);
     ssize_t r = read(fd, buf, sizeof(buf));
-    if (r < 24 || memcmp(buf, "IODM", 4))
-        fail("dma reply", r, 24);
-    int32_t status;
-    memcpy(&status, buf + 4, 4);
-    if (op == 1 && status == 0)
-        memcpy(data, buf + 24, len);
-    return status;
+    struct iommufs_dma_reply rep;
+    if (r < (ssize_t)sizeof(rep) || memcmp(buf, "IODM", 4))
+        fail("dma reply", r, sizeof(rep));
+    memcpy(&rep, buf, sizeof(rep));
+    if (op == IOMMUFS_DMA_OP_READ && rep.status == 0)
+        memcpy(data, buf + sizeof(rep), len);
+    return rep.status;
 }
 
 int main(int argc, char **argv)
@@ -100,12 +77,12 @@ int main(int argc, char **argv)
         fail("open iommu", -errno, 0);
 
     expect_err("destroy NULL -> EFAULT", ioctl(iommufd, IOMMU_DESTROY, NULL), EFAULT);
-    struct destroy d = { sizeof(d), 99 };
+    struct iommu_destroy d = { sizeof(d), 99 };
     expect_err("destroy unknown -> ENOENT", ioctl(iommufd, IOMMU_DESTROY, &d), ENOENT);
-    struct ioas_alloc small = { 8, 0, 0 };
+    struct iommu_ioas_alloc small = { 8, 0, 0 };
     expect_err("ioas_alloc size 8 -> EINVAL", ioctl(iommufd, IOMMU_IOAS_ALLOC, &small), EINVAL);
 
-    struct ioas_alloc al = { sizeof(al), 0, 0 };
+    struct iommu_ioas_alloc al = { sizeof(al), 0, 0 };
     expect_ok("ioas_alloc", ioctl(iommufd, IOMMU_IOAS_ALLOC, &al));
     if (al.out_ioas_id != 1)
         fail("first id", al.out_ioas_id, 1);
@@ -115,9 +92,9 @@ int main(int argc, char **argv)
     int devfd = open(path, O_RDWR);
     if (devfd < 0)
         fail("open vfio", -errno, 0);
-    struct attach at = { sizeof(at), 0, ioas, 0 };
+    struct vfio_device_attach_iommufd_pt at = { sizeof(at), 0, ioas, 0 };
     expect_err("attach before bind -> EINVAL", ioctl(devfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at), EINVAL);
-    struct bind b = { sizeof(b), 0, iommufd, 0, 0 };
+    struct vfio_device_bind_iommufd b = { sizeof(b), 0, iommufd, 0, 0 };
     expect_ok("bind", ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &b));
     if (b.out_devid != 2)
         fail("dev_id", b.out_devid, 2);
@@ -128,10 +105,11 @@ int main(int argc, char **argv)
     size_t len = 2 << 20;
     unsigned char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     memset(mem, 0, len);
-    struct ioas_map m = { sizeof(m), MAP_FIXED_IOVA | MAP_READABLE | MAP_WRITEABLE, ioas, 0,
-                          (uintptr_t)mem, len, 0x100000 };
+    struct iommu_ioas_map m = { sizeof(m), IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE
+                                | IOMMU_IOAS_MAP_WRITEABLE, ioas, 0, (uintptr_t)mem, len,
+                                0x100000 };
     expect_ok("map fixed", ioctl(iommufd, IOMMU_IOAS_MAP, &m));
-    struct ioas_map m2 = m;
+    struct iommu_ioas_map m2 = m;
     expect_err("map overlapping -> EEXIST", ioctl(iommufd, IOMMU_IOAS_MAP, &m2), EEXIST);
 
     at.pt_id = ioas;
@@ -140,8 +118,8 @@ int main(int argc, char **argv)
         fail("auto hwpt id", at.pt_id, 3);
     uint32_t hwpt = at.pt_id;
 
-    struct range rs[4];
-    struct iova_ranges ir = { sizeof(ir), ioas, 4, 0, (uintptr_t)rs, 0 };
+    struct iommu_iova_range rs[4];
+    struct iommu_ioas_iova_ranges ir = { sizeof(ir), ioas, 4, 0, (uintptr_t)rs, 0 };
     expect_ok("iova_ranges", ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &ir));
     if (ir.num_iovas != 2 || rs[0].start != 0 || rs[0].last != 0xfedfffffull
         || rs[1].start != 0xfef00000ull || rs[1].last != (1ull << 48) - 1)
@@ -155,18 +133,18 @@ int main(int argc, char **argv)
     unsigned char pat[4096];
     for (int i = 0; i < 4096; i++)
         pat[i] = (unsigned char)(i * 13 + 1);
-    int st = dma(dmafd, 2, 0x100000 + 0x3000, pat, sizeof(pat));
+    int st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x3000, pat, sizeof(pat));
     if (st != 0)
         fail("dma write status", st, 0);
     if (memcmp(mem + 0x3000, pat, sizeof(pat)))
         fail("pattern in client memory", 0, 1);
     printf("ok device DMA landed in the client's memory\n");
-    st = dma(dmafd, 2, 0x100000 + len, pat, 16);
+    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + len, pat, 16);
     if (st != -EFAULT)
         fail("dma outside mapping", st, -EFAULT);
     printf("ok DMA outside the mapping -> EFAULT\n");
 
-    struct ioas_unmap u = { sizeof(u), ioas, 0x100000 + 0x1000, 0x1000 };
+    struct iommu_ioas_unmap u = { sizeof(u), ioas, 0x100000 + 0x1000, 0x1000 };
     expect_err("partial unmap -> ENOENT", ioctl(iommufd, IOMMU_IOAS_UNMAP, &u), ENOENT);
     d.id = ioas;
     expect_err("destroy busy ioas -> EBUSY", ioctl(iommufd, IOMMU_DESTROY, &d), EBUSY);
@@ -176,7 +154,7 @@ int main(int argc, char **argv)
     if (u.length != len)
         fail("unmapped bytes", u.length, len);
 
-    struct detach dt = { sizeof(dt), 0, 0 };
+    struct vfio_device_detach_iommufd_pt dt = { sizeof(dt), 0, 0 };
     expect_ok("detach", ioctl(devfd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &dt));
     d.id = hwpt;
     expect_err("auto hwpt gone after detach -> ENOENT", ioctl(iommufd, IOMMU_DESTROY, &d), ENOENT);

@@ -1,7 +1,7 @@
 /* A legacy VFIO type1 user of iommufs's /dev/iommu, written only from the
  * reference (§11.4 type1 compatibility, §7 IOMMU_VFIO_IOAS, §11.2 layouts)
- * and DESIGN.md (the DMA node): its own struct declarations, real ioctl()
- * calls. The container ioctls go to the iommufd itself; the device comes in
+ * and DESIGN.md (the DMA node), declared in uapi.h: real ioctl() calls.
+ * The container ioctls go to the iommufd itself; the device comes in
  * through the VFIO cdev (bind + attach to the compat IOAS).
  * Prints "ok <check>" per check; exits 1 at the first mismatch ("FAIL").
  *
@@ -18,47 +18,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define IO(nr) (0x3b00u | (nr))
-#define VFIO_BASE 100
-#define VFIO_GET_API_VERSION IO(VFIO_BASE + 0)
-#define VFIO_CHECK_EXTENSION IO(VFIO_BASE + 1)
-#define VFIO_SET_IOMMU IO(VFIO_BASE + 2)
-#define VFIO_IOMMU_GET_INFO IO(VFIO_BASE + 12)
-#define VFIO_IOMMU_MAP_DMA IO(VFIO_BASE + 13)
-#define VFIO_IOMMU_UNMAP_DMA IO(VFIO_BASE + 14)
-#define VFIO_DEVICE_BIND_IOMMUFD IO(VFIO_BASE + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT IO(VFIO_BASE + 19)
-#define IOMMU_IOAS_ALLOC IO(0x81)
-#define IOMMU_VFIO_IOAS IO(0x88)
-
-#define VFIO_TYPE1_IOMMU 1
-#define VFIO_TYPE1v2_IOMMU 3
-#define VFIO_DMA_CC_IOMMU 4
-#define VFIO_UNMAP_ALL 9
-#define VFIO_UPDATE_VADDR 10
-#define VFIO_IOMMU_INFO_PGSIZES 1
-#define VFIO_IOMMU_INFO_CAPS 2
-#define CAP_IOVA_RANGE 1
-#define CAP_DMA_AVAIL 3
-#define DMA_MAP_READ 1
-#define DMA_MAP_WRITE 2
-#define DMA_MAP_VADDR 4
-#define DMA_UNMAP_ALL 2
-#define VFIO_IOAS_GET 0
-#define VFIO_IOAS_SET 1
-#define VFIO_IOAS_CLEAR 2
-
-struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct vfio_ioas { uint32_t size, ioas_id; uint16_t op, reserved; };
-struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
-struct attach { uint32_t argsz, flags, pt_id, pasid; };
-struct type1_info { uint32_t argsz, flags; uint64_t iova_pgsizes; uint32_t cap_offset, pad; };
-struct cap_header { uint16_t id, version; uint32_t next; };
-struct iova_range { uint64_t start, end; };
-struct cap_iova_range { struct cap_header header; uint32_t nr_iovas, reserved; struct iova_range ranges[]; };
-struct cap_dma_avail { struct cap_header header; uint32_t avail; };
-struct dma_map { uint32_t argsz, flags; uint64_t vaddr, iova, size; };
-struct dma_unmap { uint32_t argsz, flags; uint64_t iova, size; };
+#include "uapi.h"
 
 static void fail(const char *what, long long got, long long want)
 {
@@ -83,30 +43,29 @@ static void expect_val(const char *what, int r, int want)
 /* One DMA frame on the device's dma node; returns the status. */
 static int dma(int fd, uint32_t op, uint64_t iova, void *data, uint32_t len)
 {
-    static unsigned char buf[32 + 65536];
-    struct { char magic[4]; uint32_t op, flags, pasid; uint64_t iova; uint32_t len, rsvd; } __attribute__((packed)) req =
-        { {'I', 'O', 'D', 'M'}, op, 0, 0, iova, len, 0 };
-    memcpy(buf, &req, 32);
-    size_t n = 32;
-    if (op == 2) {
-        memcpy(buf + 32, data, len);
+    static unsigned char buf[sizeof(struct iommufs_dma_request) + 65536];
+    struct iommufs_dma_request req = { {'I', 'O', 'D', 'M'}, op, 0, 0, iova, len, 0 };
+    memcpy(buf, &req, sizeof(req));
+    size_t n = sizeof(req);
+    if (op == IOMMUFS_DMA_OP_WRITE) {
+        memcpy(buf + sizeof(req), data, len);
         n += len;
     }
     if (write(fd, buf, n) != (ssize_t)n)
         fail("dma write()", -errno, 0);
     ssize_t r = read(fd, buf, sizeof(buf));
-    if (r < 24 || memcmp(buf, "IODM", 4))
-        fail("dma reply", r, 24);
-    int32_t status;
-    memcpy(&status, buf + 4, 4);
-    if (op == 1 && status == 0)
-        memcpy(data, buf + 24, len);
-    return status;
+    struct iommufs_dma_reply rep;
+    if (r < (ssize_t)sizeof(rep) || memcmp(buf, "IODM", 4))
+        fail("dma reply", r, sizeof(rep));
+    memcpy(&rep, buf, sizeof(rep));
+    if (op == IOMMUFS_DMA_OP_READ && rep.status == 0)
+        memcpy(data, buf + sizeof(rep), len);
+    return rep.status;
 }
 
 static int unmap_dma(int fd, uint32_t flags, uint64_t iova, uint64_t size, uint64_t *out)
 {
-    struct dma_unmap u = { sizeof(u), flags, iova, size };
+    struct vfio_iommu_type1_dma_unmap u = { sizeof(u), flags, iova, size };
     int r = ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &u);
     *out = u.size;
     return r;
@@ -140,16 +99,16 @@ int main(int argc, char **argv)
                ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU), ENODEV);
 
     /* The compat IOAS. */
-    struct ioas_alloc al = { sizeof(al), 0, 0 };
+    struct iommu_ioas_alloc al = { sizeof(al), 0, 0 };
     expect_val("IOAS_ALLOC", ioctl(container, IOMMU_IOAS_ALLOC, &al), 0);
-    struct vfio_ioas vi = { sizeof(vi), 0, VFIO_IOAS_GET, 0 };
+    struct iommu_vfio_ioas vi = { sizeof(vi), 0, IOMMU_VFIO_IOAS_GET, 0 };
     expect_err("VFIO_IOAS GET before SET -> ENODEV", ioctl(container, IOMMU_VFIO_IOAS, &vi), ENODEV);
-    vi.op = VFIO_IOAS_SET;
+    vi.op = IOMMU_VFIO_IOAS_SET;
     vi.ioas_id = al.out_ioas_id + 100;
     expect_err("VFIO_IOAS SET unknown id -> ENOENT", ioctl(container, IOMMU_VFIO_IOAS, &vi), ENOENT);
     vi.ioas_id = al.out_ioas_id;
     expect_val("VFIO_IOAS SET", ioctl(container, IOMMU_VFIO_IOAS, &vi), 0);
-    vi.op = VFIO_IOAS_GET;
+    vi.op = IOMMU_VFIO_IOAS_GET;
     vi.ioas_id = 0;
     expect_val("VFIO_IOAS GET", ioctl(container, IOMMU_VFIO_IOAS, &vi), 0);
     if (vi.ioas_id != al.out_ioas_id)
@@ -160,15 +119,15 @@ int main(int argc, char **argv)
     int devfd = open(path, O_RDWR);
     if (devfd < 0)
         fail("open vfio", -errno, 0);
-    struct bind b = { sizeof(b), 0, container, 0, 0 };
+    struct vfio_device_bind_iommufd b = { sizeof(b), 0, container, 0, 0 };
     expect_val("bind", ioctl(devfd, VFIO_DEVICE_BIND_IOMMUFD, &b), 0);
-    struct attach at = { sizeof(at), 0, al.out_ioas_id, 0 };
+    struct vfio_device_attach_iommufd_pt at = { sizeof(at), 0, al.out_ioas_id, 0 };
     expect_val("attach compat IOAS", ioctl(devfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at), 0);
     expect_val("CHECK_EXTENSION(DMA_CC) = 1", ioctl(container, VFIO_CHECK_EXTENSION, VFIO_DMA_CC_IOMMU), 1);
     expect_val("SET_IOMMU(TYPE1v2)", ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU), 0);
 
     /* GET_INFO: once for the size of the capability chain, then in full. */
-    struct type1_info info = { 15, 0, 0, 0, 0 };
+    struct vfio_iommu_type1_info info = { 15, 0, 0, 0, 0 };
     expect_err("GET_INFO argsz 15 -> EINVAL", ioctl(container, VFIO_IOMMU_GET_INFO, &info), EINVAL);
     info.argsz = sizeof(info);
     expect_val("GET_INFO for the size", ioctl(container, VFIO_IOMMU_GET_INFO, &info), 0);
@@ -181,20 +140,22 @@ int main(int argc, char **argv)
     unsigned char *raw = calloc(1, need);
     memcpy(raw, &need, 4);
     expect_val("GET_INFO with the chain", ioctl(container, VFIO_IOMMU_GET_INFO, raw), 0);
-    struct type1_info *full = (struct type1_info *)raw;
+    struct vfio_iommu_type1_info *full = (struct vfio_iommu_type1_info *)raw;
     if (full->cap_offset != sizeof(*full))
         fail("cap_offset", full->cap_offset, sizeof(*full));
     int seen = 0;
     for (uint32_t off = full->cap_offset; off; ) {
-        struct cap_header *h = (struct cap_header *)(raw + off);
-        if (h->id == CAP_DMA_AVAIL) {
-            if (((struct cap_dma_avail *)h)->avail != UINT32_MAX)
-                fail("dma avail", ((struct cap_dma_avail *)h)->avail, UINT32_MAX);
+        struct vfio_info_cap_header *h = (struct vfio_info_cap_header *)(raw + off);
+        if (h->id == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL) {
+            struct vfio_iommu_type1_info_dma_avail *a = (void *)h;
+            if (a->avail != UINT32_MAX)
+                fail("dma avail", a->avail, UINT32_MAX);
             seen |= 1;
-        } else if (h->id == CAP_IOVA_RANGE) {
-            struct cap_iova_range *c = (struct cap_iova_range *)h;
-            if (c->nr_iovas != 2 || c->ranges[0].start != 0 || c->ranges[0].end != 0xfedfffffull
-                || c->ranges[1].start != 0xfef00000ull || c->ranges[1].end != (1ull << 48) - 1)
+        } else if (h->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
+            struct vfio_iommu_type1_info_cap_iova_range *c = (void *)h;
+            struct vfio_iova_range *r = c->iova_ranges;
+            if (c->nr_iovas != 2 || r[0].start != 0 || r[0].end != 0xfedfffffull
+                || r[1].start != 0xfef00000ull || r[1].end != (1ull << 48) - 1)
                 fail("iova ranges", c->nr_iovas, 2);
             seen |= 2;
         }
@@ -210,9 +171,10 @@ int main(int argc, char **argv)
     if (mem == MAP_FAILED)
         fail("mmap", -errno, 0);
     memset(mem, 0, len);
-    struct dma_map m = { sizeof(m), DMA_MAP_READ | DMA_MAP_WRITE, (uintptr_t)mem, 0x100000, len };
-    struct dma_map bad = m;
-    bad.flags |= DMA_MAP_VADDR;
+    struct vfio_iommu_type1_dma_map m = { sizeof(m), VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+                                          (uintptr_t)mem, 0x100000, len };
+    struct vfio_iommu_type1_dma_map bad = m;
+    bad.flags |= VFIO_DMA_MAP_FLAG_VADDR;
     expect_err("MAP_DMA with VADDR -> EINVAL", ioctl(container, VFIO_IOMMU_MAP_DMA, &bad), EINVAL);
     bad = m;
     bad.argsz = 31;
@@ -225,7 +187,7 @@ int main(int argc, char **argv)
     if (dmafd < 0)
         fail("open dma", -errno, 0);
     char msg[] = "written by the device through type1";
-    int st = dma(dmafd, 2, 0x100000 + 0x1234, msg, sizeof(msg));
+    int st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x1234, msg, sizeof(msg));
     if (st != 0 || memcmp(mem + 0x1234, msg, sizeof(msg)))
         fail("dma write", st, 0);
     printf("ok device DMA landed in the client's buffer\n");
@@ -235,13 +197,14 @@ int main(int argc, char **argv)
     expect_err("UNMAP_DMA partial (v2) -> ENOENT", unmap_dma(container, 0, 0x100000, page, &out), ENOENT);
     if (out != 0)
         fail("partial unmap size written back", out, 0);
-    expect_err("UNMAP_DMA ALL with a size -> EINVAL", unmap_dma(container, DMA_UNMAP_ALL, 0, 5, &out), EINVAL);
+    expect_err("UNMAP_DMA ALL with a size -> EINVAL",
+               unmap_dma(container, VFIO_DMA_UNMAP_FLAG_ALL, 0, 5, &out), EINVAL);
     if (out != 5)
         fail("argument error: nothing written back", out, 5);
     expect_val("UNMAP_DMA", unmap_dma(container, 0, 0x100000, len, &out), 0);
     if (out != len)
         fail("unmapped bytes", out, len);
-    st = dma(dmafd, 2, 0x100000 + 0x1234, msg, 4);
+    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x1234, msg, 4);
     if (st != -EFAULT)
         fail("dma after unmap", st, -EFAULT);
     printf("ok DMA after UNMAP_DMA -> EFAULT\n");
@@ -258,25 +221,25 @@ int main(int argc, char **argv)
     if (out != (uint64_t)(4 * page))
         fail("split unmap bytes", out, 4 * page);
     expect_err("UNMAP_DMA misaligned cut -> EINVAL", unmap_dma(container, 0, 0x400000 + 0x800, page, &out), EINVAL);
-    st = dma(dmafd, 2, 0x400000 + 10 * page, msg, sizeof(msg));
+    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + 10 * page, msg, sizeof(msg));
     if (st != 0 || memcmp(mem + 10 * page, msg, sizeof(msg)))
         fail("dma into the piece after the hole", st, 0);
-    st = dma(dmafd, 2, 0x400000 + page, "front", 5);
+    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + page, "front", 5);
     if (st != 0 || memcmp(mem + page, "front", 5))
         fail("dma into the piece before the hole", st, 0);
-    st = dma(dmafd, 2, 0x400000 + 5 * page, msg, 4);
+    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + 5 * page, msg, 4);
     if (st != -EFAULT)
         fail("dma into the hole", st, -EFAULT);
     printf("ok the pieces still translate, the hole faults\n");
-    expect_val("UNMAP_DMA ALL", unmap_dma(container, DMA_UNMAP_ALL, 0, 0, &out), 0);
+    expect_val("UNMAP_DMA ALL", unmap_dma(container, VFIO_DMA_UNMAP_FLAG_ALL, 0, 0, &out), 0);
     if (out != (uint64_t)(12 * page))
         fail("unmap all bytes", out, 12 * page);
 
     /* CLEAR: the container ioctls lose their IOAS. */
-    vi.op = VFIO_IOAS_CLEAR;
+    vi.op = IOMMU_VFIO_IOAS_CLEAR;
     expect_val("VFIO_IOAS CLEAR", ioctl(container, IOMMU_VFIO_IOAS, &vi), 0);
     expect_err("MAP_DMA after CLEAR -> ENODEV", ioctl(container, VFIO_IOMMU_MAP_DMA, &m), ENODEV);
-    expect_err("unknown container ioctl -> ENOTTY", ioctl(container, IO(VFIO_BASE + 17), NULL), ENOTTY);
+    expect_err("unknown container ioctl -> ENOTTY", ioctl(container, VFIO_IOMMU_DIRTY_PAGES, NULL), ENOTTY);
 
     close(dmafd);
     close(devfd);

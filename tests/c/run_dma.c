@@ -13,7 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
-#include "uapi_min.h"
+#include "util.h"
 
 #define IOVA 0x100000ull
 #define LEN (2u << 20)
@@ -65,7 +65,7 @@ int main(int argc, char **argv)
         unsigned char pat[4096], back[4096];
         for (int i = 0; i < 4096; i++)
             pat[i] = (unsigned char)(i * 7 + round);
-        int st = device_dma(dmafd, 2, IOVA + 0x2000, pat, sizeof(pat));
+        int st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, IOVA + 0x2000, pat, sizeof(pat));
         if (st != 0)
             fail("DMA write status", st, 0);
         if (memcmp(mem + 0x2000, pat, sizeof(pat)))
@@ -73,7 +73,7 @@ int main(int argc, char **argv)
         printf("ok round %d device wrote our buffer\n", round);
         for (int i = 0; i < 4096; i++)
             mem[0x5000 + i] = (unsigned char)(255 - i % 251 - round);
-        st = device_dma(dmafd, 1, IOVA + 0x5000, back, sizeof(back));
+        st = device_dma(dmafd, IOMMUFS_DMA_OP_READ, IOVA + 0x5000, back, sizeof(back));
         if (st != 0)
             fail("DMA read status", st, 0);
         if (memcmp(mem + 0x5000, back, sizeof(back)))

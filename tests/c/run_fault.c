@@ -15,24 +15,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 
-#include "uapi_min.h"
-
-#define IOMMU_HWPT_ALLOC IOMMU_IO(0x89)
-#define IOMMU_HWPT_ALLOC_FAULT_ID_VALID 4
-#define IOMMU_PGFAULT_FLAGS_LAST_PAGE 2
-#define IOMMU_PGFAULT_PERM_WRITE 2
-
-struct iommu_hwpt_alloc {
-    uint32_t size, flags, dev_id, pt_id, out_hwpt_id, __reserved, data_type, data_len;
-    uint64_t data_uptr;
-    uint32_t fault_id, __reserved2;
-};
-struct iommu_hwpt_pgfault {
-    uint32_t flags, dev_id, pasid, grpid, perm, __reserved;
-    uint64_t addr;
-    uint32_t length, cookie;
-};
-struct iommu_hwpt_page_response { uint32_t cookie, code; };
+#include "util.h"
 
 #define IOVA 0x400000ull
 #define LEN 65536u
@@ -47,7 +30,7 @@ static void *dma_thread(void *arg)
     int fd = open(dma_path(dma_dev), O_RDWR);
     if (fd < 0)
         fail("open dma", -errno, 0);
-    dma_status = device_dma(fd, 2, IOVA + 0x1000, pattern, sizeof(pattern));   /* waits */
+    dma_status = device_dma(fd, IOMMUFS_DMA_OP_WRITE, IOVA + 0x1000, pattern, sizeof(pattern));   /* waits */
     close(fd);
     return NULL;
 }

@@ -9,7 +9,7 @@
 #include <sys/ioctl.h>
 #include <sys/wait.h>
 
-#include "uapi_min.h"
+#include "util.h"
 
 static uint32_t ioas_alloc(int fd, const char *what)
 {

@@ -12,7 +12,7 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 
-#include "uapi_min.h"
+#include "util.h"
 
 #define IOVA_P 0x100000ull
 #define IOVA_C 0x200000ull
@@ -61,14 +61,14 @@ int main(int argc, char **argv)
         struct iommu_ioas_map mc = m;
         mc.iova = IOVA_C;
         check_ok("MAP child", ioctl(iommufd, IOMMU_IOAS_MAP, &mc));
-        if (device_dma(dmafd, 1, IOVA_C, got, LEN) != 0 || !all(got, 'C', LEN))
+        if (device_dma(dmafd, IOMMUFS_DMA_OP_READ, IOVA_C, got, LEN) != 0 || !all(got, 'C', LEN))
             fail("device reads the child's bytes at the child's mapping", got[0], 'C');
         printf("ok device read the child's memory\n");
-        if (device_dma(dmafd, 1, IOVA_P, got, LEN) != 0 || !all(got, 'P', LEN))
+        if (device_dma(dmafd, IOMMUFS_DMA_OP_READ, IOVA_P, got, LEN) != 0 || !all(got, 'P', LEN))
             fail("device reads the parent's bytes at the parent's mapping", got[0], 'P');
         printf("ok device read the parent's memory at the parent's mapping\n");
         memset(got, 'D', LEN);
-        if (device_dma(dmafd, 2, IOVA_C, got, LEN) != 0 || !all(buf, 'D', LEN))
+        if (device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, IOVA_C, got, LEN) != 0 || !all(buf, 'D', LEN))
             fail("device wrote the child's memory", buf[0], 'D');
         printf("ok device wrote the child's memory\n");
         struct iommu_ioas_unmap u = { sizeof(u), al.out_ioas_id, IOVA_C, LEN };
@@ -87,7 +87,7 @@ int main(int argc, char **argv)
         fail("the parent's memory untouched by the child's DMA", buf[0], 'P');
     printf("ok parent's memory untouched\n");
     static unsigned char got[LEN];
-    if (device_dma(dmafd, 1, IOVA_P, got, LEN) != 0 || !all(got, 'P', LEN))
+    if (device_dma(dmafd, IOMMUFS_DMA_OP_READ, IOVA_P, got, LEN) != 0 || !all(got, 'P', LEN))
         fail("device still reads the parent's mapping", got[0], 'P');
     struct iommu_ioas_unmap u = { sizeof(u), al.out_ioas_id, IOVA_P, LEN };
     check_ok("UNMAP parent", ioctl(iommufd, IOMMU_IOAS_UNMAP, &u));

@@ -13,7 +13,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "uapi_min.h"
+#include "util.h"
 
 extern char **environ;
 

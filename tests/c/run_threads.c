@@ -11,7 +11,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
-#include "uapi_min.h"
+#include "util.h"
 
 static int iommufd;
 static int iterations;

@@ -1,6 +1,6 @@
 /* A selftest-style user of IOMMU_TEST_CMD through an iommufs mount, written
- * like the kernel's iommufd selftests: its own declarations from the
- * reference (§5, §10.1, §12), real ioctl()/read()/write() calls, one "ok"
+ * like the kernel's iommufd selftests: the reference's declarations (§5,
+ * §10.1, §12; uapi.h), real ioctl()/read()/write() calls, one "ok"
  * line per check. Returned fds are opened the way the preload shim does:
  * IOMMUFS_FD_PATH on the iommufd names the node under fds/.
  *
@@ -17,84 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define IOMMU_DESTROY 0x3b80
-#define IOMMU_IOAS_ALLOC 0x3b81
-#define IOMMU_IOAS_IOVA_RANGES 0x3b84
-#define IOMMU_IOAS_MAP 0x3b85
-#define IOMMU_IOAS_UNMAP 0x3b86
-#define IOMMU_HWPT_ALLOC 0x3b89
-#define IOMMU_FAULT_QUEUE_ALLOC 0x3b8e
-#define IOMMU_TEST_CMD 0x3ba0
-#define IOMMUFS_SYNC_CLOSE 0xf501
-#define IOMMUFS_FD_PATH 0xf503
-
-#define MAP_FIXED_IOVA 1
-#define MAP_WRITEABLE 2
-#define MAP_READABLE 4
-#define HWPT_ALLOC_FAULT_ID_VALID 4
-#define HWPT_ALLOC_PASID 8
-#define PGFAULT_PASID_VALID 1
-#define PGFAULT_LAST_PAGE 2
-
-enum {
-    OP_ADD_RESERVED = 1, OP_MOCK_DOMAIN, OP_MD_CHECK_MAP, OP_MD_CHECK_REFS,
-    OP_CREATE_ACCESS, OP_DESTROY_ACCESS_PAGES, OP_ACCESS_PAGES, OP_ACCESS_RW,
-    OP_SET_TEMP_MEMORY_LIMIT, OP_MOCK_DOMAIN_REPLACE, OP_ACCESS_REPLACE_IOAS,
-    OP_MOCK_DOMAIN_FLAGS, OP_DIRTY, OP_MD_CHECK_IOTLB, OP_TRIGGER_IOPF,
-    OP_DEV_CHECK_CACHE, OP_TRIGGER_VEVENT, OP_PASID_ATTACH, OP_PASID_REPLACE,
-    OP_PASID_DETACH, OP_PASID_CHECK_HWPT,
-};
-#define MOCK_APERTURE_START (1ULL << 24)
-#define MOCK_APERTURE_LAST ((1ULL << 31) - 1)
-#define MOCK_PAGE_SIZE 2048
-#define NEEDS_PIN_PAGES 1
-#define ACCESS_RW_WRITE 1
-#define DEVICE_PASID 4
-
-struct test_cmd {
-    uint32_t size, op, id, __reserved;
-    union {
-        struct { uint64_t start, length; } add_reserved;
-        struct { uint32_t out_stdev_id, out_hwpt_id, out_idev_id, dev_flags; } mock_domain;
-        struct { uint32_t pt_id; } mock_domain_replace;
-        struct { uint64_t iova, length, uptr; } check_map;
-        struct { uint64_t length, uptr; uint32_t refs; } check_refs;
-        struct { uint32_t out_access_fd, flags; } create_access;
-        struct { uint32_t access_pages_id; } destroy_access_pages;
-        struct { uint32_t flags, out_access_pages_id; uint64_t iova, length, uptr; } access_pages;
-        struct { uint64_t iova, length, uptr; uint32_t flags; } access_rw;
-        struct { uint32_t dev_id, pasid, grpid, perm; uint64_t addr; } trigger_iopf;
-        struct { uint32_t pasid, pt_id; } pasid_attach;
-        struct { uint32_t pasid; } pasid_detach;
-        struct { uint32_t pasid, hwpt_id; } pasid_check;
-        uint8_t pad[48];
-    };
-    uint32_t last;
-};
-
-struct iova_range { uint64_t start, last; };
-struct ioas_iova_ranges {
-    uint32_t size, ioas_id, num_iovas, __reserved;
-    uint64_t allowed_iovas, out_iova_alignment;
-};
-struct ioas_map {
-    uint32_t size, flags, ioas_id, __reserved;
-    uint64_t user_va, length, iova;
-};
-struct ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-struct hwpt_alloc {
-    uint32_t size, flags, dev_id, pt_id, out_hwpt_id, __reserved, data_type, data_len;
-    uint64_t data_uptr;
-    uint32_t fault_id, __reserved2;
-};
-struct fault_alloc { uint32_t size, flags, out_fault_id, out_fault_fd; };
-struct pgfault {
-    uint32_t flags, dev_id, pasid, grpid, perm, __reserved;
-    uint64_t addr;
-    uint32_t length, cookie;
-};
-struct page_response { uint32_t cookie, code; };
-struct fd_path { uint32_t size, index; char path[256]; };
+#include "uapi.h"
 
 static const char *mnt;
 static int iommufd, checks;
@@ -112,9 +35,9 @@ static int iommufd, checks;
         checks++;                                                      \
     } while (0)
 
-static struct test_cmd cmd(uint32_t op, uint32_t id)
+static struct iommu_test_cmd cmd(uint32_t op, uint32_t id)
 {
-    struct test_cmd c;
+    struct iommu_test_cmd c;
     memset(&c, 0, sizeof(c));
     c.size = sizeof(c);
     c.op = op;
@@ -122,21 +45,21 @@ static struct test_cmd cmd(uint32_t op, uint32_t id)
     return c;
 }
 
-static int test(struct test_cmd *c)
+static int test(struct iommu_test_cmd *c)
 {
     return ioctl(iommufd, IOMMU_TEST_CMD, c) == 0 ? 0 : errno;
 }
 
 static int destroy(uint32_t id)
 {
-    uint32_t d[2] = { 8, id };
-    return ioctl(iommufd, IOMMU_DESTROY, d) == 0 ? 0 : errno;
+    struct iommu_destroy d = { sizeof(d), id };
+    return ioctl(iommufd, IOMMU_DESTROY, &d) == 0 ? 0 : errno;
 }
 
 /* Open the node of the fd the last fd-returning ioctl returned (as the shim does). */
 static int open_returned(void)
 {
-    struct fd_path p;
+    struct iommufs_fd_path p;
     memset(&p, 0, sizeof(p));
     p.size = sizeof(p);
     if (ioctl(iommufd, IOMMUFS_FD_PATH, &p) != 0)
@@ -148,7 +71,7 @@ static int open_returned(void)
 
 static int check_refs(void *buf, uint64_t len, uint32_t refs)
 {
-    struct test_cmd c = cmd(OP_MD_CHECK_REFS, 0);
+    struct iommu_test_cmd c = cmd(IOMMU_TEST_OP_MD_CHECK_REFS, 0);
     c.check_refs.uptr = (uintptr_t)buf;
     c.check_refs.length = len;
     c.check_refs.refs = refs;
@@ -167,19 +90,19 @@ int main(int argc, char **argv)
     iommufd = open(path, O_RDWR);
     OK(iommufd >= 0, "open iommu");
 
-    uint32_t a[3] = { 12, 0, 0 };
-    OK(ioctl(iommufd, IOMMU_IOAS_ALLOC, a) == 0 && a[2] == 1, "IOAS_ALLOC = 1");
-    uint32_t ioas = a[2];
+    struct iommu_ioas_alloc a = { sizeof(a), 0, 0 };
+    OK(ioctl(iommufd, IOMMU_IOAS_ALLOC, &a) == 0 && a.out_ioas_id == 1, "IOAS_ALLOC = 1");
+    uint32_t ioas = a.out_ioas_id;
 
-    struct test_cmd c = cmd(OP_MOCK_DOMAIN, ioas);
+    struct iommu_test_cmd c = cmd(IOMMU_TEST_OP_MOCK_DOMAIN, ioas);
     OK(test(&c) == 0, "MOCK_DOMAIN");
     uint32_t stdev = c.mock_domain.out_stdev_id, hwpt = c.mock_domain.out_hwpt_id,
              idev = c.mock_domain.out_idev_id;
     OK(stdev == 2 && idev == 3 && hwpt == 4, "ids: stdev 2, device 3, auto HWPT 4");
     OK(destroy(idev) == EBUSY, "DESTROY(device) = EBUSY");
 
-    struct iova_range ranges[4];
-    struct ioas_iova_ranges r = { sizeof(r), ioas, 4, 0, (uintptr_t)ranges, 0 };
+    struct iommu_iova_range ranges[4];
+    struct iommu_ioas_iova_ranges r = { sizeof(r), ioas, 4, 0, (uintptr_t)ranges, 0 };
     OK(ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &r) == 0 && r.num_iovas == 1
        && ranges[0].start == MOCK_APERTURE_START && ranges[0].last == MOCK_APERTURE_LAST
        && r.out_iova_alignment == MOCK_PAGE_SIZE,
@@ -189,13 +112,13 @@ int main(int argc, char **argv)
     uint8_t *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     memset(buf, 0, len);
     uint64_t iova = MOCK_APERTURE_START + 0x100000;
-    struct ioas_map m = { sizeof(m), MAP_FIXED_IOVA | MAP_READABLE | MAP_WRITEABLE, ioas, 0,
-                          (uintptr_t)buf, len, iova };
+    struct iommu_ioas_map m = { sizeof(m), IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE
+                                | IOMMU_IOAS_MAP_WRITEABLE, ioas, 0, (uintptr_t)buf, len, iova };
     OK(ioctl(iommufd, IOMMU_IOAS_MAP, &m) == 0, "IOAS_MAP 64 KiB at 0x1100000");
     m.iova = 0x1000;
     OK(ioctl(iommufd, IOMMU_IOAS_MAP, &m) != 0 && errno == EINVAL, "MAP outside the aperture = EINVAL");
 
-    c = cmd(OP_MD_CHECK_MAP, hwpt);
+    c = cmd(IOMMU_TEST_OP_MD_CHECK_MAP, hwpt);
     c.check_map.iova = iova; c.check_map.length = len; c.check_map.uptr = (uintptr_t)buf;
     OK(test(&c) == 0, "MD_CHECK_MAP: the mock domain maps the buffer");
     c.check_map.uptr += 4096;
@@ -207,8 +130,8 @@ int main(int argc, char **argv)
     OK(check_refs(buf, len, 0) == EIO, "MD_CHECK_REFS 0 = EIO");
 
     /* CREATE_ACCESS returns an fd; the node is opened as the shim will. */
-    c = cmd(OP_CREATE_ACCESS, ioas);
-    c.create_access.flags = NEEDS_PIN_PAGES;
+    c = cmd(IOMMU_TEST_OP_CREATE_ACCESS, ioas);
+    c.create_access.flags = MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES;
     OK(test(&c) == 0 && c.create_access.out_access_fd == 0xffffffffu, "CREATE_ACCESS, out_access_fd -1");
     int afd = open_returned();
     OK(afd >= 0, "open the access node named by IOMMUFS_FD_PATH");
@@ -218,17 +141,17 @@ int main(int argc, char **argv)
     OK(read(afd, &byte, 1) < 0 && errno == EINVAL, "read(access fd) = EINVAL");
     OK(ioctl(afd, IOMMU_TEST_CMD, &c) < 0 && errno == ENOTTY, "ioctl on the access fd = ENOTTY");
 
-    c = cmd(OP_ACCESS_RW, afd);
+    c = cmd(IOMMU_TEST_OP_ACCESS_RW, afd);
     char msg[] = "written by an in-kernel access";
     c.access_rw.iova = iova + 4096 - 7;
     c.access_rw.length = sizeof(msg);
     c.access_rw.uptr = (uintptr_t)msg;
-    c.access_rw.flags = ACCESS_RW_WRITE;
+    c.access_rw.flags = MOCK_ACCESS_RW_WRITE;
     OK(test(&c) == 0 && memcmp(buf + 4096 - 7, msg, sizeof(msg)) == 0,
        "ACCESS_RW write lands in the buffer, across a page");
     memcpy(buf + 3 * 4096, "from memory", 12);
     char back[12] = { 0 };
-    c = cmd(OP_ACCESS_RW, afd);
+    c = cmd(IOMMU_TEST_OP_ACCESS_RW, afd);
     c.access_rw.iova = iova + 3 * 4096;
     c.access_rw.length = 12;
     c.access_rw.uptr = (uintptr_t)back;
@@ -236,7 +159,7 @@ int main(int argc, char **argv)
     c.access_rw.iova = iova + len;
     OK(test(&c) == ENOENT, "ACCESS_RW past the mapping = ENOENT");
 
-    c = cmd(OP_ACCESS_PAGES, afd);
+    c = cmd(IOMMU_TEST_OP_ACCESS_PAGES, afd);
     c.access_pages.iova = iova;
     c.access_pages.length = 2 * 4096;
     c.access_pages.uptr = (uintptr_t)buf;
@@ -245,7 +168,7 @@ int main(int argc, char **argv)
     OK(check_refs(buf, len, 1) == 0, "still one pin per page (same pages)");
     c.access_pages.uptr = (uintptr_t)buf + 4096;
     OK(test(&c) == EBADE, "ACCESS_PAGES of other memory = EBADE");
-    c = cmd(OP_ACCESS_PAGES, iommufd);
+    c = cmd(IOMMU_TEST_OP_ACCESS_PAGES, iommufd);
     c.access_pages.iova = iova;
     c.access_pages.length = 4096;
     OK(test(&c) == EBADFD, "ACCESS_PAGES with the iommufd as access = EBADFD");
@@ -256,80 +179,81 @@ int main(int argc, char **argv)
     OK(test(&c) == EBADFD, "ACCESS_PAGES with a closed fd = EBADFD");
     c.access_pages.length = (16 << 20) + 1;
     OK(test(&c) == ENOMEM, "ACCESS_PAGES over 16 MiB = ENOMEM (before the fd)");
-    c = cmd(OP_DESTROY_ACCESS_PAGES, afd);
+    c = cmd(IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, afd);
     c.destroy_access_pages.access_pages_id = item;
     OK(test(&c) == 0, "DESTROY_ACCESS_PAGES");
     OK(test(&c) == ENOENT, "DESTROY_ACCESS_PAGES again = ENOENT");
 
     /* TRIGGER_IOPF into a fault queue, read and answered through the fault fd. */
-    struct fault_alloc fa = { sizeof(fa), 0, 0, 0 };
+    struct iommu_fault_alloc fa = { sizeof(fa), 0, 0, 0 };
     OK(ioctl(iommufd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0, "FAULT_QUEUE_ALLOC");
     int ffd = open_returned();
     OK(ffd >= 0, "open the fault node");
-    struct hwpt_alloc ha = { sizeof(ha), HWPT_ALLOC_FAULT_ID_VALID, idev, ioas, 0, 0, 0, 0, 0,
-                             fa.out_fault_id, 0 };
+    struct iommu_hwpt_alloc ha = { sizeof(ha), IOMMU_HWPT_ALLOC_FAULT_ID_VALID, idev, ioas, 0, 0,
+                                   0, 0, 0, fa.out_fault_id, 0 };
     OK(ioctl(iommufd, IOMMU_HWPT_ALLOC, &ha) == 0, "HWPT_ALLOC with the fault queue");
-    c = cmd(OP_MOCK_DOMAIN_REPLACE, stdev);
+    c = cmd(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev);
     c.mock_domain_replace.pt_id = ha.out_hwpt_id;
     OK(test(&c) == 0 && c.mock_domain_replace.pt_id == ha.out_hwpt_id, "MOCK_DOMAIN_REPLACE");
     OK(destroy(hwpt) == ENOENT, "the old auto HWPT is gone");
-    c = cmd(OP_TRIGGER_IOPF, 0);
+    c = cmd(IOMMU_TEST_OP_TRIGGER_IOPF, 0);
     c.trigger_iopf.dev_id = idev;
     c.trigger_iopf.grpid = 2;
     c.trigger_iopf.perm = 3;
     c.trigger_iopf.addr = 0xdeadbeaf;
     OK(test(&c) == 0, "TRIGGER_IOPF");
-    struct pgfault f;
+    struct iommu_hwpt_pgfault f;
     OK(read(ffd, &f, sizeof(f)) == sizeof(f), "read one fault record");
-    OK(f.flags == PGFAULT_LAST_PAGE && f.dev_id == idev && f.grpid == 2 && f.perm == 3
+    OK(f.flags == IOMMU_PGFAULT_FLAGS_LAST_PAGE && f.dev_id == idev && f.grpid == 2 && f.perm == 3
        && f.addr == 0xdeadbeaf && f.cookie == 1, "the record: LAST_PAGE, device, grpid, perm, addr, cookie 1");
-    struct page_response resp = { f.cookie, 0 };
+    struct iommu_hwpt_page_response resp = { f.cookie, 0 };
     OK(write(ffd, &resp, sizeof(resp)) == sizeof(resp), "page response accepted");
     OK(write(ffd, &resp, sizeof(resp)) < 0 && errno == EINVAL, "answered once");
 
     /* PASIDs on a PASID-capable mock device. */
-    c = cmd(OP_MOCK_DOMAIN_FLAGS, ioas);
-    c.mock_domain.dev_flags = DEVICE_PASID;
+    c = cmd(IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, ioas);
+    c.mock_domain_flags.dev_flags = MOCK_FLAGS_DEVICE_PASID;
     OK(test(&c) == 0, "MOCK_DOMAIN_FLAGS(PASID)");
-    uint32_t stdev2 = c.mock_domain.out_stdev_id, idev2 = c.mock_domain.out_idev_id;
-    struct hwpt_alloc pa = { sizeof(pa), HWPT_ALLOC_PASID, idev2, ioas, 0, 0, 0, 0, 0, 0, 0 };
+    uint32_t stdev2 = c.mock_domain_flags.out_stdev_id, idev2 = c.mock_domain_flags.out_idev_id;
+    struct iommu_hwpt_alloc pa = { sizeof(pa), IOMMU_HWPT_ALLOC_PASID, idev2, ioas, 0, 0, 0, 0, 0,
+                                   0, 0 };
     OK(ioctl(iommufd, IOMMU_HWPT_ALLOC, &pa) == 0, "HWPT_ALLOC(PASID)");
-    c = cmd(OP_PASID_ATTACH, stdev2);
+    c = cmd(IOMMU_TEST_OP_PASID_ATTACH, stdev2);
     c.pasid_attach.pasid = 7;
     c.pasid_attach.pt_id = pa.out_hwpt_id;
     OK(test(&c) == EINVAL, "PASID_ATTACH while the RID is on an auto domain = EINVAL");
-    c = cmd(OP_MOCK_DOMAIN_REPLACE, stdev2);
+    c = cmd(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev2);
     c.mock_domain_replace.pt_id = pa.out_hwpt_id;
     OK(test(&c) == 0, "RID onto the PASID-compatible HWPT");
-    c = cmd(OP_PASID_ATTACH, stdev2);
+    c = cmd(IOMMU_TEST_OP_PASID_ATTACH, stdev2);
     c.pasid_attach.pasid = 7;
     c.pasid_attach.pt_id = pa.out_hwpt_id;
     OK(test(&c) == 0 && c.pasid_attach.pt_id == pa.out_hwpt_id, "PASID_ATTACH 7");
     OK(test(&c) == EBUSY, "PASID_ATTACH 7 again = EBUSY");
-    c = cmd(OP_PASID_CHECK_HWPT, stdev2);
+    c = cmd(IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev2);
     c.pasid_check.pasid = 7;
     c.pasid_check.hwpt_id = pa.out_hwpt_id;
     OK(test(&c) == 0, "PASID_CHECK_HWPT 7");
     c.pasid_check.hwpt_id = 0;
     OK(test(&c) == EINVAL, "PASID_CHECK_HWPT 7 detached? = EINVAL");
-    c = cmd(OP_PASID_DETACH, stdev2);
+    c = cmd(IOMMU_TEST_OP_PASID_DETACH, stdev2);
     c.pasid_detach.pasid = 7;
     OK(test(&c) == 0, "PASID_DETACH 7");
-    c = cmd(OP_PASID_CHECK_HWPT, stdev2);
+    c = cmd(IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev2);
     c.pasid_check.pasid = 7;
     OK(test(&c) == 0, "PASID 7 is detached");
 
     /* Closing the access fd destroys the access; unmapping drops the domain's pins. */
     OK(ioctl(afd, IOMMUFS_SYNC_CLOSE, 0) == 0 && close(afd) == 0, "close the access fd");
     OK(destroy(access_id) == ENOENT, "the ACCESS object is gone");
-    struct ioas_unmap u = { sizeof(u), ioas, iova, len };
+    struct iommu_ioas_unmap u = { sizeof(u), ioas, iova, len };
     OK(ioctl(iommufd, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == len, "IOAS_UNMAP");
     OK(check_refs(buf, len, 0) == 0, "MD_CHECK_REFS = 0 after unmap");
 
     OK(destroy(stdev) == 0 && destroy(stdev2) == 0, "DESTROY both stdevs");
     OK(destroy(idev) == ENOENT && destroy(idev2) == ENOENT, "their devices are unbound");
     OK(destroy(ha.out_hwpt_id) == 0 && destroy(pa.out_hwpt_id) == 0, "the HWPTs are free");
-    c = cmd(OP_DIRTY, ioas);
+    c = cmd(IOMMU_TEST_OP_DIRTY, ioas);
     OK(test(&c) == EOPNOTSUPP, "an op not emulated = EOPNOTSUPP");
     close(ffd);
     OK(ioctl(iommufd, IOMMUFS_SYNC_CLOSE, 0) == 0 && close(iommufd) == 0, "close the iommufd");
