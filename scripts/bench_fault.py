@@ -9,8 +9,8 @@ from one run, for a fault handler waiting with epoll, poll and select:
 - each as a ratio to a plain ioctl round trip (IOMMUFS_NULL, and
   IOMMU_OPTION GET) measured in the same run.
 
-The client is C (scripts/bench_fault.c: a handler process and a forked
-device process), so the figures are the emulator's, not a Python client's.
+The client is C (tests/c/bench_fault_client.c: a handler process and a
+forked device process), so the figures are the emulator's, not a Python client's.
 Everything is pinned to one CPU by default (this kind of VM is slow at
 cross-CPU wake-ups, fuse-notes §0); ``--cpu all`` leaves placement free.
 Run as root:
@@ -52,9 +52,9 @@ def main():
     os.mkdir(mnt)
     proc = None
     try:
-        cli = os.path.join(tmp, "bench_fault")
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", cli, os.path.join(ROOT, "scripts", "bench_fault.c")],
-                       check=True)
+        cli = os.path.join(tmp, "bench_fault_client")
+        subprocess.run(["gcc", "-O2", "-Wall", "-I", os.path.join(ROOT, "tests", "c"), "-o", cli,
+                        os.path.join(ROOT, "tests", "c", "bench_fault_client.c")], check=True)
         cmd = [sys.executable, "-m", "devfs.cli", "mount", mnt, "--foreground"]
         if args.cpu != "all":
             cmd = ["taskset", "-c", args.cpu] + cmd

@@ -1,6 +1,6 @@
-/* The I/O page fault benchmark client (scripts/bench_fault.py runs it).
+/* The C client of scripts/bench_fault.py: I/O page fault figures.
  *
- *   bench_fault MOUNT VFIO_NODE DEVICE MODE N
+ *   bench_fault_client MOUNT VFIO_NODE DEVICE MODE N
  *
  * MODE ioctl: N null ioctls (IOMMUFS_NULL) and N IOMMU_OPTION GETs on the
  *   iommufd; prints "null <us>" and "option <us>" (mean per call).
@@ -11,12 +11,9 @@
  *   answers SUCCESS; the child's read of the DMA reply returns at t2.
  *   Prints "wake <median us> <p90 us>" (t1 - t0) and "roundtrip <median us>
  *   <p90 us>" (t2 - t0).
- *
- * Layouts from reference §5, §10.1, §11.2 and the README (DMA frames,
- * IOMMUFS_FD_PATH). */
+ */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stddef.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
@@ -31,24 +28,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define IO(nr) (0x3b00u | (nr))
-#define IOMMUFS_NULL 0xF500u
-#define IOMMUFS_FD_PATH 0xF503u
+#include "uapi.h"
+
 #define BASE 0x40000000ull
 
-struct fault_alloc { uint32_t size, flags, out_fault_id, out_fault_fd; };
-struct fd_path { uint32_t size, index; char path[256]; };
-struct ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct ioas_map { uint32_t size, flags, ioas_id, rsvd; uint64_t user_va, length, iova; };
-struct option { uint32_t size, option_id; uint16_t op, rsvd; uint32_t object_id; uint64_t val64; };
-struct hwpt_alloc { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, rsvd, data_type, data_len;
-                    uint64_t data_uptr; uint32_t fault_id, rsvd2; };
-struct bind { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token; };
-struct attach { uint32_t argsz, flags, pt_id, pasid; };
-struct pgfault { uint32_t flags, dev_id, pasid, grpid, perm, rsvd; uint64_t addr; uint32_t length, cookie; };
-struct response { uint32_t cookie, code; };
-struct dma_req { char magic[4]; uint32_t op, flags, pasid; uint64_t iova; uint32_t len, rsvd; char data[4]; };
-struct dma_rep { char magic[4]; int32_t status; uint32_t moved, rsvd; uint64_t fault; };
+/* A 4-byte DMA write frame: the header and its data, no tail padding. */
+struct dma4 {
+    struct iommufs_dma_request h;
+    char data[4];
+} __attribute__((packed));
 
 static double now(void)
 {
@@ -105,9 +93,10 @@ int main(int argc, char **argv)
     int fd = open_at(mnt, "iommu");
 
     if (strcmp(mode, "ioctl") == 0) {
-        struct ioas_alloc a = { sizeof a, 0, 0 };
-        if (ioctl(fd, IO(0x81), &a)) die("IOAS_ALLOC");
-        struct option o = { sizeof o, 1 /* HUGE_PAGES */, 1 /* GET */, 0, a.out_ioas_id, 0 };
+        struct iommu_ioas_alloc a = { .size = sizeof a };
+        if (ioctl(fd, IOMMU_IOAS_ALLOC, &a)) die("IOAS_ALLOC");
+        struct iommu_option o = { .size = sizeof o, .option_id = IOMMU_OPTION_HUGE_PAGES,
+                                  .op = IOMMU_OPTION_OP_GET, .object_id = a.out_ioas_id };
         for (long i = 0; i < n / 10; i++)
             ioctl(fd, IOMMUFS_NULL, 0);
         double t0 = now();
@@ -115,7 +104,7 @@ int main(int argc, char **argv)
             if (ioctl(fd, IOMMUFS_NULL, 0)) die("NULL");
         double t1 = now();
         for (long i = 0; i < n; i++)
-            if (ioctl(fd, IO(0x87), &o)) die("OPTION");
+            if (ioctl(fd, IOMMU_OPTION, &o)) die("OPTION");
         double t2 = now();
         printf("null %.2f\noption %.2f\n", (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6);
         return 0;
@@ -123,20 +112,22 @@ int main(int argc, char **argv)
 
     snprintf(rel, sizeof rel, "vfio/devices/%s", argv[2]);
     int dev = open_at(mnt, rel);
-    struct bind b = { sizeof b, 0, fd, 0, 0 };
-    if (ioctl(dev, IO(118), &b)) die("bind");
-    struct fault_alloc fa = { sizeof fa, 0, 0, 0 };
-    if (ioctl(fd, IO(0x8e), &fa)) die("FAULT_QUEUE_ALLOC");
-    struct fd_path fp = { sizeof fp, 0 };
+    struct vfio_device_bind_iommufd b = { .argsz = sizeof b, .iommufd = fd };
+    if (ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &b)) die("bind");
+    struct iommu_fault_alloc fa = { .size = sizeof fa };
+    if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa)) die("FAULT_QUEUE_ALLOC");
+    struct iommufs_fd_path fp = { .size = sizeof fp };
     if (ioctl(fd, IOMMUFS_FD_PATH, &fp)) die("FD_PATH");
     int ffd = open_at(mnt, fp.path);
     fcntl(ffd, F_SETFL, O_NONBLOCK);
-    struct ioas_alloc a = { sizeof a, 0, 0 };
-    if (ioctl(fd, IO(0x81), &a)) die("IOAS_ALLOC");
-    struct hwpt_alloc h = { sizeof h, 4, b.out_devid, a.out_ioas_id, 0, 0, 0, 0, 0, fa.out_fault_id, 0 };
-    if (ioctl(fd, IO(0x89), &h)) die("HWPT_ALLOC");
-    struct attach at = { sizeof at, 0, h.out_hwpt_id, 0 };
-    if (ioctl(dev, IO(119), &at)) die("attach");
+    struct iommu_ioas_alloc a = { .size = sizeof a };
+    if (ioctl(fd, IOMMU_IOAS_ALLOC, &a)) die("IOAS_ALLOC");
+    struct iommu_hwpt_alloc h = { .size = sizeof h, .flags = IOMMU_HWPT_ALLOC_FAULT_ID_VALID,
+                                  .dev_id = b.out_devid, .pt_id = a.out_ioas_id,
+                                  .fault_id = fa.out_fault_id };
+    if (ioctl(fd, IOMMU_HWPT_ALLOC, &h)) die("HWPT_ALLOC");
+    struct vfio_device_attach_iommufd_pt at = { .argsz = sizeof at, .pt_id = h.out_hwpt_id };
+    if (ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at)) die("attach");
     char *buf = mmap(NULL, n * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     double *t = mmap(NULL, 2 * n * sizeof(double), PROT_READ | PROT_WRITE,
                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);      /* t0 and t2 from the child */
@@ -152,12 +143,10 @@ int main(int argc, char **argv)
     if (child == 0) {
         int dma = open_at(mnt, rel);
         for (long i = 0; i < n; i++) {
-            struct dma_req rq = { "IODM", 2, 0, 0, BASE + i * 4096, 4, 0, "dma!" };
-            struct dma_rep rp;
+            struct dma4 rq = { { "IODM", IOMMUFS_DMA_OP_WRITE, 0, 0, BASE + i * 4096, 4, 0 }, "dma!" };
+            struct iommufs_dma_reply rp;
             t[i] = now();
-            /* The frame is 36 bytes: sizeof would add the struct's tail padding. */
-            size_t len = offsetof(struct dma_req, data) + sizeof rq.data;
-            if (write(dma, &rq, len) != (ssize_t)len) die("dma write");
+            if (write(dma, &rq, sizeof rq) != sizeof rq) die("dma write");
             ssize_t got = read(dma, &rp, sizeof rp);
             if (got != sizeof rp || rp.status) {
                 fprintf(stderr, "bench_fault: DMA %ld: read %zd, status %d\n", i, got, got > 0 ? rp.status : 0);
@@ -169,7 +158,7 @@ int main(int argc, char **argv)
     }
     for (long got = 0; got < n;) {
         wait_readable(mode, ep, ffd);
-        struct pgfault rec[8];
+        struct iommu_hwpt_pgfault rec[8];
         ssize_t k = read(ffd, rec, sizeof rec);
         double t1 = now();
         if (k < 0 && errno == EAGAIN)
@@ -178,9 +167,13 @@ int main(int argc, char **argv)
         for (ssize_t j = 0; j < k / 40; j++) {
             long i = (rec[j].addr - BASE) / 4096;
             wake[i] = t1 - t[i];
-            struct ioas_map m = { sizeof m, 7, a.out_ioas_id, 0, (uintptr_t)buf + i * 4096, 4096, rec[j].addr };
-            if (ioctl(fd, IO(0x85), &m)) die("map");
-            struct response r = { rec[j].cookie, 0 };
+            struct iommu_ioas_map m = { .size = sizeof m, .ioas_id = a.out_ioas_id,
+                                        .flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE
+                                                 | IOMMU_IOAS_MAP_WRITEABLE,
+                                        .user_va = (uintptr_t)buf + i * 4096, .length = 4096,
+                                        .iova = rec[j].addr };
+            if (ioctl(fd, IOMMU_IOAS_MAP, &m)) die("map");
+            struct iommu_hwpt_page_response r = { rec[j].cookie, IOMMU_PAGE_RESP_SUCCESS };
             if (write(ffd, &r, sizeof r) != sizeof r) die("response");
             got++;
         }
