@@ -16,13 +16,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "uapi.h"
-
-static void fail(const char *what, long got, long want)
-{
-    printf("FAIL %s: got %ld want %ld\n", what, got, want);
-    exit(1);
-}
+#include "util.h"          /* fail(), device_dma(); uapi.h */
 
 /* Expect ioctl to fail with errno e. */
 static void expect_err(const char *what, int r, int e)
@@ -37,29 +31,6 @@ static void expect_ok(const char *what, int r)
     if (r != 0)
         fail(what, -errno, 0);
     printf("ok %s\n", what);
-}
-
-/* One DMA frame on the device's dma node; returns the status. */
-static int dma(int fd, uint32_t op, uint64_t iova, void *data, uint32_t len)
-{
-    static unsigned char buf[sizeof(struct iommufs_dma_request) + 65536];
-    struct iommufs_dma_request req = { {'I', 'O', 'D', 'M'}, op, 0, 0, iova, len, 0 };
-    memcpy(buf, &req, sizeof(req));
-    size_t n = sizeof(req);
-    if (op == IOMMUFS_DMA_OP_WRITE) {
-        memcpy(buf + sizeof(req), data, len);
-        n += len;
-    }
-    if (write(fd, buf, n) != (ssize_t)n)
-        fail("dma write()", -errno, 0);
-    ssize_t r = read(fd, buf, sizeof(buf));
-    struct iommufs_dma_reply rep;
-    if (r < (ssize_t)sizeof(rep) || memcmp(buf, "IODM", 4))
-        fail("dma reply", r, sizeof(rep));
-    memcpy(&rep, buf, sizeof(rep));
-    if (op == IOMMUFS_DMA_OP_READ && rep.status == 0)
-        memcpy(data, buf + sizeof(rep), len);
-    return rep.status;
 }
 
 int main(int argc, char **argv)
@@ -133,13 +104,13 @@ int main(int argc, char **argv)
     unsigned char pat[4096];
     for (int i = 0; i < 4096; i++)
         pat[i] = (unsigned char)(i * 13 + 1);
-    int st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x3000, pat, sizeof(pat));
+    int st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x3000, pat, sizeof(pat));
     if (st != 0)
         fail("dma write status", st, 0);
     if (memcmp(mem + 0x3000, pat, sizeof(pat)))
         fail("pattern in client memory", 0, 1);
     printf("ok device DMA landed in the client's memory\n");
-    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + len, pat, 16);
+    st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + len, pat, 16);
     if (st != -EFAULT)
         fail("dma outside mapping", st, -EFAULT);
     printf("ok DMA outside the mapping -> EFAULT\n");

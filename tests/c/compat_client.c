@@ -18,13 +18,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "uapi.h"
-
-static void fail(const char *what, long long got, long long want)
-{
-    printf("FAIL %s: got %lld want %lld\n", what, got, want);
-    exit(1);
-}
+#include "util.h"          /* fail(), device_dma(); uapi.h */
 
 static void expect_err(const char *what, int r, int e)
 {
@@ -38,29 +32,6 @@ static void expect_val(const char *what, int r, int want)
     if (r != want)
         fail(what, r == -1 ? -errno : r, want);
     printf("ok %s\n", what);
-}
-
-/* One DMA frame on the device's dma node; returns the status. */
-static int dma(int fd, uint32_t op, uint64_t iova, void *data, uint32_t len)
-{
-    static unsigned char buf[sizeof(struct iommufs_dma_request) + 65536];
-    struct iommufs_dma_request req = { {'I', 'O', 'D', 'M'}, op, 0, 0, iova, len, 0 };
-    memcpy(buf, &req, sizeof(req));
-    size_t n = sizeof(req);
-    if (op == IOMMUFS_DMA_OP_WRITE) {
-        memcpy(buf + sizeof(req), data, len);
-        n += len;
-    }
-    if (write(fd, buf, n) != (ssize_t)n)
-        fail("dma write()", -errno, 0);
-    ssize_t r = read(fd, buf, sizeof(buf));
-    struct iommufs_dma_reply rep;
-    if (r < (ssize_t)sizeof(rep) || memcmp(buf, "IODM", 4))
-        fail("dma reply", r, sizeof(rep));
-    memcpy(&rep, buf, sizeof(rep));
-    if (op == IOMMUFS_DMA_OP_READ && rep.status == 0)
-        memcpy(data, buf + sizeof(rep), len);
-    return rep.status;
 }
 
 static int unmap_dma(int fd, uint32_t flags, uint64_t iova, uint64_t size, uint64_t *out)
@@ -187,7 +158,7 @@ int main(int argc, char **argv)
     if (dmafd < 0)
         fail("open dma", -errno, 0);
     char msg[] = "written by the device through type1";
-    int st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x1234, msg, sizeof(msg));
+    int st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x1234, msg, sizeof(msg));
     if (st != 0 || memcmp(mem + 0x1234, msg, sizeof(msg)))
         fail("dma write", st, 0);
     printf("ok device DMA landed in the client's buffer\n");
@@ -204,7 +175,7 @@ int main(int argc, char **argv)
     expect_val("UNMAP_DMA", unmap_dma(container, 0, 0x100000, len, &out), 0);
     if (out != len)
         fail("unmapped bytes", out, len);
-    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x1234, msg, 4);
+    st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x100000 + 0x1234, msg, 4);
     if (st != -EFAULT)
         fail("dma after unmap", st, -EFAULT);
     printf("ok DMA after UNMAP_DMA -> EFAULT\n");
@@ -221,13 +192,13 @@ int main(int argc, char **argv)
     if (out != (uint64_t)(4 * page))
         fail("split unmap bytes", out, 4 * page);
     expect_err("UNMAP_DMA misaligned cut -> EINVAL", unmap_dma(container, 0, 0x400000 + 0x800, page, &out), EINVAL);
-    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + 10 * page, msg, sizeof(msg));
+    st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + 10 * page, msg, sizeof(msg));
     if (st != 0 || memcmp(mem + 10 * page, msg, sizeof(msg)))
         fail("dma into the piece after the hole", st, 0);
-    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + page, "front", 5);
+    st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + page, "front", 5);
     if (st != 0 || memcmp(mem + page, "front", 5))
         fail("dma into the piece before the hole", st, 0);
-    st = dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + 5 * page, msg, 4);
+    st = device_dma(dmafd, IOMMUFS_DMA_OP_WRITE, 0x400000 + 5 * page, msg, 4);
     if (st != -EFAULT)
         fail("dma into the hole", st, -EFAULT);
     printf("ok the pieces still translate, the hole faults\n");

@@ -8,19 +8,21 @@
  * Struct and field names are the uAPI's own. tests/test_layout.py compiles
  * this header and holds every struct's sizeof and every field's offset and
  * size against the reference's tables (its LAYOUTS), the same table core's
- * cffi layouts (core/uapi.py) and the preload shim's (cext/preload_uapi.h)
- * are checked against. Declarations only: no helpers. */
+ * cffi layouts (core/uapi.py) are checked against. What the preload shim
+ * reads and writes (the fd-returning ioctls, IOMMU_TEST_CMD, the private
+ * IOMMUFS_SYNC_CLOSE / IOMMUFS_FD_PATH) is the shim's own header, included
+ * here, so the clients and the shim share one declaration of each.
+ * Declarations only: no helpers. */
 #ifndef IOMMUFS_TEST_UAPI_H
 #define IOMMUFS_TEST_UAPI_H
 #include <linux/types.h>
 
+#include "../../cext/preload_uapi.h"
+
 /* ------------------------------------------------ §1, §2: iommufd ioctls */
 
-/* _IO(';', nr): no direction, no size. */
-#define IOMMUFD_TYPE 0x3b
-#define IOMMUFD_IO(nr) ((IOMMUFD_TYPE << 8) | (nr))
+/* _IO(';', nr): no direction, no size (IOMMUFD_IO in preload_uapi.h). */
 
-#define IOMMU_DESTROY IOMMUFD_IO(0x80)
 #define IOMMU_IOAS_ALLOC IOMMUFD_IO(0x81)
 #define IOMMU_IOAS_ALLOW_IOVAS IOMMUFD_IO(0x82)
 #define IOMMU_IOAS_COPY IOMMUFD_IO(0x83)
@@ -31,11 +33,8 @@
 #define IOMMU_VFIO_IOAS IOMMUFD_IO(0x88)
 #define IOMMU_HWPT_ALLOC IOMMUFD_IO(0x89)
 #define IOMMU_GET_HW_INFO IOMMUFD_IO(0x8a)
-#define IOMMU_FAULT_QUEUE_ALLOC IOMMUFD_IO(0x8e)
 #define IOMMU_IOAS_MAP_FILE IOMMUFD_IO(0x8f)
-#define IOMMU_VEVENTQ_ALLOC IOMMUFD_IO(0x93)
 #define IOMMU_HW_QUEUE_ALLOC IOMMUFD_IO(0x94)
-#define IOMMU_TEST_CMD IOMMUFD_IO(0x80 + 32)
 
 /* §11.1: VFIO shares the type, from VFIO_BASE. */
 #define VFIO_BASE 100
@@ -99,10 +98,6 @@
 
 /* --------------------------------------------------- §5: iommufd structs */
 
-struct iommu_destroy {
-    __u32 size;
-    __u32 id;
-};
 
 struct iommu_ioas_alloc {
     __u32 size;
@@ -233,23 +228,7 @@ struct iommu_hwpt_page_response {
     __u32 code;
 };
 
-struct iommu_fault_alloc {
-    __u32 size;
-    __u32 flags;
-    __u32 out_fault_id;
-    __u32 out_fault_fd;
-};
 
-struct iommu_veventq_alloc {
-    __u32 size;
-    __u32 flags;
-    __u32 viommu_id;
-    __u32 type;
-    __u32 veventq_depth;
-    __u32 out_veventq_id;
-    __u32 out_veventq_fd;
-    __u32 __reserved;
-};
 
 /* ------------------------------------------------ §11.2: VFIO cdev structs */
 
@@ -337,7 +316,7 @@ struct vfio_iommu_type1_dma_unmap {
 #define IOMMU_TEST_OP_MOCK_DOMAIN 2
 #define IOMMU_TEST_OP_MD_CHECK_MAP 3
 #define IOMMU_TEST_OP_MD_CHECK_REFS 4
-#define IOMMU_TEST_OP_CREATE_ACCESS 5
+/* IOMMU_TEST_OP_CREATE_ACCESS (5) is in preload_uapi.h. */
 #define IOMMU_TEST_OP_DESTROY_ACCESS_PAGES 6
 #define IOMMU_TEST_OP_ACCESS_PAGES 7
 #define IOMMU_TEST_OP_ACCESS_RW 8
@@ -368,127 +347,11 @@ struct vfio_iommu_type1_dma_unmap {
 #define MOCK_FLAGS_DEVICE_NO_DIRTY (1 << 0)
 #define MOCK_FLAGS_DEVICE_PASID (1 << 2)
 
-/* One struct for every op: the op's fields are a member of the union at 16. */
-struct iommu_test_cmd {
-    __u32 size;
-    __u32 op;
-    __u32 id;
-    __u32 __reserved;
-    union {
-        struct {
-            __aligned_u64 start;
-            __aligned_u64 length;
-        } add_reserved;
-        struct {
-            __u32 out_stdev_id;
-            __u32 out_hwpt_id;
-            __u32 out_idev_id;
-        } mock_domain;
-        struct {
-            __u32 out_stdev_id;
-            __u32 out_hwpt_id;
-            __u32 out_idev_id;
-            __u32 dev_flags;
-        } mock_domain_flags;
-        struct {
-            __u32 pt_id;
-        } mock_domain_replace;
-        struct {
-            __aligned_u64 iova;
-            __aligned_u64 length;
-            __aligned_u64 uptr;
-        } check_map;
-        struct {
-            __aligned_u64 length;
-            __aligned_u64 uptr;
-            __u32 refs;
-        } check_refs;
-        struct {
-            __u32 out_access_fd;
-            __u32 flags;
-        } create_access;
-        struct {
-            __u32 access_pages_id;
-        } destroy_access_pages;
-        struct {
-            __u32 flags;
-            __u32 out_access_pages_id;
-            __aligned_u64 iova;
-            __aligned_u64 length;
-            __aligned_u64 uptr;
-        } access_pages;
-        struct {
-            __aligned_u64 iova;
-            __aligned_u64 length;
-            __aligned_u64 uptr;
-            __u32 flags;
-        } access_rw;
-        struct {
-            __u32 limit;
-        } memory_limit;
-        struct {
-            __u32 ioas_id;
-        } access_replace_ioas;
-        struct {
-            __u32 flags;
-            __aligned_u64 iova;
-            __aligned_u64 length;
-            __aligned_u64 page_size;
-            __aligned_u64 uptr;
-            __aligned_u64 out_nr_dirty;
-        } dirty;
-        struct {
-            __u32 id;
-            __u32 iotlb;
-        } check_iotlb;
-        struct {
-            __u32 dev_id;
-            __u32 pasid;
-            __u32 grpid;
-            __u32 perm;
-            __aligned_u64 addr;
-        } trigger_iopf;
-        struct {
-            __u32 id;
-            __u32 cache;
-        } check_dev_cache;
-        struct {
-            __u32 dev_id;
-        } trigger_vevent;
-        struct {
-            __u32 pasid;
-            __u32 pt_id;
-        } pasid_attach;
-        struct {
-            __u32 pasid;
-            __u32 pt_id;
-        } pasid_replace;
-        struct {
-            __u32 pasid;
-        } pasid_detach;
-        struct {
-            __u32 pasid;
-            __u32 hwpt_id;
-        } pasid_check;
-        struct {
-            __u32 length;
-            __u32 open_flags;
-        } dmabuf_get;
-        struct {
-            __s32 dmabuf_fd;
-            __u32 revoked;
-        } dmabuf_revoke;
-    };
-    __u32 last;
-};
 
 /* ------------------------------------ iommufs's own (README, DESIGN.md) */
 
 /* Private ioctls: _IO(0xF5, nr) on the iommu, VFIO, fault and access nodes. */
-#define IOMMUFS_TYPE 0xf5
 #define IOMMUFS_NULL ((IOMMUFS_TYPE << 8) | 0x00)
-#define IOMMUFS_SYNC_CLOSE ((IOMMUFS_TYPE << 8) | 0x01)
-#define IOMMUFS_FD_PATH ((IOMMUFS_TYPE << 8) | 0x03)
 
 /* Frames (README, "Frames"): one write() of a request, one read() of the
  * reply, by the same thread on the same open file; little-endian. */
@@ -510,12 +373,6 @@ struct iommufs_frame_reply {
     __u8 arg[];                          /* arg_len bytes, then extra_len bytes */
 };
 
-/* IOMMUFS_FD_PATH: the node of an fd the last fd-returning ioctl returned. */
-struct iommufs_fd_path {
-    __u32 size;
-    __u32 index;
-    char path[256];
-};
 
 /* The driver side (devices/<name>/driver). */
 #define IOMMUFS_PASID_ALLOC ((IOMMUFS_TYPE << 8) | 0x10)
