@@ -29,6 +29,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+from bench_transport import stop  # noqa: E402
 
 def build(tmp):
     cli = os.path.join(tmp, "bench_run_client")
@@ -51,16 +54,6 @@ def start_server(mnt, cpu):
             proc.wait()
             raise SystemExit(f"server did not mount {mnt} (rc {proc.returncode})")
     return proc
-
-
-def stop_server(mnt, proc):
-    subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
-        proc.kill()
-        proc.wait()
 
 
 def measure(cmd, n):
@@ -124,7 +117,7 @@ def main():
         print(f"  open+ALLOC+close: run+shim / plain {med['cycle']['run'] / med['cycle']['plain']:5.2f}")
     finally:
         if proc is not None:
-            stop_server(mnt, proc)
+            stop(mnt, proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

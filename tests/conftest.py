@@ -89,6 +89,15 @@ def abort_connection(path):
     return True
 
 
+def build_c(out_dir, name, *flags):
+    """Compile the test program ``tests/c/<name>.c`` into ``out_dir`` with
+    gcc (warnings are errors); returns the executable's path (str)."""
+    exe = os.path.join(str(out_dir), name)
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", *flags, "-o", exe,
+                    os.path.join(TESTS, "c", name + ".c")], check=True)
+    return exe
+
+
 def client_env():
     """Environment for client and server subprocesses: the repo and tests/ importable."""
     env = dict(os.environ)

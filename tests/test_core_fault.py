@@ -293,7 +293,7 @@ def test_fault_of_an_mdev_reaches_the_mdev_cookie(kit):
     assert w.group.done == w2.group.done == uapi.IOMMU_PAGE_RESP_INVALID
 
 
-def test_group_alias_fault_reports_the_attached_member():
+def test_group_member_without_pri_fails_at_once():
     k = Kit()
     try:
         s = Setup(k, name=BR0)

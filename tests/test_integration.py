@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from conftest import build_c
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN = "0000:00:03.0"
 
@@ -39,9 +41,7 @@ def server_fds(pid):
 
 @pytest.fixture(scope="module")
 def c_client(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cbin") / "client"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out), os.path.join(ROOT, "tests/c/client.c")], check=True)
-    return str(out)
+    return build_c(tmp_path_factory.mktemp("cbin"), "client")
 
 
 def test_c_client_full_sequence(mount, c_client):

@@ -9,16 +9,15 @@ import textwrap
 
 import pytest
 
+from conftest import build_c
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN = "0000:00:03.0"
 
 
 @pytest.fixture(scope="module")
 def compat_client(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cbin") / "compat_client"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out),
-                    os.path.join(ROOT, "tests/c/compat_client.c")], check=True)
-    return str(out)
+    return build_c(tmp_path_factory.mktemp("cbin"), "compat_client")
 
 
 def test_c_type1_user(mount, compat_client):

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import client_env
+from conftest import build_c, client_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCEL, PLAIN = "0000:00:04.0", "0000:00:03.0"
@@ -349,9 +349,7 @@ def test_fault_node_is_private_to_its_uid(mount):
 def test_c_handler_serves_faults_with_epoll(mount, tmp_path):
     from devfs.client import DmaPort
 
-    exe = tmp_path / "fault_handler"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe),
-                    os.path.join(ROOT, "tests", "c", "fault_handler.c")], check=True)
+    exe = build_c(tmp_path, "fault_handler")
     p = subprocess.Popen([str(exe), mount.path, "vfio1", "3"], stdout=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline().split()

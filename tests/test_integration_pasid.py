@@ -20,7 +20,7 @@ import textwrap
 
 import pytest
 
-from conftest import client_env
+from conftest import build_c, client_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN, ACCEL, LOCAL = "0000:00:03.0", "0000:00:04.0", "0000:00:05.0"
@@ -277,9 +277,7 @@ def test_sva_bond_to_another_uid_is_refused(mount):
 
 
 def test_c_client_pasid_attach_rules(mount, tmp_path):
-    exe = tmp_path / "pasid_client"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Wno-unused-result", "-o", str(exe),
-                    os.path.join(ROOT, "tests", "c", "pasid_client.c")], check=True)
+    exe = build_c(tmp_path, "pasid_client", "-Wno-unused-result")
     p = subprocess.run([str(exe), mount.path, "vfio1", ACCEL], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("ok ") == 20 and "FAIL" not in p.stdout

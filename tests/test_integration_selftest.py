@@ -10,15 +10,14 @@ import textwrap
 
 import pytest
 
+from conftest import build_c
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def selftest_client(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cbin") / "selftest_client"
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out),
-                    os.path.join(ROOT, "tests/c/selftest_client.c")], check=True)
-    return str(out)
+    return build_c(tmp_path_factory.mktemp("cbin"), "selftest_client")
 
 
 def test_c_selftest_sequence(mount, selftest_client):

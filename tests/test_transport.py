@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from conftest import FAKE, ROOT, client_env, kill_pid, server_children, start_server, stop_server
+from conftest import FAKE, ROOT, build_c, client_env, kill_pid, server_children, start_server, stop_server
 from fake_emulator import (FAKE_BLOCK, FAKE_CLOSED, FAKE_CRASH, FAKE_DOUBLE, FAKE_ERRNO,
                            FAKE_SUM, FAKE_UNBLOCK, FAKE_WHO)
 
@@ -92,9 +92,7 @@ def oserr(f, *a):
 @pytest.fixture(scope="module")
 def tclient():
     d = tempfile.mkdtemp(prefix="iommufs-tclient-")
-    exe = os.path.join(d, "transport_client")
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", exe,
-                    os.path.join(ROOT, "tests", "c", "transport_client.c")], check=True)
+    exe = build_c(d, "transport_client")
     os.chmod(d, 0o755)
     yield exe
     os.unlink(exe)
