@@ -17,11 +17,26 @@
 /* The kernel caps one process_vm_* call at IOV_MAX iovecs per side. */
 #define IOFS_IOV_BATCH 1024
 
+/* No user address space reaches past 2^57 (x86-64 5-level paging; arm64 tops
+ * out at 2^52): a range ending above it is EFAULT before any arithmetic on
+ * it, as the kernel's access_ok() refuses it before touching memory. */
+#define IOFS_USER_END (1ull << 57)
+
+/* 1 if [addr, addr + len) is a range a process could map: no wrap past
+ * 2^64 and below IOFS_USER_END. Every page-stepping loop below relies on
+ * this, since stepping to the next page of the last page wraps to 0. */
+static int range_ok(uint64_t addr, uint64_t len)
+{
+    return addr < IOFS_USER_END && len <= IOFS_USER_END - addr;
+}
+
 int64_t iofs_vm_read(int pid, uint64_t remote, void *local, uint64_t len)
 {
     struct iovec l = { local, len }, r = { (void *)(uintptr_t)remote, len };
     if (len == 0)
         return 0;
+    if (!range_ok(remote, len))
+        return -EFAULT;
     ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
     if (n < 0)
         return -errno;
@@ -33,6 +48,8 @@ int64_t iofs_vm_write(int pid, uint64_t remote, const void *local, uint64_t len)
     struct iovec l = { (void *)local, len }, r = { (void *)(uintptr_t)remote, len };
     if (len == 0)
         return 0;
+    if (!range_ok(remote, len))
+        return -EFAULT;
     ssize_t n = process_vm_writev(pid, &l, 1, &r, 1, 0);
     if (n < 0)
         return -errno;
@@ -51,9 +68,13 @@ int64_t iofs_vm_rw_segs(int pid, const struct iofs_seg *segs, size_t nsegs,
         size_t k = 0;
         uint64_t want = 0;
         for (; k < IOFS_IOV_BATCH && i + k < nsegs; k++) {
-            r[k].iov_base = (void *)(uintptr_t)segs[i + k].addr;
-            r[k].iov_len = segs[i + k].len;
-            want += segs[i + k].len;
+            const struct iofs_seg *sg = &segs[i + k];
+            /* want stays below 2^57 * 1024: no overflow of the sum. */
+            if (!range_ok(sg->addr, sg->len))
+                return done ? done : -EFAULT;
+            r[k].iov_base = (void *)(uintptr_t)sg->addr;
+            r[k].iov_len = sg->len;
+            want += sg->len;
         }
         struct iovec l = { p, want };
         ssize_t n = write ? process_vm_writev(pid, &l, 1, r, k, 0)
@@ -77,6 +98,8 @@ int iofs_vm_probe(int pid, uint64_t remote, uint64_t len, uint64_t page_size)
 
     if (len == 0)
         return 0;
+    if (!range_ok(remote, len) || page_size == 0 || (page_size & (page_size - 1)))
+        return -EFAULT;
     while (a < end) {
         size_t k = 0;
         for (; k < IOFS_IOV_BATCH && a < end; k++) {
@@ -138,11 +161,14 @@ int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write)
     uint64_t end = addr + len, need = addr;
     uint64_t want = IOFS_VMA_READABLE | (write ? IOFS_VMA_WRITABLE : 0);
 
+    if (len && !range_ok(addr, len))
+        return -EFAULT;
     while (need < end) {
         struct iofs_procmap_query q = { .size = sizeof(q), .query_addr = need };
         if (ioctl(maps_fd, IOFS_PROCMAP_QUERY, &q) < 0)
             return errno == ENOENT ? -EFAULT : -errno;
-        if (q.vma_start > need || (q.vma_flags & want) != want)
+        /* A VMA that does not move us forward would loop forever. */
+        if (q.vma_start > need || q.vma_end <= need || (q.vma_flags & want) != want)
             return -EFAULT;
         need = q.vma_end;
     }
@@ -180,6 +206,10 @@ int64_t iofs_vm_read_upto(int pid, uint64_t remote, void *local, uint64_t len)
         return 0;
     if (len > 16 * 4096 - 4096)
         return -EINVAL;
+    /* Nothing is readable up there; stepping pages from the last one would
+     * wrap to 0 and overrun r[] (issue 8: a pointer at 0xfffffffffffff000). */
+    if (!range_ok(remote, len))
+        return -EFAULT;
     while (a < end) {
         uint64_t next = (a & ~4095ull) + 4096;
         if (next > end)

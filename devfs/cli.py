@@ -8,7 +8,7 @@
     iommufs shim
 
 ``mount`` creates MOUNTPOINT if missing and first cleans a stale mount there
-(a dead server's: stat gives ENOTCONN -> ``fusermount3 -u -z``). By default
+(a dead server's: stat or statfs gives ENOTCONN -> ``fusermount3 -u -z``). By default
 it starts the server in the background and returns once the mount is usable
 (exit 0), or prints why it could not (exit 1). ``--foreground`` serves in
 this process until SIGINT/SIGTERM or an unmount, then unmounts cleanly.
@@ -59,7 +59,8 @@ def _fusermount(*args):
 def clean_stale(mountpoint):
     """Make ``mountpoint`` a usable, empty-of-us directory.
 
-    Creates it if missing; lazily unmounts a stale FUSE mount (ENOTCONN).
+    Creates it if missing; lazily unmounts a stale FUSE mount (its server is
+    gone: a request that must reach the server fails with ENOTCONN).
     Raises OSError(EBUSY) if a live iommufs is mounted there already.
     """
     from .session import mount_fstype
@@ -72,13 +73,49 @@ def clean_stale(mountpoint):
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             raise
-        r = _fusermount("-u", "-z", mountpoint)
-        if r.returncode != 0:
-            raise OSError(errno.EBUSY, f"cannot clean stale mount: {r.stderr.strip()}")
-        log.info("cleaned a stale mount at %s", mountpoint)
+        _unmount_stale(mountpoint)
         return
-    if mount_fstype(mountpoint) == "fuse.iommufs":
-        raise OSError(errno.EBUSY, f"iommufs is already mounted at {mountpoint}")
+    fstype = mount_fstype(mountpoint)
+    if fstype is None or not fstype.startswith("fuse"):
+        return
+    # stat() may be answered from attributes the kernel cached before the
+    # server died (issue 8); statfs is never cached, so it reaches the
+    # server or fails with ENOTCONN once the connection is gone.
+    err = _statfs_errno(mountpoint)
+    if err == errno.ENOTCONN:
+        _unmount_stale(mountpoint)
+        return
+    if fstype == "fuse.iommufs":
+        why = "not answering" if err == errno.ETIMEDOUT else "already mounted"
+        raise OSError(errno.EBUSY, f"iommufs is {why} at {mountpoint}")
+
+
+def _statfs_errno(path, timeout=3.0):
+    """0 if statfs(path) succeeds, its errno if it fails, ETIMEDOUT if it has
+    not returned within ``timeout`` seconds (a server alive but stuck; the
+    probing thread is left behind, and FUSE waits die with the process)."""
+    import threading
+
+    out = []
+
+    def probe():
+        try:
+            os.statvfs(path)
+            out.append(0)
+        except OSError as e:
+            out.append(e.errno)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return out[0] if out else errno.ETIMEDOUT
+
+
+def _unmount_stale(mountpoint):
+    r = _fusermount("-u", "-z", mountpoint)
+    if r.returncode != 0:
+        raise OSError(errno.EBUSY, f"cannot clean stale mount: {r.stderr.strip()}")
+    log.info("cleaned a stale mount at %s", mountpoint)
 
 
 def _foreground(args, ready_fd=None):

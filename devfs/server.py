@@ -172,6 +172,12 @@ class Handle:
         return f"<Handle {self.id} {self.kind} {self.node.name}{' closed' if self.closed else ''}>"
 
 
+def _owner_uid(h):
+    """The uid that opened ``h``'s object (contexts, device, driver and
+    returned-fd files record it), or None for nodes anyone may use."""
+    return getattr(h.obj, "uid", None)
+
+
 def _own_thread(tid):
     """True when ``tid`` is a thread of this (the server's) process."""
     return os.path.exists(f"/proc/self/task/{tid}")
@@ -435,7 +441,7 @@ class Server:
             raise UapiError(errno.ENOTTY, f"{cmd:#x} is not an _IO command")
         tid, uid, gid = req_ident(req)
         if cmd >> 8 == PRIVATE_TYPE and (kind is not DRIVER or cmd in TRANSPORT_PRIVATE):
-            return self._private(h, tid, cmd, MemArg(Caller(tid, uid, gid).mem, argp))
+            return self._private(h, tid, uid, cmd, MemArg(Caller(tid, uid, gid).mem, argp))
         if h.closed:
             raise UapiError(errno.EBADF, "closed synchronously")
         caller = Caller(tid, uid, gid)
@@ -475,13 +481,23 @@ class Server:
         after close(), or the access and its pins) and IOMMUFS_NULL (EBADF
         after a synchronous close); and IOMMUFS_WHOAMI on access nodes, for
         the server's own threads (how an fd passed back in is resolved)."""
-        tid = req_ident(req)[0]
+        tid, uid, _gid = req_ident(req)
         if (cmd == SYNC_CLOSE or cmd == NULL
                 or (cmd == WHOAMI and h.kind in _PASSED_IN_KINDS and _own_thread(tid))):
-            return self._private(h, tid, cmd, None)
+            return self._private(h, tid, uid, cmd, None)
         raise UapiError(errno.ENOTTY, f"no ioctl {cmd:#x} on a {h.kind} fd")
 
-    def _private(self, h, tid, cmd, arg):
+    def _private(self, h, tid, uid, cmd, arg):
+        """A project-private ioctl (README, "Private ioctls") on ``h`` by
+        thread ``tid`` of ``uid``. Like every uAPI ioctl on a file, it is
+        EACCES for a uid other than the opener's (an fd inherited or passed
+        over SCM_RIGHTS must not close or probe the owner's objects: issue 8),
+        except WHOAMI from the server's own threads, which resolve fds that
+        clients of any uid pass in."""
+        if not (cmd == WHOAMI and _own_thread(tid)):
+            owner = _owner_uid(h)
+            if owner is not None and uid != owner:
+                raise UapiError(errno.EACCES, f"{h.kind} file of uid {owner}")
         if cmd == SYNC_CLOSE:
             return self._sync_close(h)
         if cmd == FD_PATH:
@@ -548,7 +564,7 @@ class Server:
         elif cmd >> 8 == PRIVATE_TYPE and (h.kind is not DRIVER or cmd in TRANSPORT_PRIVATE):
             farg = FrameArg(argb)
             try:
-                result = self._private(h, tid, cmd, farg)
+                result = self._private(h, tid, uid, cmd, farg)
             except UapiError as e:
                 result = -e.errno
             argb = bytes(farg.buf)
