@@ -1,0 +1,196 @@
+"""The fuzz test of issue 8: hostile clients against a real mount.
+
+Several client processes (tests/fuzzkit.py, which says what they send) run
+at once against a server of its own for a bounded time, then the test
+checks that the server survived it whole:
+
+- every call got a result or an errno (a worker stops at the first
+  ENOTCONN / ECONNABORTED: the server died) and no worker hung;
+- the server process is alive, and its log has no traceback, no ERROR line
+  and no AddressSanitizer / UndefinedBehaviorSanitizer report;
+- once the workers closed their fds, nothing is left: no device bound,
+  attached, bonded or holding PASIDs (devices' ``info``), no node under
+  ``fds/``, and the server holds no more fds than before (contexts and
+  their mapping owners hold pidfds);
+- a well-formed client is answered correctly (a fresh context's first IOAS
+  is 1; bind, attach, map, device DMA both ways through the client's
+  buffer).
+
+Environment:
+
+- ``IOMMUFS_FUZZ_SEED``: replay that seed (default: a new one, printed);
+- ``IOMMUFS_FUZZ_SECONDS``: the fuzzing time (default 40; hours are fine);
+- ``IOMMUFS_FUZZ_WORKERS``: client processes (default 3).
+
+The seed, the number of calls per node kind and the errno mix are printed
+(to the terminal, also under -q) and recorded as properties (junit XML).
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import ROOT, TESTS, client_env, start_server, stop_server
+
+SECONDS = float(os.environ.get("IOMMUFS_FUZZ_SECONDS", "40"))
+WORKERS = int(os.environ.get("IOMMUFS_FUZZ_WORKERS", "3"))
+# A worker that has not finished this long after its budget is hung.
+GRACE = 30.0
+# Lines of a server log that only a defect produces.
+BAD_LOG = ("Traceback", "AddressSanitizer", "LeakSanitizer", "runtime error:",
+           "UndefinedBehaviorSanitizer", " ERROR ", " CRITICAL ")
+
+
+def fuzz_seed():
+    """The seed of this run: IOMMUFS_FUZZ_SEED, or a new random one."""
+    return os.environ.get("IOMMUFS_FUZZ_SEED") or str(random.SystemRandom().getrandbits(32))
+
+
+def server_fds(pid):
+    """The number of fds the server process holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def leftovers(mnt):
+    """What the mount still holds for someone: a list of strings, empty when
+    nothing is bound, attached, bonded, allocated or exported under fds/."""
+    left = []
+    for name in sorted(os.listdir(os.path.join(mnt, "devices"))):
+        with open(os.path.join(mnt, "devices", name, "info")) as f:
+            info = json.load(f)
+        for key, empty in (("dev_id", None), ("attached", {}), ("sva_bonds", []),
+                           ("pasids_allocated", [])):
+            if info.get(key, empty) != empty:
+                left.append(f"{name}: {key} = {info[key]!r}")
+    fds = os.listdir(os.path.join(mnt, "fds"))
+    if fds:
+        left.append(f"fds/: {sorted(fds)}")
+    return left
+
+
+def wait_clean(mnt, pid, base_fds, timeout=15.0):
+    """Wait until the mount holds nothing and the server no more fds than
+    ``base_fds`` (FUSE releases are asynchronous); returns what is left."""
+    end = time.monotonic() + timeout
+    while True:
+        left = leftovers(mnt)
+        n = server_fds(pid)
+        if n > base_fds:
+            left.append(f"server holds {n} fds, {base_fds} before the fuzz")
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.2)
+
+
+def roundtrip(mnt):
+    """A well-formed client's whole path: a fresh context, bind, attach,
+    map, device DMA into and out of its own buffer, then a clean close."""
+    from devfs.client import Buffer, DmaPort, Iommufd, VfioDevice
+
+    iommufd = Iommufd(mnt)
+    dev = VfioDevice(mnt, "0000:00:03.0")
+    buf = Buffer(1 << 16)
+    port = DmaPort(mnt, "0000:00:03.0")
+    try:
+        dev_id = dev.bind(iommufd)
+        ioas = iommufd.ioas_alloc()
+        assert ioas == 2 and dev_id == 1, (dev_id, ioas)     # IDs from 1 in a fresh context
+        dev.attach(ioas)
+        assert iommufd.ioas_map(ioas, buf.va, len(buf), iova=0x100000) == 0x100000
+        port.write(0x100000 + 8, b"fuzzed, and still here")
+        assert buf[8:30] == b"fuzzed, and still here"
+        buf[0x2000:0x2004] = b"back"
+        assert port.read(0x102000, 4) == b"back"
+    finally:
+        port.close()
+        dev.sync_close()
+        iommufd.sync_close()
+        buf.close()
+
+
+def run_workers(mnt, seed, seconds, workers, tmp):
+    """Run the fuzz workers to their end; returns (results, problems)."""
+    procs = []
+    for i in range(workers):
+        status = os.path.join(tmp, f"status-{i}")
+        p = subprocess.Popen([sys.executable, os.path.join(TESTS, "fuzzkit.py"), mnt, seed, str(i),
+                              str(seconds), status],
+                             cwd=ROOT, env=client_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        procs.append((i, p, status))
+    results, problems = [], []
+    end = time.monotonic() + seconds + GRACE
+    for i, p, status in procs:
+        try:
+            out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with open(status, "rb") as f:
+                raw = f.read()
+            p.kill()
+            out, err = p.communicate()
+            n = int.from_bytes(raw[:8], "little")
+            what = raw[8:].split(b"\0")[0].decode(errors="replace")
+            problems.append(f"worker {i} hung at call {n}: {what}")
+            continue
+        lines = [l for l in out.splitlines() if l.startswith("{")]
+        if p.returncode not in (0, 3) or not lines:
+            problems.append(f"worker {i} failed (rc {p.returncode}):\n{err[-3000:]}")
+            continue
+        res = json.loads(lines[-1])
+        results.append(res)
+        if res["fatal"]:
+            problems.append(f"worker {i}: server gone at {res['fatal']}")
+    return results, problems
+
+
+def test_fuzz(record_property, capsys):
+    """Seeded concurrent fuzzing of every node kind; the server must
+    survive whole (see the module docstring)."""
+    seed = fuzz_seed()
+    replay = f"IOMMUFS_FUZZ_SEED={seed}"
+    with capsys.disabled():
+        print(f"\nfuzz: seed {seed} ({replay} replays it), {WORKERS} workers x {SECONDS:g} s",
+              flush=True)
+    record_property("fuzz_seed", seed)
+    m = start_server()
+    tmp = tempfile.mkdtemp(prefix="iommufs-fuzz-")
+    try:
+        base_fds = server_fds(m.pid)
+        results, problems = run_workers(m.path, seed, SECONDS, WORKERS, tmp)
+        alive = m.proc.poll() is None
+        calls = sum(r["calls"] for r in results)
+        by_kind, errnos = {}, {}
+        for r in results:
+            for k, v in r["by_kind"].items():
+                by_kind[k] = by_kind.get(k, 0) + v
+            for k, v in r["errnos"].items():
+                errnos[k] = errnos.get(k, 0) + v
+        summary = (f"fuzz: {calls} calls ({', '.join(f'{k} {v}' for k, v in sorted(by_kind.items()))}); "
+                   f"results: {', '.join(f'{k} {v}' for k, v in sorted(errnos.items(), key=lambda kv: -kv[1]))}")
+        with capsys.disabled():
+            print(summary, flush=True)
+        record_property("fuzz_calls", calls)
+        record_property("fuzz_calls_by_kind", json.dumps(by_kind, sort_keys=True))
+        assert not problems and alive, (
+            f"{replay}: server {'alive' if alive else 'DEAD (rc %s)' % m.proc.returncode}\n"
+            + "\n".join(problems) + "\n--- server log (tail) ---\n" + m.log_text()[-4000:])
+        left = wait_clean(m.path, m.pid, base_fds)
+        assert not left, f"{replay}: left after every fuzz client closed its fds:\n" + "\n".join(left)
+        roundtrip(m.path)
+        left = wait_clean(m.path, m.pid, base_fds)
+        assert not left, f"{replay}: left after the well-formed client:\n" + "\n".join(left)
+        assert m.proc.poll() is None, f"{replay}: server died after the fuzz"
+        log = m.log_text()
+        bad = [l for l in log.splitlines() if any(b in l for b in BAD_LOG)]
+        assert not bad, f"{replay}: server log:\n" + log[-8000:]
+        assert calls > 0
+    finally:
+        stop_server(m)
+        for f in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, f))
+        os.rmdir(tmp)
