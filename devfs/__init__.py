@@ -12,3 +12,9 @@
 
 Importing the package loads nothing heavy: clients need not have libfuse.
 """
+import os as _os
+
+# The sanitizer build (cext/sanitize.py) shadows _fuse only: a directory
+# first on __path__ holds it, the Python modules are found here as always.
+if _os.environ.get("IOMMUFS_SANITIZE_DIR"):
+    __path__.insert(0, _os.path.join(_os.path.abspath(_os.environ["IOMMUFS_SANITIZE_DIR"]), "devfs"))

@@ -21,6 +21,7 @@ and the ioctl op, which replies in C to what Python returns.
 import os
 import shlex
 import subprocess
+import sys
 
 from cffi import FFI
 
@@ -343,21 +344,29 @@ def _flags():
     return include_dirs, libraries, library_dirs, other
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-_inc, _libs, _libdirs, _cflags = _flags()
-ffibuilder.set_source(
-    "devfs._fuse",
-    SOURCE,
-    include_dirs=_inc,
-    libraries=_libs,
-    library_dirs=_libdirs,
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", *_cflags],
-)
+def make_ffibuilder(cflags=("-O2",), ldflags=()):
+    """The cffi builder of ``devfs._fuse`` with extra compiler and linker flags."""
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    inc, libs, libdirs, other = _flags()
+    ffi.set_source(
+        "devfs._fuse",
+        SOURCE,
+        include_dirs=inc,
+        libraries=libs,
+        library_dirs=libdirs,
+        extra_compile_args=["-std=gnu11", "-Wall", *cflags, *other],
+        extra_link_args=list(ldflags),
+    )
+    return ffi
 
 
-def build_in_place():
-    """Compile ``devfs._fuse`` next to this file (development builds).
+ffibuilder = make_ffibuilder()
+
+
+def build_in_place(builder=None, dest_dir=HERE):
+    """Compile ``devfs._fuse`` next to this file (development builds), or
+    ``builder``'s module into ``dest_dir``.
 
     Compiled in a scratch directory, not the repository root: setuptools
     would parse the project's pyproject.toml there, and an older setuptools
@@ -368,15 +377,24 @@ def build_in_place():
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="iommufs-build-") as tmp:
-        ffibuilder.compile(tmpdir=tmp, verbose=False)
+        (builder or ffibuilder).compile(tmpdir=tmp, verbose=False)
         built = glob.glob(os.path.join(tmp, "devfs", "_fuse*.so"))
         if len(built) != 1:
             raise RuntimeError(f"expected one built module, found {built}")
-        dest = os.path.join(HERE, os.path.basename(built[0]))
+        os.makedirs(dest_dir, exist_ok=True)
+        dest = os.path.join(dest_dir, os.path.basename(built[0]))
         shutil.copy2(built[0], dest + ".tmp")
         os.replace(dest + ".tmp", dest)    # atomic: a running server keeps its mapping
         return dest
 
 
 if __name__ == "__main__":
-    print(build_in_place())
+    if sys.argv[1:2] == ["--sanitize"]:
+        # The ASan+UBSan variant, into OUTDIR/devfs/ (cext/sanitize.py).
+        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "cext"))
+        import sanitize
+
+        print(build_in_place(make_ffibuilder(sanitize.CFLAGS, sanitize.LDFLAGS),
+                             os.path.join(os.path.abspath(sys.argv[2]), "devfs")))
+    else:
+        print(build_in_place())

@@ -122,7 +122,12 @@ def unshare(flags):
 def shim_path():
     """Absolute path of libiommufs-preload.so (built next to the cext
     package by the install or scripts/setup.sh). RunError if missing."""
-    path = os.path.join(os.path.dirname(os.path.abspath(cext.__file__)), SHIM_NAME)
+    # The first on the package's path: a sanitizer build (cext/sanitize.py)
+    # shadows the normal shim there.
+    found = [os.path.join(d, SHIM_NAME) for d in cext.__path__
+             if os.path.exists(os.path.join(d, SHIM_NAME))]
+    path = os.path.abspath(found[0]) if found else \
+        os.path.join(os.path.dirname(os.path.abspath(cext.__file__)), SHIM_NAME)
     if not os.path.exists(path):
         raise RunError(f"{path} is not built: run `python3 cext/build_preload.py` "
                        "(or scripts/setup.sh install)")

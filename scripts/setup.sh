@@ -2,7 +2,7 @@
 # Set up iommufs on a Debian machine (as root) and then mount it or test it.
 #
 #   bash scripts/setup.sh mount [MOUNTPOINT] [--topology FILE]   # default /mnt/iommufs
-#   bash scripts/setup.sh test [PYTEST ARGS...]
+#   bash scripts/setup.sh test [PYTEST ARGS...]   # the suite, then scripts/sanitize.sh
 #   bash scripts/setup.sh install
 #
 # Installs what it needs itself: Debian's fuse3, libfuse3-dev, pkg-config, gcc
@@ -57,9 +57,17 @@ case "$cmd" in
         set +e
         "$VENV/bin/python" -m pytest -q "$@"
         rc=$?
+        # Then the same tests on the ASan+UBSan build (scripts/sanitize.sh),
+        # whose pytest summary closes the output; IOMMUFS_SANITIZE=0 skips it.
+        src=0
+        if [ "${IOMMUFS_SANITIZE:-1}" != 0 ]; then
+            bash scripts/sanitize.sh "$@"
+            src=$?
+        fi
         set -e
         # pytest's 5 means "no tests ran": that is a failure here.
-        exit $rc ;;
+        [ $rc -ne 0 ] && exit $rc
+        exit $src ;;
     *)
         echo "usage: bash scripts/setup.sh {mount [MOUNTPOINT] [--topology FILE]|test [ARGS]|install}" >&2
         exit 2 ;;

@@ -313,3 +313,9 @@ def kill_pid(pid, sig=signal.SIGKILL):
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked ``last`` run after all others (a stable sort keeps the
+    order of the rest): they check what every other test left behind."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

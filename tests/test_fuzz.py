@@ -163,6 +163,11 @@ def test_fuzz(record_property, capsys):
         base_fds = server_fds(m.pid)
         results, problems = run_workers(m.path, seed, SECONDS, WORKERS, tmp)
         alive = m.proc.poll() is None
+        if os.environ.get("IOMMUFS_SANITIZE_DIR") and alive:
+            # Under scripts/sanitize.sh the server must run the sanitizer build.
+            with open(f"/proc/{m.pid}/maps") as f:
+                maps = f.read()
+            assert os.path.realpath(os.environ["IOMMUFS_SANITIZE_DIR"]) in maps and "libasan" in maps
         calls = sum(r["calls"] for r in results)
         by_kind, errnos = {}, {}
         for r in results:

@@ -50,7 +50,17 @@ def bins():
 
 
 def shim():
-    return os.path.join(ROOT, "cext", "libiommufs-preload.so")
+    """The shim ``iommufs run`` preloads: the sanitizer build's under
+    scripts/sanitize.sh (cext/sanitize.py), else the one in cext/."""
+    from devfs.run import shim_path
+
+    return shim_path()
+
+
+def preload(lib):
+    """LD_PRELOAD for a program run by hand with ``lib``: after what the
+    environment preloads already (the sanitizer runtimes must come first)."""
+    return ":".join(p for p in (os.environ.get("LD_PRELOAD", "").replace(" ", ":"), lib) if p)
 
 
 def run_cmd(*argv, mount=None, extra=()):
@@ -281,10 +291,10 @@ def test_failures_of_the_command_itself(mount, tmp_path):
 
 
 def test_existing_ld_preload_is_kept(mount, bins):
-    env = dict(client_env(), LD_PRELOAD=bins["marker"])
+    env = dict(client_env(), LD_PRELOAD=preload(bins["marker"]))
     p = iommufs_run("sh", "-c", 'echo "$LD_PRELOAD"', mount=mount.path, env=env)
     assert p.returncode == 0, p.stderr
-    assert p.stdout == f"{bins['marker']}:{shim()}\n"
+    assert p.stdout == f"{preload(bins['marker'])}:{shim()}\n"
     assert "marker loaded" in p.stderr
 
 
@@ -409,7 +419,7 @@ def test_shim_alone_redirects_dev_paths(mount, bins):
     reach the mount's nodes."""
     assert "__open_2" in subprocess.run(["nm", "-u", bins["run_dma"]], capture_output=True,
                                         text=True).stdout
-    env = dict(client_env(), LD_PRELOAD=shim(), IOMMUFS_ROOT=mount.path)
+    env = dict(client_env(), LD_PRELOAD=preload(shim()), IOMMUFS_ROOT=mount.path)
     p = subprocess.run([bins["run_dma"], PLAIN, "0", "2"], env=env, capture_output=True,
                        text=True, timeout=60)
     lines = ok_lines(p)
@@ -428,11 +438,11 @@ def test_shim_alone_redirects_dev_paths(mount, bins):
 def test_shim_is_silent_and_inert_elsewhere(mount, bins, tmp_path):
     """Without IOMMUFS_DEBUG the shim prints nothing; with IOMMUFS_ROOT
     naming something that is not an iommufs it changes nothing."""
-    env = dict(client_env(), LD_PRELOAD=shim(), IOMMUFS_ROOT=mount.path)
+    env = dict(client_env(), LD_PRELOAD=preload(shim()), IOMMUFS_ROOT=mount.path)
     p = subprocess.run([bins["run_fds"], "0"], env=env, capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0 and p.stderr == ""
-    env = dict(client_env(), LD_PRELOAD=shim(), IOMMUFS_ROOT=str(tmp_path), IOMMUFS_DEBUG="1")
+    env = dict(client_env(), LD_PRELOAD=preload(shim()), IOMMUFS_ROOT=str(tmp_path), IOMMUFS_DEBUG="1")
     target = os.path.join(mount.path, "iommu")
     local = tmp_path / "file"           # on IOMMUFS_ROOT's filesystem: checked, refused
     local.write_text("")
