@@ -32,6 +32,7 @@ end it closes everything and prints one JSON line of statistics.
 """
 import ctypes
 import errno
+import faulthandler
 import json
 import mmap
 import os
@@ -185,6 +186,21 @@ def _mmap(length, prot=PROT_RW):
     return a
 
 
+def _unmapped_page():
+    """An address with nothing mapped at it, now and later: far below
+    where mmap() places anything (a page just unmapped would be the next
+    mmap's, and the server would write there). Probed, since under ASan
+    its shadow covers much of the low half."""
+    for addr in (1 << 45, 0x7E0000000000, 0x7D0000000000, 1 << 46):
+        a = _libc.mmap(addr, PAGE, PROT_NONE, 0x22 | 0x100000, -1, 0)   # MAP_FIXED_NOREPLACE
+        if a == addr:
+            _libc.munmap(a, PAGE)
+            return addr
+        if a not in (None, ctypes.c_void_p(-1).value):
+            _libc.munmap(a, PAGE)       # a kernel without NOREPLACE put it elsewhere
+    raise RuntimeError("no unmapped page found")
+
+
 class Memory:
     """The worker's memory: a writable scratch area for arguments, a RAM
     buffer to map and DMA into, a read-only page, a page that runs into a
@@ -192,17 +208,21 @@ class Memory:
 
     def __init__(self):
         self.scratch = _mmap(8 * PAGE)
-        self.ram = _mmap(16 * PAGE)
+        # The server writes where a struct tells it to (ACCESS_RW, dirty
+        # bitmaps, IOVA_RANGES arrays, SVA DMA) and lengths are drawn too:
+        # behind the RAM buffer lie 4 MiB that may be trashed, then a
+        # PROT_NONE page that stops the rest, so no write reaches the heap.
         self.ram_len = 16 * PAGE
+        spill = 4 << 20
+        self.ram = _mmap(self.ram_len + spill + PAGE)
+        _libc.mprotect(self.ram + self.ram_len + spill, PAGE, PROT_NONE)
         base = _mmap(4 * PAGE)
         self.ro = base
         self.edge = base + 2 * PAGE          # end of the page before the PROT_NONE one
         self.none = base + 2 * PAGE
         _libc.mprotect(self.ro, PAGE, PROT_READ)
         _libc.mprotect(self.none, PAGE, PROT_NONE)
-        hole = _mmap(PAGE)
-        _libc.munmap(hole, PAGE)
-        self.hole = hole
+        self.hole = _unmapped_page()
         ctypes.memmove(self.ram, os.urandom(self.ram_len), self.ram_len)
 
     def put(self, addr, data):
@@ -234,13 +254,17 @@ class Worker:
         self.by_kind = {}
         self.errnos = {}
         self.fatal = None
+        self.reached = {}            # well-formed calls that succeeded, by struct
         self.fds = {}                # fd -> {"kind", "dev", ...}
         self.ioas = []               # (iommu fd, ioas id)
         self.hwpts = []
         self.dev_ids = []            # (vfio fd, dev_id, iommu fd)
         self.fault_ids = []
         self.access_fds = []
-        self.mapped = []             # (dev name, iova) reachable by DMA
+        self.maps = []               # (iommu fd, ioas id, iova, length) mapped
+        self.pt_ioas = {}            # (iommu fd, pt id) -> the IOAS under it
+        self.attached = {}           # vfio fd -> (device name, iommu fd, IOAS id)
+        self.bonds = []              # (driver fd, device name, PASID) of SVA binds
         self.devices = []
         for name in sorted(os.listdir(os.path.join(mnt, "devices"))):
             with open(os.path.join(mnt, "devices", name, "info")) as f:
@@ -295,6 +319,9 @@ class Worker:
         self.dev_ids = [x for x in self.dev_ids if fd not in (x[0], x[2])]
         self.fault_ids = [x for x in self.fault_ids if x[0] != fd]
         self.access_fds = [x for x in self.access_fds if x != fd]
+        self.maps = [x for x in self.maps if x[0] != fd]
+        self.bonds = [x for x in self.bonds if x[0] != fd]
+        self.attached = {v: a for v, a in self.attached.items() if fd not in (v, a[1])}
 
     def of_kind(self, *kinds):
         return [fd for fd, m in self.fds.items() if m["kind"] in kinds]
@@ -330,8 +357,9 @@ class Worker:
 
     def iova(self):
         r = self.rng
-        if self.mapped and r.random() < 0.3:
-            return r.choice(self.mapped)[1] + r.choice((0, 8, PAGE, PAGE - 8))
+        if self.maps and r.random() < 0.3:
+            _, _, iova, n = r.choice(self.maps)
+            return iova + r.choice((0, 8, PAGE, PAGE - 8, n - 8, n, n - PAGE))
         return r.choice((0, PAGE, 1 << 24, (1 << 31) - PAGE, 0xFEE00000, (1 << 48) - PAGE,
                          1 << 48, U64 - PAGE + 1, U64, r.getrandbits(32) & ~0xFFF,
                          r.getrandbits(48), r.getrandbits(64)))
@@ -614,12 +642,15 @@ class Worker:
         self.mem.put(addr, ffi.buffer(c))
         r = self.call(self.fds[fd]["kind"], f"fd {fd} ok {name}", self.ioctl, fd, cmd, addr)
         ffi.memmove(c, self.mem.get(addr, ffi.sizeof(c[0])), ffi.sizeof(c[0]))
+        if r == 0:
+            key = f"{name}:{cmd:#x}"
+            self.reached[key] = self.reached.get(key, 0) + 1
         return r, c
 
     def grow(self):
         r = self.rng
         iommus = self.of_kind("iommu")
-        step = r.randrange(10)
+        step = min(r.randrange(12), 9)
         if step == 0 and iommus:
             fd = r.choice(iommus)
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_IOAS_ALLOC, "iommu_ioas_alloc")
@@ -634,9 +665,7 @@ class Worker:
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_IOAS_MAP, "iommu_ioas_map", flags=7, ioas_id=ioas,
                                   user_va=self.mem.ram + off, length=n, iova=iova)
             if rc == 0:
-                for d in self.devices:
-                    self.mapped.append((d["name"], iova))
-                self.mapped = self.mapped[-32:]
+                self.maps = (self.maps + [(fd, ioas, iova, n)])[-32:]
         elif step == 2 and iommus:
             vfios = [fd for fd in self.of_kind("vfio") if not self.fds[fd].get("bound")]
             if vfios:
@@ -651,8 +680,11 @@ class Worker:
             vfd, dev_id, ifd = r.choice(self.dev_ids)
             pts = [i for f, i in self.ioas + self.hwpts if f == ifd]
             if pts:
-                self.ok_ioctl(vfd, uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, "vfio_device_attach_iommufd_pt",
-                              pt_id=r.choice(pts))
+                pt = r.choice(pts)
+                rc, c = self.ok_ioctl(vfd, uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+                                      "vfio_device_attach_iommufd_pt", pt_id=pt)
+                if rc == 0:
+                    self.attached[vfd] = (self.fds[vfd]["dev"], ifd, self.pt_ioas.get((ifd, pt), pt))
         elif step == 4 and iommus:
             fd = r.choice(iommus)
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_FAULT_QUEUE_ALLOC, "iommu_fault_alloc")
@@ -672,6 +704,7 @@ class Worker:
                                       dev_id=dev_id, pt_id=r.choice(ioases), fault_id=fault_id)
                 if rc == 0:
                     self.hwpts.append((ifd, c.out_hwpt_id))
+                    self.pt_ioas[(ifd, c.out_hwpt_id)] = self.pt_ioas.get((ifd, c.pt_id), c.pt_id)
         elif step == 6 and self.ioas:
             fd, ioas = r.choice(self.ioas)
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_TEST_CMD, "iommu_test_cmd",
@@ -692,18 +725,66 @@ class Worker:
                 if r.random() < 0.5:
                     self.ok_ioctl(fd, uapi.IOMMUFS_PASID_ALLOC, "iommufs_pasid")
                 else:
-                    self.ok_ioctl(fd, uapi.IOMMUFS_SVA_BIND, "iommufs_sva_bind", pid=0)
+                    rc, c = self.ok_ioctl(fd, uapi.IOMMUFS_SVA_BIND, "iommufs_sva_bind", pid=0)
+                    if rc == 0:
+                        self.bonds = (self.bonds + [(fd, self.fds[fd]["dev"], c.out_pasid)])[-8:]
         elif step == 9:
             dmas = self.of_kind("dma")
-            if dmas and self.mapped:
-                fd = r.choice(dmas)
-                dev, iova = r.choice(self.mapped)
+            # A device attached to an IOAS with a mapping: DMA that translates.
+            reach = [(dev, iova, n) for dev, ifd, ioas in self.attached.values()
+                     for f, i, iova, n in self.maps if (f, i) == (ifd, ioas)]
+            if self.bonds and r.random() < 0.3:
+                self.sva_dma(dmas)
+                return
+            else:
+                pasid, flags = 0, 2 if r.random() < 0.8 else 0
+            if reach:
+                dev, iova, length = r.choice(reach)
+                fd = next((f for f in dmas if self.fds[f]["dev"] == dev), None)
+                if fd is None:
+                    fd = self.open(f"devices/{dev}/dma", "dma", dev=dev)
+                    if fd < 0:
+                        return
                 op = r.choice((1, 2))
-                n = r.choice((8, PAGE))
-                frame = DMA_REQ.pack(b"IODM", op, 2 if r.random() < 0.8 else 0, 0, iova, n, 0)
+                off = r.randrange(0, length, 8)
+                n = r.choice((8, PAGE, length - off, length - off + 8, 3 * PAGE))
+                frame = DMA_REQ.pack(b"IODM", op, flags, pasid, (iova + off) & U64, n, 0)
                 frame += bytes(n) if op == 2 else b""
                 if self.call("dma", f"fd {fd} ok dma op {op} iova {iova:#x}", os.write, fd, frame) > 0:
-                    self.read(fd, "dma", 1 << 16)
+                    rep = self.read(fd, "dma", 1 << 16)
+                    if isinstance(rep, bytes) and rep[:8] == b"IODM\0\0\0\0":
+                        self.reached["dma"] = self.reached.get("dma", 0) + 1
+
+    def sva_dma(self, dmas):
+        """DMA through an SVA bond: at our own virtual addresses, inside the
+        RAM buffer or at addresses nothing can write (a write elsewhere
+        would be a device scribbling on this worker's heap, as real SVA
+        allows)."""
+        r = self.rng
+        m = self.mem
+        _, dev, pasid = r.choice(self.bonds)
+        fd = next((f for f in dmas if self.fds[f]["dev"] == dev), None)
+        if fd is None:
+            fd = self.open(f"devices/{dev}/dma", "dma", dev=dev)
+            if fd < 0:
+                return
+        op = r.choice((1, 2))
+        if r.random() < 0.5:
+            off = r.randrange(0, m.ram_len, 8)
+            va, n = m.ram + off, r.choice((8, m.ram_len - off))
+        else:
+            va = r.choice((r.choice(LAST_PAGES), r.choice(KERNEL), r.choice(NONCANONICAL), m.hole,
+                           m.none, m.ro + r.randrange(0, PAGE, 8), m.edge - 8))
+            n = r.choice((8, PAGE, 3 * PAGE, U32))
+            if va == m.edge - 8 and op == 2:
+                n = r.choice((16, PAGE))          # the rest lies in the PROT_NONE page
+        data = bytes(n) if op == 2 and n <= 4 * PAGE else b""
+        frame = DMA_REQ.pack(b"IODM", op, 1 | 2, pasid, va, n, 0) + data
+        if self.call("dma", f"fd {fd} sva dma op {op} pasid {pasid} va {va:#x} len {n}",
+                     os.write, fd, frame) > 0:
+            rep = self.read(fd, "dma", 1 << 16)
+            if isinstance(rep, bytes) and rep[:8] == b"IODM\0\0\0\0":
+                self.reached["sva dma"] = self.reached.get("sva dma", 0) + 1
 
     def open_some(self):
         r = self.rng
@@ -748,7 +829,7 @@ class Worker:
         except SystemExit:
             pass
         return dict(worker=self.wid, calls=self.calls, by_kind=self.by_kind, errnos=self.errnos,
-                    fatal=self.fatal)
+                    reached=self.reached, fatal=self.fatal)
 
 
 # The minimum sizes (offsetofend of the last mandatory field) of the
@@ -769,6 +850,8 @@ _MIN = _min_sizes()
 
 
 def main(argv):
+    # A worker that crashes says where (its own defect, or memory the server wrote).
+    faulthandler.enable()
     mnt, seed, wid, seconds, status = argv[1], argv[2], int(argv[3]), float(argv[4]), argv[5]
     w = Worker(mnt, seed, wid, seconds, status)
     res = w.run()

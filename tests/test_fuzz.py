@@ -113,14 +113,33 @@ def roundtrip(mnt):
         buf.close()
 
 
+def last_call(status):
+    """The call a worker was making, from its status file (fuzzkit.py)."""
+    try:
+        with open(status, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return "an unknown call"
+    n = int.from_bytes(raw[:8], "little")
+    return f"call {n}: " + raw[8:].split(b"\0")[0].decode(errors="replace")
+
+
 def run_workers(mnt, seed, seconds, workers, tmp):
     """Run the fuzz workers to their end; returns (results, problems)."""
     procs = []
+    env = client_env()
+    # The clients' memory is what the server reads and writes: no ASan
+    # runtime in them (scripts/sanitize.sh preloads it everywhere), whose
+    # shadow would make "unmapped" addresses mapped, and so not the
+    # sanitizer build of cext either (it needs that runtime first). The
+    # server keeps both.
+    env.pop("LD_PRELOAD", None)
+    env.pop("IOMMUFS_SANITIZE_DIR", None)
     for i in range(workers):
         status = os.path.join(tmp, f"status-{i}")
         p = subprocess.Popen([sys.executable, os.path.join(TESTS, "fuzzkit.py"), mnt, seed, str(i),
                               str(seconds), status],
-                             cwd=ROOT, env=client_env(), stdout=subprocess.PIPE,
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         procs.append((i, p, status))
     results, problems = [], []
@@ -129,17 +148,14 @@ def run_workers(mnt, seed, seconds, workers, tmp):
         try:
             out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
         except subprocess.TimeoutExpired:
-            with open(status, "rb") as f:
-                raw = f.read()
             p.kill()
             out, err = p.communicate()
-            n = int.from_bytes(raw[:8], "little")
-            what = raw[8:].split(b"\0")[0].decode(errors="replace")
-            problems.append(f"worker {i} hung at call {n}: {what}")
+            problems.append(f"worker {i} hung at {last_call(status)}")
             continue
         lines = [l for l in out.splitlines() if l.startswith("{")]
         if p.returncode not in (0, 3) or not lines:
-            problems.append(f"worker {i} failed (rc {p.returncode}):\n{err[-3000:]}")
+            problems.append(f"worker {i} failed (rc {p.returncode}) at {last_call(status)}:\n"
+                            f"{err[-3000:]}")
             continue
         res = json.loads(lines[-1])
         results.append(res)
