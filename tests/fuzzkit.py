@@ -51,6 +51,7 @@ from core import uapi  # noqa: E402
 from core.uapi import ffi  # noqa: E402
 
 PAGE = 4096
+HUGE = 2 << 20
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 FATAL = (errno.ENOTCONN, errno.ECONNABORTED)
@@ -208,6 +209,9 @@ class Memory:
 
     def __init__(self):
         self.scratch = _mmap(8 * PAGE)
+        # 4 MiB at a 2 MiB boundary, to map with huge leaves.
+        region = _mmap(3 * HUGE)
+        self.huge = (region + HUGE - 1) & ~(HUGE - 1)
         # The server writes where a struct tells it to (ACCESS_RW, dirty
         # bitmaps, IOVA_RANGES arrays, SVA DMA) and lengths are drawn too:
         # behind the RAM buffer lie 4 MiB that may be trashed, then a
@@ -650,7 +654,7 @@ class Worker:
     def grow(self):
         r = self.rng
         iommus = self.of_kind("iommu")
-        step = min(r.randrange(12), 9)
+        step = r.choice((0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 10, 10))
         if step == 0 and iommus:
             fd = r.choice(iommus)
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_IOAS_ALLOC, "iommu_ioas_alloc")
@@ -658,14 +662,24 @@ class Worker:
                 self.ioas.append((fd, c.out_ioas_id))
         elif step == 1 and self.ioas:
             fd, ioas = r.choice(self.ioas)
-            off = r.randrange(0, 16) * PAGE
-            n = r.choice((PAGE, 2 * PAGE, self.mem.ram_len - off))
-            n = min(n, self.mem.ram_len - off)
-            iova = r.choice((0, 1 << 24, r.getrandbits(20) << 12))
-            rc, c = self.ok_ioctl(fd, uapi.IOMMU_IOAS_MAP, "iommu_ioas_map", flags=7, ioas_id=ioas,
-                                  user_va=self.mem.ram + off, length=n, iova=iova)
+            if r.random() < 0.25:
+                # 2 MiB-aligned memory at a 2 MiB-aligned IOVA: huge leaves,
+                # which partial unmaps and DMA across their edges split.
+                va, n = self.mem.huge, r.choice((HUGE, 2 * HUGE, HUGE + PAGE))
+                iova = r.choice((HUGE, 1 << 30, r.getrandbits(10) * HUGE))
+            else:
+                off = r.randrange(0, 16) * PAGE
+                n = r.choice((PAGE, 2 * PAGE, self.mem.ram_len - off))
+                va, n = self.mem.ram + off, min(n, self.mem.ram_len - off)
+                iova = r.choice((0, 1 << 24, r.getrandbits(20) << 12, (1 << 48) - n))
+            # Without FIXED_IOVA the IOAS picks the IOVA (cext/holes.c).
+            flags = r.choice((7, 7, 6))
+            rc, c = self.ok_ioctl(fd, uapi.IOMMU_IOAS_MAP, "iommu_ioas_map", flags=flags,
+                                  ioas_id=ioas, user_va=va, length=n, iova=iova)
             if rc == 0:
-                self.maps = (self.maps + [(fd, ioas, iova, n)])[-32:]
+                self.maps = (self.maps + [(fd, ioas, c.iova, n)])[-32:]
+        elif step == 10 and self.ioas:
+            self.shape_ioas()
         elif step == 2 and iommus:
             vfios = [fd for fd in self.of_kind("vfio") if not self.fds[fd].get("bound")]
             if vfios:
@@ -754,6 +768,50 @@ class Worker:
                     rep = self.read(fd, "dma", 1 << 16)
                     if isinstance(rep, bytes) and rep[:8] == b"IODM\0\0\0\0":
                         self.reached["dma"] = self.reached.get("dma", 0) + 1
+
+    def shape_ioas(self):
+        """Well-formed calls with edge values that reshape an IOAS: allowed
+        ranges, reserved ranges, unmaps (partial ones split huge leaves),
+        copies; the free-IOVA code (cext/holes.c) and the page tables
+        (cext/pagetable.c) see every edge."""
+        r = self.rng
+        fd, ioas = r.choice(self.ioas)
+        edges = (0, PAGE - 1, PAGE, HUGE - 1, HUGE, 1 << 24, (1 << 31) - 1, 0xFEE00000,
+                 (1 << 48) - 1, 1 << 48, (1 << 63) - 1, U64 - PAGE + 1, U64 - 1, U64)
+        x = r.random()
+        if x < 0.3:
+            n = r.choice((0, 1, 2, 3))
+            pts = sorted(r.choice(edges) if r.random() < 0.7 else r.getrandbits(64) for _ in range(2 * n))
+            if r.random() < 0.2:
+                r.shuffle(pts)
+            arr = b"".join(struct.pack("<QQ", pts[2 * i], pts[2 * i + 1]) for i in range(n))
+            addr = self.mem.scratch + 5 * PAGE
+            self.mem.put(addr, arr)
+            self.ok_ioctl(fd, uapi.IOMMU_IOAS_ALLOW_IOVAS, "iommu_ioas_allow_iovas", ioas_id=ioas,
+                          num_iovas=n, allowed_iovas=addr)
+        elif x < 0.5:
+            self.ok_ioctl(fd, uapi.IOMMU_TEST_CMD, "iommu_test_cmd", op=uapi.IOMMU_TEST_OP_ADD_RESERVED,
+                          id=ioas, add_reserved={"start": r.choice(edges),
+                                                 "length": r.choice(edges + (PAGE, HUGE))})
+        elif x < 0.8:
+            mine = [m for m in self.maps if m[:2] == (fd, ioas)]
+            if mine and r.random() < 0.8:
+                _, _, iova, n = r.choice(mine)
+                start = iova + r.choice((0, PAGE, n // 2 & ~(PAGE - 1), n - PAGE))
+                length = r.choice((PAGE, n, HUGE, U64 - start + 1 if start else U64))
+            else:
+                start, length = r.choice(((0, U64), (r.choice(edges), r.choice(edges))))
+            self.ok_ioctl(fd, uapi.IOMMU_IOAS_UNMAP, "iommu_ioas_unmap", ioas_id=ioas, iova=start,
+                          length=length & U64)
+        else:
+            others = [i for f, i in self.ioas if f == fd]
+            mine = [m for m in self.maps if m[:2] == (fd, ioas)]
+            if mine:
+                _, _, iova, n = r.choice(mine)
+                self.ok_ioctl(fd, uapi.IOMMU_IOAS_COPY, "iommu_ioas_copy", flags=r.choice((6, 7)),
+                              dst_ioas_id=r.choice(others), src_ioas_id=ioas,
+                              length=r.choice((n, PAGE, n + PAGE)), src_iova=iova,
+                              dst_iova=r.choice((iova, 0, U64 - PAGE + 1, 1 << 47)))
 
     def sva_dma(self, dmas):
         """DMA through an SVA bond: at our own virtual addresses, inside the

@@ -209,6 +209,11 @@ def test_fuzz(record_property, capsys):
         log = m.log_text()
         bad = [l for l in log.splitlines() if any(b in l for b in BAD_LOG)]
         assert not bad, f"{replay}: server log:\n" + log[-8000:]
+        reports = os.environ.get("IOMMUFS_SANITIZE_REPORTS")
+        if reports and os.path.isdir(reports):
+            # scripts/sanitize.sh sends reports to files named <kind>.<pid>.
+            mine = [f for f in os.listdir(reports) if f.endswith(f".{m.pid}")]
+            assert not mine, f"{replay}: sanitizer reports of the server: {mine} in {reports}"
         assert calls > 0
     finally:
         stop_server(m)
