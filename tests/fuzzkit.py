@@ -258,6 +258,12 @@ class Worker:
         self.by_kind = {}
         self.errnos = {}
         self.fatal = None
+        # Under the preload shim (test_fuzz.py's worker 0), fd-returning
+        # ioctls come back with an fd already open.
+        self.shimmed = "libiommufs-preload" in os.environ.get("LD_PRELOAD", "")
+        with open("/proc/self/maps") as f:
+            assert self.shimmed == ("libiommufs-preload" in f.read()), "the shim is not loaded"
+        self.adopted = 0
         self.reached = {}            # well-formed calls that succeeded, by struct
         self.fds = {}                # fd -> {"kind", "dev", ...}
         self.ioas = []               # (iommu fd, ioas id)
@@ -509,7 +515,11 @@ class Worker:
             arg = self.place(self.struct_arg(cmd))
         res = self.call(kind, f"fd {fd} ioctl {cmd:#x} arg {arg:#x}", self.ioctl, fd, cmd, arg)
         if res == 0 and cmd in (uapi.IOMMU_FAULT_QUEUE_ALLOC, uapi.IOMMU_TEST_CMD):
-            self.open_returned(fd)
+            # Success means the struct was read and written back: it is ours.
+            fd_off = 12 if cmd == uapi.IOMMU_FAULT_QUEUE_ALLOC else 16
+            if cmd == uapi.IOMMU_FAULT_QUEUE_ALLOC or \
+                    self.mem.get(arg + 4, 4) == struct.pack("<I", uapi.IOMMU_TEST_OP_CREATE_ACCESS):
+                self.returned(fd, struct.unpack("<i", self.mem.get(arg + fd_off, 4))[0])
 
     def fuzz_frame(self, fd):
         r = self.rng
@@ -608,6 +618,26 @@ class Worker:
             else:
                 self.call(kind, f"fd {fd} pwrite {off:#x}", os.pwrite, fd, os.urandom(r.choice((1, 2, 4))), off)
 
+    def returned(self, fd, value):
+        """After an fd-returning ioctl on ``fd`` whose fd field holds
+        ``value``: under the preload shim that is an fd it opened for us
+        (adopt it); else -1, and we open the node ourselves."""
+        value = int(value)
+        if value >= 0 and self.shimmed and value not in self.fds:
+            try:
+                target = os.readlink(f"/proc/self/fd/{value}")
+            except OSError:
+                target = ""
+            if "/fds/" in target:
+                rel = target[target.index("/fds/") + 1:]
+                kind = "fault" if "fault" in rel else "access"
+                self.fds[value] = dict(kind=kind, rel=rel)
+                self.adopted += 1
+                if kind == "access":
+                    self.access_fds.append(value)
+                return value
+        return self.open_returned(fd)
+
     def open_returned(self, fd):
         """Open the node of an fd the last ioctl on ``fd`` returned, as the
         Python client and the shim do (IOMMUFS_FD_PATH)."""
@@ -704,7 +734,7 @@ class Worker:
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_FAULT_QUEUE_ALLOC, "iommu_fault_alloc")
             if rc == 0:
                 self.fault_ids.append((fd, c.out_fault_id))
-                self.open_returned(fd)
+                self.returned(fd, ffi.cast("int32_t", c.out_fault_fd))
         elif step == 5 and self.dev_ids:
             vfd, dev_id, ifd = r.choice(self.dev_ids)
             ioases = [i for f, i in self.ioas if f == ifd]
@@ -725,7 +755,7 @@ class Worker:
                                   op=uapi.IOMMU_TEST_OP_CREATE_ACCESS, id=ioas,
                                   create_access={"flags": r.choice((0, 1))})
             if rc == 0:
-                self.open_returned(fd)
+                self.returned(fd, ffi.cast("int32_t", c.create_access.out_access_fd))
         elif step == 7 and self.ioas:
             fd, ioas = r.choice(self.ioas)
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_TEST_CMD, "iommu_test_cmd",
@@ -887,7 +917,7 @@ class Worker:
         except SystemExit:
             pass
         return dict(worker=self.wid, calls=self.calls, by_kind=self.by_kind, errnos=self.errnos,
-                    reached=self.reached, fatal=self.fatal)
+                    reached=self.reached, shim_fds=self.adopted, fatal=self.fatal)
 
 
 # The minimum sizes (offsetofend of the last mandatory field) of the

@@ -20,7 +20,8 @@ Environment:
 
 - ``IOMMUFS_FUZZ_SEED``: replay that seed (default: a new one, printed);
 - ``IOMMUFS_FUZZ_SECONDS``: the fuzzing time (default 40; hours are fine);
-- ``IOMMUFS_FUZZ_WORKERS``: client processes (default 3).
+- ``IOMMUFS_FUZZ_WORKERS``: client processes (default 3; with more than
+  one, the first runs under the preload shim).
 
 The seed, the number of calls per node kind and the errno mix are printed
 (to the terminal, also under -q) and recorded as properties (junit XML).
@@ -126,16 +127,26 @@ def last_call(status):
 
 def run_workers(mnt, seed, seconds, workers, tmp):
     """Run the fuzz workers to their end; returns (results, problems)."""
+    from devfs.run import shim_path
+
     procs = []
-    env = client_env()
+    plain = client_env()
     # The clients' memory is what the server reads and writes: no ASan
     # runtime in them (scripts/sanitize.sh preloads it everywhere), whose
-    # shadow would make "unmapped" addresses mapped, and so not the
-    # sanitizer build of cext either (it needs that runtime first). The
-    # server keeps both.
-    env.pop("LD_PRELOAD", None)
-    env.pop("IOMMUFS_SANITIZE_DIR", None)
+    # shadow covers much of the address space, and so not the sanitizer
+    # build of cext either (it needs that runtime first). The server keeps
+    # both.
+    plain.pop("LD_PRELOAD", None)
+    plain.pop("IOMMUFS_SANITIZE_DIR", None)
+    # Worker 0 runs under the preload shim (after the sanitizer runtimes, if
+    # any), as an unmodified program would: its ioctl() and close() go
+    # through the shim's wrappers, bad pointers included.
+    shimmed = client_env()
+    shimmed["LD_PRELOAD"] = ":".join(p for p in (shimmed.get("LD_PRELOAD", "").replace(" ", ":"),
+                                                 shim_path()) if p)
+    shimmed["IOMMUFS_ROOT"] = mnt
     for i in range(workers):
+        env = shimmed if i == 0 and workers > 1 else plain
         status = os.path.join(tmp, f"status-{i}")
         p = subprocess.Popen([sys.executable, os.path.join(TESTS, "fuzzkit.py"), mnt, seed, str(i),
                               str(seconds), status],
