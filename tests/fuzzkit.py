@@ -176,8 +176,23 @@ class Interrupted(Exception):
     """A DMA reply's read() ran past its timer (a PRI wait nobody answers)."""
 
 
+_armed = False
+
+
 def _alarm(signum, frame):
-    raise Interrupted()
+    # Only inside _timed_read: a timer that fires just after the read ended
+    # must not raise in the caller's bookkeeping.
+    if _armed:
+        raise Interrupted()
+
+
+def _timed_read(fd, size):
+    global _armed
+    _armed = True
+    try:
+        return os.read(fd, size)
+    finally:
+        _armed = False
 
 
 def _mmap(length, prot=PROT_RW):
@@ -568,7 +583,7 @@ class Worker:
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0.25)
         try:
-            return self.call(kind, f"fd {fd} read {size}", os.read, fd, size)
+            return self.call(kind, f"fd {fd} read {size}", _timed_read if timed else os.read, fd, size)
         finally:
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, 0)

@@ -196,14 +196,15 @@ def test_fuzz(record_property, capsys):
                 maps = f.read()
             assert os.path.realpath(os.environ["IOMMUFS_SANITIZE_DIR"]) in maps and "libasan" in maps
         calls = sum(r["calls"] for r in results)
-        by_kind, errnos = {}, {}
+        by_kind, errnos, reached = {}, {}, {}
         for r in results:
-            for k, v in r["by_kind"].items():
-                by_kind[k] = by_kind.get(k, 0) + v
-            for k, v in r["errnos"].items():
-                errnos[k] = errnos.get(k, 0) + v
+            for total, part in ((by_kind, r["by_kind"]), (errnos, r["errnos"]), (reached, r["reached"])):
+                for k, v in part.items():
+                    total[k] = total.get(k, 0) + v
+        reached = {k.split(":")[0]: v for k, v in reached.items()}
         summary = (f"fuzz: {calls} calls ({', '.join(f'{k} {v}' for k, v in sorted(by_kind.items()))}); "
-                   f"results: {', '.join(f'{k} {v}' for k, v in sorted(errnos.items(), key=lambda kv: -kv[1]))}")
+                   f"results: {', '.join(f'{k} {v}' for k, v in sorted(errnos.items(), key=lambda kv: -kv[1]))}; "
+                   f"state reached: {', '.join(f'{k} {v}' for k, v in sorted(reached.items()))}")
         with capsys.disabled():
             print(summary, flush=True)
         record_property("fuzz_calls", calls)
