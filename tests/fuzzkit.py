@@ -19,8 +19,17 @@ IOMMU_FAULT_QUEUE_ALLOC and IOMMU_TEST_CMD CREATE_ACCESS return):
   (bytes flipped, truncated, lengths and magic wrong), and replies read
   with odd buffer sizes, twice, or never;
 - read, write, poll, pread and pwrite with odd sizes and offsets;
-- well-formed calls between them (IOAS_ALLOC, MAP, BIND, ATTACH, fault
-  queues, accesses, SVA binds, DMA), so that the bad ones meet live state.
+- well-formed calls between them (IOAS_ALLOC, MAP with fixed and picked
+  IOVAs and huge leaves, allowed and reserved ranges, UNMAP, COPY, BIND,
+  ATTACH, HWPTs with fault queues, accesses, PASIDs, SVA binds, DMA that
+  translates and SVA DMA at our own addresses), so that the bad ones meet
+  live state.
+
+The server writes where the structs say: everything it may legitimately
+write lies in this process's scratch and RAM areas, the latter followed by
+4 MiB of spill and a PROT_NONE guard, so a worker never dies of what it
+asked for. Under the preload shim (LD_PRELOAD, as test_fuzz.py runs its
+first worker) fd-returning ioctls come back with the fd opened by the shim.
 
 Every call must end with a result or an errno. ENOTCONN and ECONNABORTED
 (the server is gone) stop the worker at once. (EIO is not one of them:
