@@ -257,7 +257,10 @@ class Server:
         current = set(self.emulator.watches.values())
         for w in current - self._watching:
             self._watching.add(w)
-            self.port.spawn(self._watch_job(w), owner=w)
+            work, dup = self._watch_job(w)
+            # Unwatched before its task started, the job never runs: its
+            # dup is closed by discard instead.
+            self.port.spawn(work, owner=w, discard=lambda dup=dup: os.close(dup))
         for w in self._watching - current:
             self._watching.discard(w)
             self.port.cancel_owned(w)
@@ -272,7 +275,7 @@ class Server:
                 os.close(dup)
             await trio.to_thread.run_sync(self._core, self.emulator.fire_watch, w)
 
-        return work
+        return work, dup
 
     def _core_ioctl(self, h, caller, cmd, arg):
         if h.kind is IOMMU:

@@ -130,15 +130,27 @@ class Deferred:
 
 class _Job:
     """Background work not bound to a request (a frame served after its
-    write returned), cancelled with its ``owner`` (an open file)."""
+    write returned), cancelled with its ``owner`` (an open file).
+    ``discard``: called instead of ``work`` if the job is dropped before it
+    started (what the work would have released in its ``finally``)."""
 
-    __slots__ = ("work", "owner", "scope", "cancelled")
+    __slots__ = ("work", "owner", "scope", "cancelled", "discard")
 
-    def __init__(self, work, owner):
+    def __init__(self, work, owner, discard=None):
         self.work = work
         self.owner = owner
         self.scope = None
         self.cancelled = False
+        self.discard = discard
+
+    def drop(self):
+        """The job will never run: release what it holds."""
+        discard, self.discard = self.discard, None
+        if discard is not None:
+            try:
+                discard()
+            except Exception:
+                log.exception("discarding background work")
 
     def cancel(self):           # trio thread
         self.cancelled = True
@@ -435,10 +447,13 @@ class Session:
         finally:
             d.fail(errno.ENOTCONN)   # cancelled by shutdown; no-op once answered
 
-    def spawn(self, work, owner=None):
+    def spawn(self, work, owner=None, discard=None):
         """Run ``await work()`` in a trio task (from any thread); it is
-        cancelled by :meth:`cancel_owned` of ``owner`` and at unmount."""
-        job = _Job(work, owner)
+        cancelled by :meth:`cancel_owned` of ``owner`` and at unmount. If it
+        is cancelled before it started, ``work`` never runs and ``discard()``
+        (if given) is called instead, so that what the work was handed (a
+        dup of an fd) is released all the same."""
+        job = _Job(work, owner, discard)
         with self._dlock:
             self._jobs.setdefault(owner, set()).add(job)
         self._call_soon(self._start_job, job)
@@ -452,17 +467,22 @@ class Session:
 
     def _start_job(self, job):
         if job.cancelled or self._nursery is None:
+            job.drop()
             self._forget_job(job)
             return
         try:
             self._nursery.start_soon(self._run_job, job)
         except RuntimeError:      # the nursery is closing
+            job.drop()
             self._forget_job(job)
 
     async def _run_job(self, job):
         try:
             with trio.CancelScope() as job.scope:
-                if not job.cancelled:
+                if job.cancelled:
+                    job.drop()
+                else:
+                    job.discard = None       # from here on the work releases its own
                     await job.work()
         except Exception:
             log.exception("background work failed")
