@@ -53,8 +53,14 @@ def fuzz_seed():
 
 
 def server_fds(pid):
-    """The number of fds the server process holds."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """The fds the server process holds: {fd: what it is}."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out
 
 
 def leftovers(mnt):
@@ -76,13 +82,16 @@ def leftovers(mnt):
 
 def wait_clean(mnt, pid, base_fds, timeout=15.0):
     """Wait until the mount holds nothing and the server no more fds than
-    ``base_fds`` (FUSE releases are asynchronous); returns what is left."""
+    it did before (``base_fds``, from :func:`server_fds`; FUSE releases are
+    asynchronous); returns what is left."""
     end = time.monotonic() + timeout
     while True:
         left = leftovers(mnt)
-        n = server_fds(pid)
-        if n > base_fds:
-            left.append(f"server holds {n} fds, {base_fds} before the fuzz")
+        now = server_fds(pid)
+        if len(now) > len(base_fds):
+            new = sorted(f"{fd} -> {what}" for fd, what in now.items() if base_fds.get(fd) != what)
+            left.append(f"server holds {len(now)} fds, {len(base_fds)} before the fuzz; "
+                        f"new: {', '.join(new)}")
         if not left or time.monotonic() > end:
             return left
         time.sleep(0.2)
