@@ -161,6 +161,7 @@ class BootResult:
         self.log_path = log_path
         self.lines = []
         self.markers = []           # (key, value) in console order
+        self.pid = None             # QEMU's (or the wrapper's) pid, reaped on return
         self.returncode = None
         self.timed_out = False
         self.elapsed = None         # seconds from spawn to QEMU's exit
@@ -238,6 +239,7 @@ def boot(device_args, *, append=(), timeout=120, log_path=None, accel=None, memo
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 start_new_session=True)
+        res.pid = proc.pid
 
         def reader():
             for raw in proc.stdout:
