@@ -3,6 +3,7 @@
 # its virtio modules, and busybox-static for the initramfs.
 #
 #   bash scripts/guest/install.sh            # as root; idempotent
+#   bash scripts/guest/install.sh --refresh  # also take a newer Debian kernel
 #
 # Artifacts land in $IOMMUFS_GUEST_CACHE (default /var/cache/iommufs-guest),
 # described by its manifest.json, which scripts/guest/boot.py reads.
@@ -12,6 +13,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${IOMMUFS_GUEST_CACHE:-/var/cache/iommufs-guest}
 PY=${PYTHON:-python3}
 QEMU_MIN_MAJOR=10
+REFRESH=0
+[ "${1:-}" = --refresh ] && REFRESH=1
 export DEBIAN_FRONTEND=noninteractive
 
 log() { echo "guest-install: $*" >&2; }
@@ -127,8 +130,21 @@ kernel_package() {
     return 1
 }
 
+fetch_deb() {
+    # apt's sandbox user (_apt) must be able to write the .deb here.
+    chmod 755 "$FETCH"
+    (cd "$FETCH" && apt-get download -qq "$1" 2>&1 | grep -v 'unsandboxed as root' >&2 || true)
+    ls "$FETCH"/*.deb >/dev/null 2>&1
+}
+
 install_kernel() {
     local pkg ver stamp deb
+    # Once extracted, the kernel is kept: a newer Debian kernel is taken only
+    # on request, so a run costs no apt queries and a test guest stays put.
+    if [ "$REFRESH" = 0 ] && [ -f "$CACHE/manifest.json" ] && [ -f "$CACHE/kernel.stamp" ] \
+        && [ -f "$CACHE/kernel/vmlinuz" ]; then
+        return 0
+    fi
     pkg=$(kernel_package) || { apt-get update -qq; pkg=$(kernel_package); }
     ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2 }')
     stamp="$pkg $ver"
@@ -140,9 +156,14 @@ install_kernel() {
     rm -rf "$CACHE"/.fetch.* "$CACHE"/.kernel.new
     FETCH=$(mktemp -d "$CACHE/.fetch.XXXXXX")
     trap 'rm -rf "$FETCH"' EXIT
-    # apt's sandbox user (_apt) must be able to write the .deb here.
-    chmod 755 "$FETCH"
-    (cd "$FETCH" && apt-get download -qq "$pkg" 2>&1 | grep -v 'unsandboxed as root' >&2 || true)
+    if ! fetch_deb "$pkg"; then
+        # Package lists older than the mirror name a kernel it no longer has.
+        apt-get update -qq
+        pkg=$(kernel_package)
+        ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2 }')
+        stamp="$pkg $ver"
+        fetch_deb "$pkg" || { log "cannot download $pkg"; exit 1; }
+    fi
     deb=$(ls "$FETCH"/*.deb)
     # Only vmlinuz and a few modules are kept; the unpacked tree is dropped.
     dpkg-deb -x "$deb" "$FETCH/root"
