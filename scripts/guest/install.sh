@@ -92,7 +92,7 @@ install_packages() {
         need_update=1
     fi
     if qemu_ok && command -v qemu-img >/dev/null && [ -x /bin/busybox ] \
-        && busybox_is_static; then
+        && have_busybox_static; then
         return 0
     fi
     [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -i backports)" ] || need_update=1
@@ -111,7 +111,7 @@ install_packages() {
     fi
 }
 
-busybox_is_static() {
+have_busybox_static() {
     dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'
 }
 
