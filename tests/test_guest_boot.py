@@ -38,20 +38,33 @@ def art():
         pytest.skip(msg)
 
 
-@pytest.fixture(scope="module")
-def guest(art, tmp_path_factory):
-    """One boot, shared by the checks below: a random 16 MiB raw image on
-    QEMU's virtio-blk-pci plus virtio-rng-pci."""
-    d = tmp_path_factory.mktemp("guest")
+def emulated(image, workdir):
+    """QEMU's own devices: (device args, wrapper command prefix)."""
+    return boot.disk_args(str(image)) + boot.rng_args(), []
+
+
+# Every check below runs once per variant. The passthrough variant adds an
+# entry that writes a topology with an iommufs virtio-blk on `image` and a
+# virtio-rng, and returns (boot.vfio_args(blk_bdf) +
+# boot.vfio_args(rng_bdf, iommufd=None), [iommufs, "run", "--topology", T, "--"]).
+VARIANTS = {"emulated": emulated}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def guest(request, art, tmp_path_factory):
+    """One boot per variant, shared by the checks below: a random 16 MiB raw
+    image on a virtio-blk device plus a virtio-rng device."""
+    d = tmp_path_factory.mktemp("guest-" + request.param)
     image = d / "disk.img"
     original = os.urandom(DISK_BYTES)
     image.write_bytes(original)
-    r = boot.boot(boot.disk_args(str(image)) + boot.rng_args(),
+    device_args, wrapper = VARIANTS[request.param](image, d)
+    r = boot.boot(device_args, wrapper=wrapper,
                   append=["iommufs.write=%d:%02x" % (WRITE_SECTOR, WRITE_BYTE),
                           "iommufs.hwrng=%d" % HWRNG_BYTES],
                   timeout=90, log_path=str(d / "console.log"))
-    print("guest boot: %.2fs to /init, %.2fs to poweroff; console in %s"
-          % (r.to_init or -1, r.elapsed, r.log_path))
+    print("guest boot (%s): %.2fs to /init, %.2fs to poweroff; console in %s"
+          % (request.param, r.to_init or -1, r.elapsed, r.log_path))
     assert not r.timed_out, "guest timed out:\n" + r.tail()
     assert r.done, "guest /init did not finish (rc %s):\n%s" % (r.returncode, r.tail())
     assert r.returncode == 0, r.tail()
