@@ -16,6 +16,9 @@ QEMU_MIN_MAJOR=10
 REFRESH=0
 [ "${1:-}" = --refresh ] && REFRESH=1
 export DEBIAN_FRONTEND=noninteractive
+# Wait for another apt (another checkout's setup, unattended upgrades)
+# instead of failing on its lock.
+APT_INSTALL=(apt-get install -y -qq -o DPkg::Lock::Timeout=300)
 
 log() { echo "guest-install: $*" >&2; }
 
@@ -99,11 +102,11 @@ install_packages() {
     if [ "$need_update" = 1 ] || ! apt-cache show busybox-static >/dev/null 2>&1; then
         apt-get update -qq
     fi
-    apt-get install -y -qq busybox-static >/dev/null
+    "${APT_INSTALL[@]}" busybox-static >/dev/null
     if [ "$CODENAME" = bookworm ]; then
-        apt-get install -y -qq -t "${CODENAME}-backports" qemu-system-x86 qemu-utils >/dev/null
+        "${APT_INSTALL[@]}" -t "${CODENAME}-backports" qemu-system-x86 qemu-utils >/dev/null
     else
-        apt-get install -y -qq qemu-system-x86 qemu-utils >/dev/null
+        "${APT_INSTALL[@]}" qemu-system-x86 qemu-utils >/dev/null
     fi
     if ! qemu_ok; then
         log "QEMU >= $QEMU_MIN_MAJOR.0 is required; got: $(qemu-system-x86_64 --version | head -n1)"
