@@ -39,6 +39,10 @@ install() {
     "$VENV/bin/python" cext/build_native.py
     "$VENV/bin/python" devfs/build_fuse.py
     "$VENV/bin/python" cext/build_preload.py >/dev/null
+
+    # The test guest (QEMU >= 10.0, a Debian kernel, busybox-static): tests
+    # boot it, and scripts/demo_guest.py boots it beside a mount.
+    bash "$ROOT/scripts/guest/install.sh"
 }
 
 cmd=${1:-}
