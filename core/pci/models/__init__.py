@@ -1,0 +1,1 @@
+"""Device models behind emulated PCI functions (see core/pci/model.py)."""
