@@ -139,3 +139,139 @@ def irq_set(dev, flags, index, start, count, data=b"", sinks=None, argsz=None):
 
 def fds(*values):
     return struct.pack(f"<{len(values)}i", *values)
+
+
+# -- a virtio-pci driver doing what Linux does (virtio-pci.md §4.2) -----------
+
+DESC_NEXT, DESC_WRITE, DESC_INDIRECT = 1, 2, 4
+
+
+class VirtioDriver:
+    """Drives a virtio-pci PciDevice through its regions, as Linux's
+    virtio_pci does; rings live in the RamPort's RAM."""
+
+    RING = 0x10000           # desc table; avail at +0x1000, used at +0x2000
+    BUF = 0x20000            # buffers from here
+
+    def __init__(self, dev, port):
+        self.dev, self.port = dev, port
+        self.caps = {}
+        self.next_buf = self.BUF
+        self.next_desc = 0
+        self.avail_idx = 0
+        self.used_seen = 0
+        self.qsize = None
+
+    # register access through the BAR a capability names
+    def find_caps(self):
+        for off, cid in caps_walk(self.dev):
+            if cid != C.CAP_ID_VNDR:
+                continue
+            raw = self.dev.region_read(C.CONFIG_REGION, off, 20)
+            cfg_type, bar = raw[3], raw[4]
+            offset, length = struct.unpack_from("<II", raw, 8)
+            extra = struct.unpack_from("<I", raw, 16)[0] if cfg_type == 2 else None
+            self.caps.setdefault(cfg_type, (off, bar, offset, length, extra))
+        return self.caps
+
+    def rd(self, cfg_type, off, size):
+        _, bar, base, _, _ = self.caps[cfg_type]
+        return int.from_bytes(self.dev.region_read(bar, base + off, size), "little")
+
+    def wr(self, cfg_type, off, size, value):
+        _, bar, base, _, _ = self.caps[cfg_type]
+        self.dev.region_write(bar, base + off, value.to_bytes(size, "little"))
+
+    def status(self):
+        return self.rd(1, 0x14, 1)
+
+    def set_status(self, value):
+        self.wr(1, 0x14, 1, value)
+
+    def probe(self, want_features, msix_sinks=None, qsize=None):
+        """§4.2 steps 1-15; returns the negotiated features (or raises on refusal)."""
+        enable(self.dev, C.CMD_MEMORY)
+        self.find_caps()
+        enable(self.dev, C.CMD_MASTER)
+        self.set_status(0)
+        assert self.status() == 0
+        self.set_status(self.status() | 0x01)
+        self.set_status(self.status() | 0x02)
+        offered = 0
+        for sel in range(4):
+            self.wr(1, 0x00, 4, sel)
+            offered |= self.rd(1, 0x04, 4) << (32 * sel)
+        features = offered & want_features
+        for sel in range(4):
+            self.wr(1, 0x08, 4, sel)
+            self.wr(1, 0x0C, 4, (features >> (32 * sel)) & 0xFFFFFFFF)
+        self.set_status(self.status() | 0x08)
+        if not self.status() & 0x08:
+            raise RuntimeError("device refuses features")
+        if msix_sinks is not None:
+            nfds = list(msix_sinks)
+            self.dev.set_irqs(20 + 4 * len(nfds), C.DATA_EVENTFD | C.ACTION_TRIGGER, C.MSIX, 0, len(nfds),
+                              struct.pack(f"<{len(nfds)}i", *nfds), msix_sinks)
+            self.wr(1, 0x10, 2, 0)
+            assert self.rd(1, 0x10, 2) == 0
+        self.wr(1, 0x16, 2, 0)
+        maxsize = self.rd(1, 0x18, 2)
+        assert self.rd(1, 0x1C, 2) == 0
+        self.qsize = qsize or maxsize
+        self.wr(1, 0x18, 2, self.qsize)
+        for off, addr in ((0x20, self.RING), (0x28, self.RING + 0x1000), (0x30, self.RING + 0x2000)):
+            self.wr(1, off, 4, addr & 0xFFFFFFFF)
+            self.wr(1, off + 4, 4, addr >> 32)
+        if msix_sinks is not None:
+            self.wr(1, 0x1A, 2, 1)
+            assert self.rd(1, 0x1A, 2) == 1
+        self.notify_off = self.rd(1, 0x1E, 2)
+        self.wr(1, 0x1C, 2, 1)
+        self.set_status(self.status() | 0x04)
+        return features
+
+    # rings
+    def buf(self, data=b"", size=None):
+        addr = self.next_buf
+        size = len(data) if size is None else size
+        self.port.put(addr, data)
+        self.next_buf += (size + 15) & ~15
+        return addr, size
+
+    def add_chain(self, segs, indirect=False):
+        """segs: [(addr, len, writable)]; returns the head index."""
+        if indirect:
+            table, _ = self.buf(size=16 * len(segs))
+            for i, (a, n, w) in enumerate(segs):
+                flags = (DESC_NEXT if i + 1 < len(segs) else 0) | (DESC_WRITE if w else 0)
+                self.port.put(table + 16 * i, struct.pack("<QIHH", a, n, flags, i + 1))
+            segs_in_ring = [(table, 16 * len(segs), None)]
+        else:
+            segs_in_ring = segs
+        head = self.next_desc
+        for i, (a, n, w) in enumerate(segs_in_ring):
+            idx = (head + i) % self.qsize
+            last = i + 1 == len(segs_in_ring)
+            flags = (DESC_INDIRECT if w is None else (DESC_WRITE if w else 0)) | (0 if last else DESC_NEXT)
+            self.port.put(self.RING + 16 * idx, struct.pack("<QIHH", a, n, flags, (idx + 1) % self.qsize))
+        self.next_desc = (head + len(segs_in_ring)) % self.qsize
+        avail = self.RING + 0x1000
+        self.port.put(avail + 4 + 2 * (self.avail_idx % self.qsize), struct.pack("<H", head))
+        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+        self.port.put(avail + 2, struct.pack("<H", self.avail_idx))
+        return head
+
+    def kick(self, queue=0):
+        _, bar, base, _, mult = self.caps[2]
+        self.dev.region_write(bar, base + self.notify_off * mult, struct.pack("<H", queue))
+
+    def used(self):
+        """New used elements [(id, len)] since the last call."""
+        used = self.RING + 0x2000
+        idx = struct.unpack("<H", self.port.get(used + 2, 2))[0]
+        out = []
+        while self.used_seen != idx:
+            slot = used + 4 + 8 * (self.used_seen % self.qsize)
+            out.append(struct.unpack("<II", self.port.get(slot, 8)))
+            self.used_seen = (self.used_seen + 1) & 0xFFFF
+        return out
