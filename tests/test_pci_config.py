@@ -221,10 +221,6 @@ def test_msi_control_follows_set_irqs_and_msix_writes_are_dropped():
     assert cfg_read(dev, msix + 4, 4) == 0x2000 | 0 and cfg_read(dev, msix + 8, 4) == 0x3000
 
 
-def _ro_masks(dev):
-    return dev.config.wmask
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 0x17F), st.binary(min_size=1, max_size=8)), max_size=12))
 def test_random_writes_never_change_read_only_bits(writes):

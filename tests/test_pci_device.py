@@ -177,9 +177,10 @@ def test_set_irqs_errnos_in_kernel_order():
 
 def test_set_irqs_fds_to_resolve():
     dev = probe()
-    assert dev.set_irqs_fds(32, EVENTFD_TRIGGER, C.MSIX, 0, 3, fds(5, -1, 5)) == [5]
+    assert dev.set_irqs_fds(EVENTFD_TRIGGER, C.MSIX, 0, 3, fds(5, -1, 5)) == [5]
+    assert dev.set_irqs_fds(NONE_TRIGGER, C.MSIX, 0, 3) == []
     with pytest.raises(UapiError):
-        dev.set_irqs_fds(32, EVENTFD_TRIGGER, C.MSIX, 7, 3, fds(5, -1, 5))
+        dev.set_irqs_fds(EVENTFD_TRIGGER, C.MSIX, 7, 3, fds(5, -1, 5))
 
 
 def test_msi_and_msix_enable_loopback_disable():
@@ -408,3 +409,18 @@ def test_state_counts():
     assert st["model"] == "dma-engine" and st["counters"]["bar_writes"] == 1
     assert st["counters"]["config_writes"] == 1
     assert st["model_state"]["registers"]["length"] == 1
+
+
+def test_msix_function_mask_holds_every_vector_until_cleared():
+    dev = probe()
+    enable(dev, C.CMD_MEMORY)
+    msix = dict((c, o) for o, c in caps_walk(dev))[C.CAP_ID_MSIX]
+    a, b = Sink(), Sink()
+    irq_set(dev, EVENTFD_TRIGGER, C.MSIX, 0, 2, fds(1, 2), {1: a, 2: b})
+    dev.irqs.set_msix_function_mask(True)
+    assert cfg_read(dev, msix + 2, 2) & 0xC000 == 0xC000
+    dev.msix_raise(0)
+    dev.msix_raise(1)
+    assert (a.take(), b.take()) == (0, 0) and dev.region_read(0, 0x3000, 1) == b"\x03"
+    dev.irqs.set_msix_function_mask(False)
+    assert (a.take(), b.take()) == (1, 1) and dev.region_read(0, 0x3000, 1) == b"\x00"

@@ -132,9 +132,7 @@ def ext_walk(dev):
 
 
 def irq_set(dev, flags, index, start, count, data=b"", sinks=None, argsz=None):
-    if argsz is None:
-        argsz = C.IRQ_SET_HEADER + len(data)
-    return dev.set_irqs(argsz, flags, index, start, count, data, sinks)
+    return dev.set_irqs(flags, index, start, count, data, sinks, argsz=argsz)
 
 
 def fds(*values):
@@ -210,7 +208,7 @@ class VirtioDriver:
             raise RuntimeError("device refuses features")
         if msix_sinks is not None:
             nfds = list(msix_sinks)
-            self.dev.set_irqs(20 + 4 * len(nfds), C.DATA_EVENTFD | C.ACTION_TRIGGER, C.MSIX, 0, len(nfds),
+            self.dev.set_irqs(C.DATA_EVENTFD | C.ACTION_TRIGGER, C.MSIX, 0, len(nfds),
                               struct.pack(f"<{len(nfds)}i", *nfds), msix_sinks)
             self.wr(1, 0x10, 2, 0)
             assert self.rd(1, 0x10, 2) == 0

@@ -230,17 +230,17 @@ def test_engine_pasid_only_with_a_pasid_capable_function():
 def test_engine_completion_interrupt_msix_and_intx():
     dev, port = engine()
     v0 = Sink()
-    dev.set_irqs(28, C.DATA_EVENTFD | C.ACTION_TRIGGER, C.MSIX, 0, 2, fds(1, -1), {1: v0})
+    dev.set_irqs(C.DATA_EVENTFD | C.ACTION_TRIGGER, C.MSIX, 0, 2, fds(1, -1), {1: v0})
     descriptor(dev, D.OP_FILL, 0x100, 4, control=D.CTL_IRQ)
     assert v0.take() == 1 and regr(dev, D.IRQ_STATUS) == 1
-    dev.set_irqs(20, C.DATA_NONE | C.ACTION_TRIGGER, C.MSIX, 0, 0)
+    dev.set_irqs(C.DATA_NONE | C.ACTION_TRIGGER, C.MSIX, 0, 0)
     t = Sink()
-    dev.set_irqs(24, C.DATA_EVENTFD | C.ACTION_TRIGGER, C.INTX, 0, 1, fds(2), {2: t})
+    dev.set_irqs(C.DATA_EVENTFD | C.ACTION_TRIGGER, C.INTX, 0, 1, fds(2), {2: t})
     assert t.take() == 0                     # IRQ_STATUS is set but the line was never asserted
     descriptor(dev, D.OP_FILL, 0x100, 4, control=D.CTL_IRQ)
     assert t.take() == 1
     regw(dev, D.IRQ_STATUS, 1)
-    dev.set_irqs(20, C.DATA_NONE | C.ACTION_UNMASK, C.INTX, 0, 1)
+    dev.set_irqs(C.DATA_NONE | C.ACTION_UNMASK, C.INTX, 0, 1)
     assert t.take() == 0
     descriptor(dev, D.OP_FILL, 0x100, 4)     # no interrupt requested
     assert t.take() == 0

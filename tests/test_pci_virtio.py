@@ -121,7 +121,7 @@ def test_intx_and_isr_when_msix_is_off():
     dev, port, drv = rng()
     t = Sink()
     drv.probe(ALL, qsize=8)
-    dev.set_irqs(24, C.DATA_EVENTFD | C.ACTION_TRIGGER, C.INTX, 0, 1, fds(9), {9: t})
+    dev.set_irqs(C.DATA_EVENTFD | C.ACTION_TRIGGER, C.INTX, 0, 1, fds(9), {9: t})
     drv.add_chain([drv.buf(size=16) + (True,)])
     drv.kick()
     assert t.take() == 1
@@ -129,7 +129,7 @@ def test_intx_and_isr_when_msix_is_off():
     assert drv.rd(3, 0, 1) == 1                            # ISR: queue bit, read clears
     assert drv.rd(3, 0, 1) == 0
     assert not cfg_read(dev, C.STATUS, 2) & C.STATUS_INTERRUPT
-    dev.set_irqs(20, C.DATA_NONE | C.ACTION_UNMASK, C.INTX, 0, 1)
+    dev.set_irqs(C.DATA_NONE | C.ACTION_UNMASK, C.INTX, 0, 1)
     assert t.take() == 0                                   # line deasserted: no re-signal
 
 
@@ -187,7 +187,7 @@ def test_pci_cfg_window_reaches_bar_registers_with_side_effects():
     dev, port, drv = rng()
     drv.probe(ALL, qsize=8)
     t = Sink()
-    dev.set_irqs(24, C.DATA_EVENTFD | C.ACTION_TRIGGER, C.INTX, 0, 1, fds(9), {9: t})
+    dev.set_irqs(C.DATA_EVENTFD | C.ACTION_TRIGGER, C.INTX, 0, 1, fds(9), {9: t})
     win = drv.caps[5][0]
 
     def window(bar, off, length):

@@ -155,7 +155,8 @@ class ConfigSpace:
         self.virt[pos:end] = blk.virt
         self.wmask[pos:end] = blk.write
         self.owner[pos:end] = [blk] * blk.length
-        self.blocks.append(blk) if blk is not self.header else None
+        if blk is not self.header:
+            self.blocks.append(blk)
 
     def _place_extended(self, ext_blocks):
         pos = C.EXT_CAP_START

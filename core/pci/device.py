@@ -266,13 +266,26 @@ class PciDevice:
 
     # -- VFIO: interrupts -----------------------------------------------------
 
-    def set_irqs(self, argsz, flags, index, start, count, data=b"", sinks=None):
-        """VFIO_DEVICE_SET_IRQS (§3.4, §6); see Irqs.set_irqs. Returns 0."""
+    def set_irqs(self, flags, index, start, count, data=b"", sinks=None, argsz=None):
+        """VFIO_DEVICE_SET_IRQS (§3.4, §6) after the 20-byte header was read.
+
+        ``data``: the bytes after the header (DATA_BOOL: u8 per interrupt,
+        DATA_EVENTFD: s32 fd per interrupt); ``argsz``: the struct's argsz
+        (default 20 + len(data)); ``sinks``: fd -> signal sink, or fd ->
+        UapiError for an fd the transport could not take (EBADF, EINVAL).
+        Returns 0; raises UapiError (EINVAL, EFAULT, ENOTTY, EBADF...) in the
+        kernel's order. See Irqs.set_irqs.
+        """
+        if argsz is None:
+            argsz = C.IRQ_SET_HEADER + len(data)
         return self.irqs.set_irqs(argsz, flags, index, start, count, data, sinks)
 
-    def set_irqs_fds(self, argsz, flags, index, start, count, data):
-        """The caller's fds a SET_IRQS needs resolved (after the §3.4 checks
-        that precede the copy); empty unless DATA_EVENTFD."""
+    def set_irqs_fds(self, flags, index, start, count, data=b"", argsz=None):
+        """The caller's fds (>= 0) a SET_IRQS needs resolved, after the §3.4
+        checks that precede the data copy (raises their UapiError); empty
+        unless DATA_EVENTFD."""
+        if argsz is None:
+            argsz = C.IRQ_SET_HEADER + len(data)
         return self.irqs.fds_to_resolve(argsz, flags, index, start, count, data)
 
     def intx_resample(self):

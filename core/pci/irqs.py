@@ -344,9 +344,11 @@ class Irqs:
     def _intx_deliver(self):
         if not self.intx_line:
             return
-        if self.type != C.INTX or self.intx_masked or self.virq_disabled:
-            self.dropped["intx"] += self.type != C.INTX
+        if self.type != C.INTX:
+            self.dropped["intx"] += 1         # asserted with INTx not enabled: nobody listens
             return
+        if self.intx_masked or self.virq_disabled:
+            return                            # level: delivered at unmask
         self.intx_masked = True          # automask, then signal (§6.1)
         self._signal(self.intx_trigger, "intx")
 
@@ -406,6 +408,17 @@ class Irqs:
             self.held["msix"] += 1
             return
         self._signal(self.vectors[vector] if vector < len(self.vectors) else None, "msix")
+
+    def set_msix_function_mask(self, masked):
+        """The host sets or clears MSI-X Function Mask (§13.4); clearing it
+        delivers the vectors left pending and unmasked."""
+        self.msix.function_mask = masked
+        self.sync_config()
+        if not masked:
+            for v in range(min(len(self.vectors), self.msix.vectors)):
+                if self.msix.pending[v] and not self.msix.masked(v):
+                    self.msix.pending[v] = False
+                    self._signal(self.vectors[v], "msix")
 
     # -- lifecycle ------------------------------------------------------------
 
