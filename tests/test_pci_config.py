@@ -233,3 +233,37 @@ def test_random_writes_never_change_read_only_bits(writes):
     after = dev.region_read(C.CONFIG_REGION, 0, 0x180)
     for i in range(0x180):
         assert (before[i] ^ after[i]) & ~wmask[i] & 0xFF == 0, hex(i)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 4095), st.integers(1, 64))
+def test_any_partial_read_equals_the_same_bytes_of_a_whole_read(pos, count):
+    dev = PciDevice(DmaEngine(), RamPort(), FunctionOptions(ats=True, pri=True))
+    count = min(count, 4096 - pos)
+    whole = dev.region_read(C.CONFIG_REGION, 0, 4096)
+    assert dev.region_read(C.CONFIG_REGION, pos, count) == whole[pos:pos + count]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(4, 40), st.sampled_from(["io", "mem32", "mem32p", "mem64", "mem64p"]),
+       st.integers(0, 0xFFFFFFFF))
+def test_bar_sizing_property(log2, kind, address):
+    from core.pci import BarSpec, Model, Identity
+    io = kind == "io"
+    if io:
+        log2 = min(log2, 16)
+    spec = BarSpec(1 << log2, io=io, is64=kind.startswith("mem64"), prefetch=kind.endswith("p"))
+
+    class One(Model):
+        identity = Identity(vendor=1, device=2)
+        bars = (spec,)
+    dev = PciDevice(One(), RamPort())
+    size = 1 << log2
+    mask = ~(size - 1) & (0xFFFFFFFC if io else 0xFFFFFFF0)
+    cfg_write(dev, C.BAR_FIRST, 4, 0xFFFFFFFF)
+    assert cfg_read(dev, C.BAR_FIRST, 4) == mask | spec.type_bits()
+    if spec.is64:
+        cfg_write(dev, C.BAR_FIRST + 4, 4, 0xFFFFFFFF)
+        assert cfg_read(dev, C.BAR_FIRST + 4, 4) == ((~(size - 1)) >> 32) & 0xFFFFFFFF
+    cfg_write(dev, C.BAR_FIRST, 4, address)
+    assert cfg_read(dev, C.BAR_FIRST, 4) == (address & mask) | spec.type_bits()

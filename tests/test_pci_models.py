@@ -250,3 +250,30 @@ def test_engine_rom_image():
     dev, _ = engine()
     rom = dev.region_read(C.ROM_REGION, 0, 0x800)
     assert rom[:2] == b"\x55\xaa" and b"iommufs dma-engine" in rom and rom[512:] == b"\xff" * 1536
+
+
+def test_flush_reaches_the_disk_with_fsync(image, monkeypatch):
+    import core.pci.models.virtio_blk as vb
+    synced = []
+    monkeypatch.setattr(vb.os, "fsync", lambda fd: synced.append(fd))
+    dev, port, drv, q, _ = blk(image)
+    request(drv, OUT, 0, data=b"a" * 512)
+    assert synced == []                                   # FLUSH negotiated: writeback
+    request(drv, FLUSH, 0)
+    assert synced == [dev.model.fd]
+    # Without FLUSH negotiated every OUT is durable before it completes (§9.6).
+    dev2, port2, drv2, q2, feats = blk(image, want=NO_INDIRECT & ~(1 << 9))
+    request(drv2, OUT, 0, data=b"b" * 512)
+    assert synced[-1] == dev2.model.fd and len(synced) == 2
+
+
+def test_make_model_and_state_is_json(image):
+    import json
+    from core.pci.models import make_model
+    for kind, params in (("virtio-blk", {"disk": str(image)}), ("virtio-rng", {}), ("dma-engine", {})):
+        dev = PciDevice(make_model(kind, **params), RamPort())
+        st = json.loads(json.dumps(dev.state()))
+        assert st["model"] == kind
+        dev.release()
+    with pytest.raises(KeyError):
+        make_model("virtio-net")
