@@ -19,9 +19,14 @@ class RamPort:
         self.log = []
 
     def _check(self, iova, length):
-        for a in range(iova, iova + max(length, 1)):
-            if not self.base <= a < self.base + len(self.ram) or any(s <= a < e for s, e in self.holes):
-                raise DmaError(errno.EFAULT, a)
+        end = iova + max(length, 1)
+        bad = [max(iova, s) for s, e in self.holes if s < end and iova < e]
+        if iova < self.base:
+            bad.append(iova)
+        if end > self.base + len(self.ram):
+            bad.append(max(iova, self.base + len(self.ram)))
+        if bad:
+            raise DmaError(errno.EFAULT, min(bad))
 
     def read(self, iova, length, pasid=None):
         self._check(iova, length)

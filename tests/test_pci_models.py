@@ -277,3 +277,27 @@ def test_make_model_and_state_is_json(image):
         dev.release()
     with pytest.raises(KeyError):
         make_model("virtio-net")
+
+
+def test_rng_fills_at_most_64k_per_chain():
+    port = RamPort(size=0x80000)
+    dev = PciDevice(VirtioRng(), port)
+    drv = VirtioDriver(dev, port)
+    drv.probe(ALL, qsize=8)
+    addr, n = drv.buf(size=0x20000)
+    head = drv.add_chain([(addr, n, True)])
+    drv.kick()
+    assert drv.used() == [(head, 0x10000)]
+
+
+def test_blk_large_request_is_moved_in_chunks(tmp_path):
+    img = tmp_path / "big.img"
+    payload = os.urandom(3 << 20)
+    img.write_bytes(payload)
+    port = RamPort(size=0x400000 + 0x30000)
+    dev = PciDevice(VirtioBlk(str(img)), port)
+    drv = VirtioDriver(dev, port)
+    drv.probe(NO_INDIRECT, qsize=8)
+    head, data, status = request(drv, IN, 0, read_len=len(payload) - 4096)
+    assert port.get(status, 1) == b"\0" and port.get(data, len(payload) - 4096) == payload[:-4096]
+    assert max(n for op, _, n, _ in port.log if op == "w") == 1 << 20

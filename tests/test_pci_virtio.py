@@ -2,7 +2,9 @@
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+from core.errors import UapiError
 from core.pci import PciDevice
 from core.pci import consts as C
 from core.pci.models.virtio_rng import VirtioRng
@@ -228,3 +230,56 @@ def test_event_idx_maintains_avail_event_and_honours_used_event(tmp_path):
     drv.add_chain([hdr + (False,), drv.buf(size=1) + (True,)])
     drv.kick()
     assert q.take() == 1 and port.get(avail_event, 2) == struct.pack("<H", 2)
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["cfg", "bar0", "bar1", "rom"]), st.integers(0, 0x4100),
+                          st.binary(min_size=0, max_size=9), st.booleans()), max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["virtio-blk", "virtio-rng", "dma-engine"]), _ops)
+def test_random_accesses_only_ever_raise_uapi_errors(tmp_path_factory, kind, ops):
+    from core.pci.models import make_model
+    params = {}
+    if kind == "virtio-blk":
+        img = tmp_path_factory.mktemp("img") / "d.img"
+        img.write_bytes(bytes(8192))
+        params = {"disk": str(img)}
+    port = RamPort(size=0x8000)
+    dev = PciDevice(make_model(kind, **params), port)
+    enable(dev, C.CMD_MEMORY | C.CMD_MASTER)
+    index = {"cfg": C.CONFIG_REGION, "bar0": 0, "bar1": 1, "rom": C.ROM_REGION}
+    for region, off, data, is_write in ops:
+        try:
+            if is_write:
+                dev.region_write(index[region], off, data)
+            else:
+                dev.region_read(index[region], off, len(data))
+        except UapiError:
+            pass
+    dev.state()
+    dev.reset()
+    dev.release()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["virtio-blk", "virtio-rng"]), st.binary(min_size=16 * 8, max_size=16 * 8),
+       st.binary(min_size=16, max_size=16), st.integers(0, 9), st.booleans())
+def test_garbage_rings_end_in_completion_or_needs_reset(tmp_path_factory, kind, descs, ring, idx, indirect):
+    from core.pci.models import make_model
+    params = {}
+    if kind == "virtio-blk":
+        img = tmp_path_factory.mktemp("img") / "d.img"
+        img.write_bytes(bytes(8192))
+        params = {"disk": str(img)}
+    port = RamPort(size=0x30000)
+    dev = PciDevice(make_model(kind, **params), port)
+    drv = VirtioDriver(dev, port)
+    drv.probe(ALL if indirect else ALL & ~(1 << 28), msix_sinks={1: Sink(), 2: Sink()}, qsize=8)
+    port.put(drv.RING, descs)
+    port.put(drv.RING + 0x1000, struct.pack("<HH", 0, idx) + ring)
+    drv.kick()
+    used_idx = struct.unpack("<H", port.get(drv.RING + 0x2002, 2))[0]
+    assert drv.status() & 0x40 or used_idx == idx
+    dev.reset()
+    assert drv.status() == 0

@@ -9,6 +9,7 @@ from .dma import DmaError
 DESC_F_NEXT, DESC_F_WRITE, DESC_F_INDIRECT = 0x1, 0x2, 0x4
 AVAIL_F_NO_INTERRUPT = 0x1
 NO_VECTOR = 0xFFFF
+MAX_QUEUE_SIZE = 32768          # §6.1: Q <= 32768, so no table needs more entries
 
 
 class VirtqError(Exception):
@@ -145,7 +146,7 @@ class SplitQueue:
                 # §6.5: only with the feature, not inside a table, no NEXT,
                 # a non-zero multiple of 16 bytes; its WRITE flag is ignored.
                 if not indirect or table_bytes is not None or flags & DESC_F_NEXT \
-                        or not length or length % 16:
+                        or not length or length % 16 or length > 16 * MAX_QUEUE_SIZE:
                     raise VirtqError("bad indirect descriptor")
                 try:
                     table_bytes = fn.dma_read(addr, length)

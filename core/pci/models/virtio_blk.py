@@ -27,6 +27,7 @@ SECTOR = 512
 ID_BYTES = 20
 CONFIG_LEN = 0x60
 QUEUE_SIZE = 256
+CHUNK = 1 << 20                 # bytes moved per DMA: a request never holds more in memory
 
 
 class VirtioBlk(VirtioPci):
@@ -113,10 +114,11 @@ class VirtioBlk(VirtioPci):
         if not self._range_ok(sector, length):
             return S_IOERR, 0
         self.counts["in"] += 1
-        data = os.pread(self.fd, length, sector * SECTOR)
-        if len(data) != length:
-            return S_IOERR, 0
-        chain.write(self.fn, 0, data)
+        for done in range(0, length, CHUNK):
+            data = os.pread(self.fd, min(CHUNK, length - done), sector * SECTOR + done)
+            if len(data) != min(CHUNK, length - done):
+                return S_IOERR, done
+            chain.write(self.fn, done, data)
         self.counts["bytes_read"] += length
         return S_OK, length
 
@@ -124,9 +126,10 @@ class VirtioBlk(VirtioPci):
         if self.readonly or not self._range_ok(sector, length):
             return S_IOERR
         self.counts["out"] += 1
-        data = chain.read(self.fn, 16, length)
-        if os.pwrite(self.fd, data, sector * SECTOR) != length:
-            return S_IOERR
+        for done in range(0, length, CHUNK):
+            data = chain.read(self.fn, 16 + done, min(CHUNK, length - done))
+            if os.pwrite(self.fd, data, sector * SECTOR + done) != len(data):
+                return S_IOERR
         if not self.has(F_FLUSH):
             os.fsync(self.fd)                         # writethrough without FLUSH (§9.6)
         self.counts["bytes_written"] += length
