@@ -424,3 +424,12 @@ def test_msix_function_mask_holds_every_vector_until_cleared():
     assert (a.take(), b.take()) == (0, 0) and dev.region_read(0, 0x3000, 1) == b"\x03"
     dev.irqs.set_msix_function_mask(False)
     assert (a.take(), b.take()) == (1, 1) and dev.region_read(0, 0x3000, 1) == b"\x00"
+
+
+def test_pread_pwrite_decode_the_file_offset():
+    dev = probe()
+    enable(dev, C.CMD_MEMORY)
+    assert dev.pread(region_offset(C.CONFIG_REGION), 2) == b"\x34\x12"
+    assert dev.pwrite(region_offset(0) + 0x10, b"\x99") == 1
+    assert dev.pread(0x10, 1) == b"\x99"
+    assert errno_of(dev.pread, region_offset(9), 4) == errno.EINVAL

@@ -199,6 +199,16 @@ class PciDevice:
             raise UapiError(errno.EINVAL, "the ROM is read-only")
         return len(self._bar_rw(index, offset, len(data), data))
 
+    def pread(self, offset, size):
+        """region_read at a VFIO node file offset (``index << 40 | position``, §1.2)."""
+        index, pos = split_offset(offset)
+        return self.region_read(index, pos, size)
+
+    def pwrite(self, offset, data):
+        """region_write at a VFIO node file offset (§1.2)."""
+        index, pos = split_offset(offset)
+        return self.region_write(index, pos, data)
+
     def _check_index(self, index):
         if not 0 <= index < C.NUM_REGIONS or index == C.VGA_REGION:
             raise UapiError(errno.EINVAL, "no such region")
