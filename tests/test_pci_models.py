@@ -301,3 +301,14 @@ def test_blk_large_request_is_moved_in_chunks(tmp_path):
     head, data, status = request(drv, IN, 0, read_len=len(payload) - 4096)
     assert port.get(status, 1) == b"\0" and port.get(data, len(payload) - 4096) == payload[:-4096]
     assert max(n for op, _, n, _ in port.log if op == "w") == 1 << 20
+
+
+def test_rng_dma_fault_on_the_buffer_needs_reset():
+    port = RamPort()
+    dev = PciDevice(VirtioRng(), port)
+    drv = VirtioDriver(dev, port)
+    drv.probe(ALL, qsize=8)
+    drv.add_chain([(0x7FFFFF00, 64, True)])          # outside the fake RAM
+    drv.kick()
+    assert drv.used() == [] and drv.status() & 0x40
+    assert "0x7fffff00" in dev.state()["model_state"]["needs_reset"]

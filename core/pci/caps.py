@@ -134,7 +134,7 @@ class Msi(Block):
         if rel <= 2 < rel + size:
             enabled, qmax = cs.events.msi_state()
             shift = (2 - rel) * 8
-            written = cs.raw_read(self.offset + 2, 2)
+            written = cs.merged(self.offset + 2, 2)
             view = self.control_view(written, enabled, qmax)
             width = min(2, rel + size - 2)
             mask = (1 << (width * 8)) - 1

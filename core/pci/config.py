@@ -241,8 +241,6 @@ class ConfigSpace:
         vm = _get(self.virt, off, size)
         return (_get(self.hw, off, size) & ~vm) | (_get(self.vconfig, off, size) & vm)
 
-    raw_read = merged
-
     def hw_get(self, off, size):
         """The function's own register value (non-virtual view)."""
         return _get(self.hw, off, size)
@@ -252,6 +250,7 @@ class ConfigSpace:
         _put(self.hw, off, size, (_get(self.hw, off, size) & ~mask) | (value & mask))
 
     def vconfig_get(self, off, size):
+        """vfio's virtual copy, as written by the user (BARs before masking)."""
         return _get(self.vconfig, off, size)
 
     def reset_hardware(self):

@@ -15,6 +15,7 @@ BAR1, 32-bit memory, 4 KiB: MSI-X table at 0x000, PBA at 0x800.
 import struct
 
 from . import caps
+from .dma import DmaError
 from .identity import BarSpec, Identity
 from .model import Model, MsixLayout
 from .virtqueue import NO_VECTOR, SplitQueue, VirtqError
@@ -339,6 +340,10 @@ class VirtioPci(Model):
                 self.interrupts["suppressed"] += 1
         except VirtqError as e:
             self.fail(str(e))
+        except DmaError as e:
+            # A data-buffer fault the device type has no status byte for
+            # (virtio-rng): the chain can be neither completed nor failed.
+            self.fail(f"DMA fault at {e.iova:#x}: errno {e.errno}")
 
     def handle(self, queue, chain):
         """Execute one request; returns bytes written into the writable part."""
