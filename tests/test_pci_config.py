@@ -269,3 +269,8 @@ def test_bar_sizing_property(log2, kind, address):
         assert cfg_read(dev, C.BAR_FIRST + 4, 4) == ((~(size - 1)) >> 32) & 0xFFFFFFFF
     cfg_write(dev, C.BAR_FIRST, 4, address)
     assert cfg_read(dev, C.BAR_FIRST, 4) == (address & mask) | spec.type_bits()
+
+
+def test_extended_capabilities_need_pcie():
+    with pytest.raises(ValueError):
+        probe(pcie=False, ats=True)

@@ -283,3 +283,38 @@ def test_garbage_rings_end_in_completion_or_needs_reset(tmp_path_factory, kind, 
     assert drv.status() & 0x40 or used_idx == idx
     dev.reset()
     assert drv.status() == 0
+
+
+_reg = st.one_of(st.integers(0, 0x3F), st.just(0x1000), st.integers(0x2000, 0x2060), st.integers(0x3000, 0x3008))
+_driver_ops = st.lists(st.tuples(_reg, st.sampled_from([1, 2, 4, 8]), st.integers(0, (1 << 64) - 1), st.booleans(),
+                                 st.binary(max_size=32)), max_size=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["virtio-blk", "virtio-rng"]), _driver_ops)
+def test_a_confused_driver_never_breaks_the_device(tmp_path_factory, kind, ops):
+    """Random register traffic and ring bytes after a correct probe: only
+    UapiError may escape, and a reset always brings status back to 0."""
+    from core.pci.models import make_model
+    params = {}
+    if kind == "virtio-blk":
+        img = tmp_path_factory.mktemp("img") / "d.img"
+        img.write_bytes(bytes(8192))
+        params = {"disk": str(img)}
+    port = RamPort(size=0x30000)
+    dev = PciDevice(make_model(kind, **params), port)
+    drv = VirtioDriver(dev, port)
+    drv.probe(ALL, msix_sinks={1: Sink(), 2: Sink()}, qsize=8)
+    for off, size, value, is_write, ring_bytes in ops:
+        if ring_bytes:
+            port.put(drv.RING + (value % 0x3000), ring_bytes)
+        try:
+            if is_write:
+                dev.region_write(0, off, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+            else:
+                dev.region_read(0, off, size)
+        except UapiError:
+            pass
+    dev.state()
+    drv.set_status(0)
+    assert drv.status() == 0

@@ -56,6 +56,8 @@ class PciDevice:
 
     def _build_config(self):
         model, opts = self.model, self.options
+        if not opts.pcie and (opts.ats or opts.pri or opts.pasid_bits):
+            raise ValueError("ATS, PRI and PASID are PCI Express extended capabilities")
         bars = list(model.bars) + [None] * (6 - len(model.bars))
         for i, spec in enumerate(bars):
             if isinstance(spec, BarSpec) and spec.is64:

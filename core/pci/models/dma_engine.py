@@ -30,7 +30,7 @@ ones, low then high; other widths read/merge bytes of the dword):
 | 0x2C | DOORBELL    | WO     | any write runs the descriptor synchronously; reads 0 |
 | 0x30 | STATUS      | RW1C   | bit 0 DONE, bit 1 ERROR (of the last doorbell) |
 | 0x34 | ERROR       | RO     | errno of the failure (EFAULT/EACCES/ENODEV from the IOMMU, EIO with Bus Master clear, EINVAL for a bad descriptor), 0 after success |
-| 0x38 | FAULT_LO    | RO     | IOVA that failed, bits 31:0 |
+| 0x38 | FAULT_LO    | RO     | IOVA that failed, bits 31:0 (0 for EINVAL) |
 | 0x3C | FAULT_HI    | RO     | bits 63:32 |
 | 0x40 | COMPLETED   | RO     | descriptors completed without error |
 | 0x44 | IRQ_STATUS  | RW1C   | bit 0: completion interrupt pending; INTx is asserted while set |
