@@ -262,6 +262,8 @@ def test_intx_disable_bit_masks_and_sets_initial_mask():
     dev.intx_set(True)
     irq_set(dev, NONE_TRIGGER, C.INTX, 0, 1)
     assert t.take() == 0                                       # virq_disabled blocks even loopback
+    irq_set(dev, C.DATA_NONE | C.ACTION_UNMASK, C.INTX, 0, 1)
+    assert t.take() == 0 and dev.irqs.intx_masked             # UNMASK cannot beat INTx-Disable
     cfg_write(dev, C.COMMAND, 2, 0)
     assert t.take() == 1                                       # clearing unmasks: the line fires
 

@@ -354,7 +354,11 @@ class Irqs:
 
     def intx_unmask_now(self):
         """UNMASK (or a signal on the unmask eventfd): a line still asserted
-        re-signals at once and stays masked (§6.1)."""
+        re-signals at once and stays masked (§6.1). While the virtual
+        INTx-Disable bit is set the line stays masked: clearing the bit
+        unmasks it."""
+        if self.virq_disabled:
+            return
         self.intx_masked = False
         self._intx_deliver()
 
