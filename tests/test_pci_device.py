@@ -435,3 +435,15 @@ def test_pread_pwrite_decode_the_file_offset():
     assert dev.pwrite(region_offset(0) + 0x10, b"\x99") == 1
     assert dev.pread(0x10, 1) == b"\x99"
     assert errno_of(dev.pread, region_offset(9), 4) == errno.EINVAL
+
+
+def test_rebinding_the_same_sink_keeps_it_open():
+    dev = probe()
+    s = Sink()
+    irq_set(dev, EVENTFD_TRIGGER, C.MSIX, 0, 1, fds(4), {4: s})
+    irq_set(dev, EVENTFD_TRIGGER, C.MSIX, 0, 1, fds(4), {4: s})
+    assert s.closed == 0
+    irq_set(dev, NONE_TRIGGER, C.MSIX, 0, 1)
+    assert s.take() == 1
+    irq_set(dev, NONE_TRIGGER, C.MSIX, 0, 0)
+    assert s.closed == 1

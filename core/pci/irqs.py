@@ -35,6 +35,12 @@ class _Sinks:
             self._refs[id(sink)] = (sink, self._refs.get(id(sink), (sink, 0))[1] + 1)
         return sink
 
+    def replace(self, old, new):
+        """Hold ``new`` before dropping ``old``: rebinding the same sink must not close it."""
+        self.hold(new)
+        self.drop(old)
+        return new
+
     def drop(self, sink):
         if sink is None:
             return
@@ -185,8 +191,7 @@ class Irqs:
         if kind == C.DATA_EVENTFD:
             fd = values[0]
             new = self._resolve(fd, sinks) if fd >= 0 else None
-            self.sinks.drop(self.intx_unmask)
-            self.intx_unmask = self.sinks.hold(new)
+            self.intx_unmask = self.sinks.replace(self.intx_unmask, new)
         elif kind == C.DATA_NONE or values[0]:
             self.intx_unmask_now()
 
@@ -200,8 +205,7 @@ class Irqs:
             fd = values[0]
             sink = self._resolve(fd, sinks) if fd >= 0 else None
             if self.type == C.INTX:
-                self.sinks.drop(self.intx_trigger)
-                self.intx_trigger = self.sinks.hold(sink)
+                self.intx_trigger = self.sinks.replace(self.intx_trigger, sink)
                 return
             self.type = C.INTX
             self.intx_trigger = self.sinks.hold(sink)
@@ -275,8 +279,7 @@ class Irqs:
             self._bind_vector(index, i, sink)
 
     def _bind_vector(self, index, v, sink):
-        self.sinks.drop(self.vectors[v])
-        self.vectors[v] = self.sinks.hold(sink)
+        self.vectors[v] = self.sinks.replace(self.vectors[v], sink)
         if index == C.MSIX:
             # The host requests (unmasks) a vector with a trigger and frees
             # (masks) one without; a message held while masked is delivered
@@ -323,8 +326,7 @@ class Irqs:
         if fd < -1:
             return
         sink = self._resolve(fd, sinks) if fd >= 0 else None
-        self.sinks.drop(current)
-        setattr(self, attr, self.sinks.hold(sink))
+        setattr(self, attr, self.sinks.replace(current, sink))
 
     # -- delivery from the function ----------------------------------------
 
