@@ -274,3 +274,13 @@ def test_bar_sizing_property(log2, kind, address):
 def test_extended_capabilities_need_pcie():
     with pytest.raises(ValueError):
         probe(pcie=False, ats=True)
+
+
+@pytest.mark.parametrize("no_soft_reset,resets", [(True, 0), (False, 1)])
+def test_d3hot_to_d0_resets_only_without_no_soft_reset(no_soft_reset, resets):
+    dev = probe(pm_no_soft_reset=no_soft_reset)
+    pm = dict((cid, off) for off, cid in caps_walk(dev))[C.CAP_ID_PM]
+    assert bool(cfg_read(dev, pm + 4, 2) & 0x8) == no_soft_reset
+    cfg_write(dev, pm + 4, 2, 3)
+    cfg_write(dev, pm + 4, 2, 0)
+    assert dev.counters["resets"] == resets and dev.model.resets == resets
