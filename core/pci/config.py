@@ -75,14 +75,15 @@ class Header(caps.Block):
         return raw & (((~(self.rom_size - 1)) & C.ROM_ADDRESS_MASK) | C.ROM_ENABLE)
 
     def on_read(self, cs, rel, size, value):
-        for reg in list(range(C.BAR_FIRST, C.BAR_FIRST + 24, 4)) + [C.ROM_ADDRESS]:
-            if reg + 4 <= rel or rel + size <= reg:
-                continue
-            view = self.rom_view(cs) if reg == C.ROM_ADDRESS else self.bar_view(cs, (reg - C.BAR_FIRST) // 4)
-            # Chunks never cross a dword, so the chunk lies inside this register.
-            shift = (rel - reg) * 8
-            value = (view >> shift) & ((1 << (size * 8)) - 1)
-        return value
+        # Chunks never cross a dword, so a chunk lies inside one register.
+        reg = rel & ~3
+        if C.BAR_FIRST <= reg < C.BAR_FIRST + 24:
+            view = self.bar_view(cs, (reg - C.BAR_FIRST) // 4)
+        elif reg == C.ROM_ADDRESS:
+            view = self.rom_view(cs)
+        else:
+            return value
+        return (view >> ((rel - reg) * 8)) & ((1 << (size * 8)) - 1)
 
     def on_write(self, cs, rel, size, value):
         if rel <= C.COMMAND < rel + size or rel <= C.COMMAND + 1 < rel + size:
@@ -202,6 +203,8 @@ class ConfigSpace:
         if count == 0:
             return b""
         self._check(pos, count)
+        if count in (1, 2, 4) and pos % count == 0 and self.owner[pos] is self.owner[pos + count - 1]:
+            return self._read_chunk(pos, count).to_bytes(count, "little")      # the common case
         out = bytearray()
         for p, n in self._chunks(pos, count):
             out += self._read_chunk(p, n).to_bytes(n, "little")

@@ -96,6 +96,9 @@ class PciDevice:
                 spec = bars[bar]
                 if not isinstance(spec, BarSpec) or end > spec.size:
                     raise ValueError("MSI-X table/PBA outside its BAR (§8.1 step 9)")
+        # Per BAR: the MSI-X table and PBA ranges it holds, looked up on every access.
+        self._msix_ranges = {bar: (self.msix.table_range(bar), self.msix.pba_range(bar))
+                             for bar in {self.msix_cap.table_bar, self.msix_cap.pba_bar}} if self.msix else {}
         self.irqs = Irqs(self.config, self.msi, self.msix, pcie=opts.pcie)
         self.irqs.sync_config()
 
@@ -127,11 +130,11 @@ class PciDevice:
 
     def d3hot(self):
         """True while PMCSR.PowerState is D3hot (§13.2)."""
-        return self.config.hw_get(self.pm.offset + caps.PowerManagement.PMCSR, 2) & 0x3 == 3
+        return self.config.hw[self.pm.offset + caps.PowerManagement.PMCSR] & 0x3 == 3
 
     def memory_enabled(self):
         """The virtual Command.MEM bit, which gates memory BAR access (§4.2, §5.1)."""
-        return bool(self.config.command() & C.CMD_MEMORY)
+        return bool(self.config.vconfig[C.COMMAND] & C.CMD_MEMORY)   # MEM is a virtual bit
 
     def bus_master(self):
         """Command.BusMaster as the function holds it (§5.1: it reaches hardware)."""
@@ -239,8 +242,7 @@ class PciDevice:
         count = min(count, spec.size - offset)
         if not spec.io and (not self.memory_enabled() or self.d3hot()):
             raise UapiError(errno.EIO, "memory decode disabled")
-        table = self.msix.table_range(bar) if self.msix else None
-        pba = self.msix.pba_range(bar) if self.msix else None
+        table, pba = self._msix_ranges.get(bar, (None, None))
         out = bytearray()
         pos, end = offset, offset + count
         while pos < end:
