@@ -447,3 +447,22 @@ def test_rebinding_the_same_sink_keeps_it_open():
     assert s.take() == 1
     irq_set(dev, NONE_TRIGGER, C.MSIX, 0, 0)
     assert s.closed == 1
+
+
+def test_set_irqs_check_precedence():
+    """When a call breaks several rules, the earliest check of §3.4/§6 wins."""
+    dev = probe()
+    s = Sink()
+    # header (step 3) before the missing handler (step 7)
+    assert errno_of(irq_set, dev, C.DATA_NONE | C.ACTION_MASK, C.MSIX, 0, 1, b"", None, 19) == errno.EINVAL
+    # start/count (step 4) before the data type (step 5)
+    assert errno_of(irq_set, dev, C.ACTION_TRIGGER, C.MSIX, 9, 1) == errno.EINVAL
+    # the data copy (step 6) before the missing handler (step 7)
+    assert errno_of(irq_set, dev, C.DATA_EVENTFD | C.ACTION_MASK, C.MSIX, 0, 1, b"", None, 24) == errno.EFAULT
+    # the missing handler (step 7) before the fd is looked at (§6)
+    assert errno_of(irq_set, dev, C.DATA_EVENTFD | C.ACTION_MASK, C.MSIX, 0, 1, fds(3), {}) == errno.ENOTTY
+    # INTx MASK: "INTx not active" (EINVAL) before "eventfd mask unimplemented" (ENOTTY)
+    assert errno_of(irq_set, dev, C.DATA_EVENTFD | C.ACTION_MASK, C.INTX, 0, 1, fds(3), {3: s}) == errno.EINVAL
+    # MSI-X enable: another type active (EINVAL) before the bad fd (EBADF)
+    irq_set(dev, EVENTFD_TRIGGER, C.INTX, 0, 1, fds(-1))
+    assert errno_of(irq_set, dev, EVENTFD_TRIGGER, C.MSIX, 0, 1, fds(3), {}) == errno.EINVAL
