@@ -179,6 +179,8 @@ def test_set_irqs_fds_to_resolve():
     dev = probe()
     assert dev.set_irqs_fds(EVENTFD_TRIGGER, C.MSIX, 0, 3, fds(5, -1, 5)) == [5]
     assert dev.set_irqs_fds(NONE_TRIGGER, C.MSIX, 0, 3) == []
+    assert dev.set_irqs_fds(C.DATA_EVENTFD | C.ACTION_MASK, C.INTX, 0, 1, fds(5)) == []   # ENOTTY comes first
+    assert dev.set_irqs_fds(C.DATA_EVENTFD | C.ACTION_UNMASK, C.INTX, 0, 1, fds(5)) == [5]
     with pytest.raises(UapiError):
         dev.set_irqs_fds(EVENTFD_TRIGGER, C.MSIX, 7, 3, fds(5, -1, 5))
 

@@ -125,10 +125,15 @@ class Irqs:
         return count * size
 
     def fds_to_resolve(self, argsz, flags, index, start, count, data):
-        """For the transport: the fds >= 0 of a DATA_EVENTFD call, after the
-        checks of §3.4 that come first (raises their UapiError)."""
+        """For the transport: the fds >= 0 of a DATA_EVENTFD call that some
+        handler will look at, after the checks of §3.4 that come first
+        (raises their UapiError). A failure to take one of them is not an
+        error here: pass it to set_irqs as ``sinks[fd] = UapiError(...)``, so
+        that earlier errnos (ENOTTY, EINVAL) keep their precedence."""
         nbytes = self.validate(argsz, flags, index, start, count)
-        if not flags & C.DATA_EVENTFD or len(data) < nbytes:
+        action = flags & C.ACTION_TYPE_MASK
+        uses_fds = action == C.ACTION_TRIGGER or (index == C.INTX and action == C.ACTION_UNMASK)
+        if not flags & C.DATA_EVENTFD or len(data) < nbytes or not uses_fds:
             return []
         return sorted({fd for fd in struct.unpack_from(f"<{count}i", data) if fd >= 0})
 
