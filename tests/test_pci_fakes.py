@@ -3,7 +3,7 @@ and a small model with every kind of BAR. No tests here."""
 import errno
 import struct
 
-from core.pci import BarSpec, DmaError, Identity, Model, MsixLayout, PciDevice
+from core.pci import BarSpec, DmaError, Identity, Model, MsixLayout
 from core.pci import consts as C
 
 
