@@ -200,8 +200,7 @@ class PciDevice:
             self.counters["config_writes"] += 1
             return self.config.write(offset, data)
         if index == C.ROM_REGION:
-            self._rom_extent(offset, len(data))
-            raise UapiError(errno.EINVAL, "the ROM is read-only")
+            raise UapiError(errno.EINVAL, "the ROM is read-only")      # before any other check
         return len(self._bar_rw(index, offset, len(data), data))
 
     def pread(self, offset, size):
