@@ -251,9 +251,11 @@ fetch_and_build() {
     grep -q 'KHDR_INCLUDES' "$mk" || die "the selftest Makefile changed: no KHDR_INCLUDES"
     for b in "${BINARIES[@]}"; do
         say "building $b"
+        # In the source directory, as make does: __FILE__ in the harness's
+        # messages is then "iommufd.c", not a path into the cache.
         # shellcheck disable=SC2086
-        gcc $cflags -isystem "$inc" -D_GNU_SOURCE= -I"$src/tools/testing/selftests" \
-            "$src/tools/testing/selftests/iommu/$b.c" $ldlibs -o "$bin/$b" \
+        (cd "$src/tools/testing/selftests/iommu" \
+            && gcc $cflags -isystem "$inc" -D_GNU_SOURCE= -I.. "$b.c" $ldlibs -o "$bin/$b") \
             || die "building $b failed"
     done
     echo "$pkg $ver $RECIPE" > "$STAMP"
