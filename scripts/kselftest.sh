@@ -95,16 +95,16 @@ host_packages() {
 
 # --- the private apt configuration ------------------------------------------
 
-# The first Debian archive URI of the machine's own apt sources (deb822 .sources
-# files and one-line .list files), skipping the security archive, which does
-# not carry backports.
+# The first Debian archive URI of the machine's own apt sources (one-line .list
+# files and deb822 .sources files), skipping the security archive, which does
+# not carry backports, and media apt cannot download from (cdrom:).
 machine_mirror() {
     local f
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -f "$f" ] || continue
         awk '$1 == "deb" {
                  i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                 if ($(i + 1) !~ /-security$/) { print $i; exit }
+                 if ($(i + 1) !~ /-security$/ && $i ~ /^(https?|ftp|file|mirror[+a-z]*):/) { print $i; exit }
              }' "$f"
     done
     for f in /etc/apt/sources.list.d/*.sources; do
@@ -112,7 +112,8 @@ machine_mirror() {
         # One stanza per paragraph; print its first URI if it is an enabled
         # "deb" stanza with a suite that is not a security suite.
         awk 'function flush() {
-                 if (types ~ /(^| )deb( |$)/ && enabled != "no" && uri != "" && regular) print uri
+                 if (types ~ /(^| )deb( |$)/ && enabled != "no" && regular \
+                     && uri ~ /^(https?|ftp|file|mirror[+a-z]*):/) print uri
                  types = ""; uri = ""; enabled = ""; regular = 0
              }
              /^[[:space:]]*$/ { flush(); next }

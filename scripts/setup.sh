@@ -45,6 +45,19 @@ install() {
     bash "$ROOT/scripts/guest/install.sh"
 }
 
+# --- the kernel's iommufd selftests (tests/test_kselftest.py) ---------------
+# scripts/kselftest.sh builds them with these Debian packages; it fetches the
+# kernel source itself. IOMMUFS_NO_KSELFTEST=1 skips that test, and this.
+kselftest_deps() {
+    [ "${IOMMUFS_NO_KSELFTEST:-}" = 1 ] && return 0
+    command -v unifdef >/dev/null && command -v xz >/dev/null \
+        && [ -e /usr/include/sys/capability.h ] && return 0
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq unifdef libcap-dev xz-utils >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq unifdef libcap-dev xz-utils >/dev/null; }
+}
+# ----------------------------------------------------------------------------
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -57,6 +70,7 @@ case "$cmd" in
         exec "$VENV/bin/iommufs" mount "$mnt" "$@" ;;
     test)
         install
+        kselftest_deps
         cd "$ROOT"
         set +e
         "$VENV/bin/python" -m pytest -q "$@"
