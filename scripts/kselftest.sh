@@ -176,7 +176,8 @@ pick_package() {
 
 # --- fetch, extract, sanitize, build -----------------------------------------
 
-RECIPE=$(sha256sum "$0" | cut -c1-16)
+# A cached build is reused while the build steps themselves are unchanged.
+RECIPE=$(sed -n -e '/^UAPI=/p' -e '/^fetch_and_build()/,/^}/p' "$0" | sha256sum | cut -c1-16)
 STAMP=$CACHE/build.stamp
 
 cached_build() {
@@ -306,9 +307,10 @@ logs=$CACHE/logs
 mkdir -p "$logs"
 run_args=()
 [ -n "$mnt" ] && run_args+=(--mount "$mnt")
-specs=()
+specs=() server_logs=()
 for b in "${BINARIES[@]}"; do
     say "running $b under iommufs run"
+    rm -f "$logs/$b.server.log"
     t0=$(date +%s%N)
     set +e
     # stdout and stderr in one pipe: the harness line-buffers stdout and
@@ -320,12 +322,13 @@ for b in "${BINARIES[@]}"; do
     set -e
     t1=$(date +%s%N)
     specs+=("$b=$logs/$b.log:$rc:$(ms "$t0" "$t1")")
+    server_logs+=(--server-log "$b=$logs/$b.server.log")
 done
 
 set +e
 python3 "$HERE/tap.py" --results "$results" \
     --meta package="$pkg" --meta version="$ver" --meta hugepages_added="$added" \
-    --meta harness_args="${harness_args[*]}" "${specs[@]}"
+    --meta harness_args="${harness_args[*]}" "${server_logs[@]}" "${specs[@]}"
 rc=$?
 set -e
 say "results in $results, logs in $logs"

@@ -150,6 +150,9 @@ def test_tap_parse():
     assert results == {"f.v.a": "PASS", "f.v.b": "FAIL", "f.v.c": "SKIP"}
     assert diags == {"f.v.b": "iommufd.c:12:b:Expected 0 (0) == x (-1)", "f.v.c": "no such thing"}
     assert tap.counts(results) == {"PASS": 1, "FAIL": 1, "SKIP": 1}
+    log = ("iommufs[7] INFO iommufs mounted at /tmp/x\n"
+           "iommufs[7] ERROR internal error serving a request\nTraceback (most recent call last):\n")
+    assert len(tap.server_errors(log)) == 2
 
 
 def test_expected_list_parses_and_compare_is_exact(tmp_path):
@@ -200,6 +203,13 @@ def test_every_instance_ran(kselftest_run):
     for name, b in data["binaries"].items():
         assert b["plan"] and b["plan"] == len(b["results"]), (
             f"{name}: planned {b['plan']} instances, reported {len(b['results'])}\n{out}")
+
+
+@disabled
+def test_no_server_error(kselftest_run):
+    data, _ = kselftest_run
+    errors = {name: b["server_errors"] for name, b in data["binaries"].items() if b["server_errors"]}
+    assert not errors, f"the iommufs server logged internal errors: {errors}"
 
 
 @disabled

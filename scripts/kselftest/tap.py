@@ -15,7 +15,7 @@ RUN line and its result line).
 Command line (used by scripts/kselftest.sh)::
 
     python3 tap.py --results FILE [--meta KEY=VALUE ...] \
-        BINARY=LOG[:EXIT[:SECONDS]] ...
+        [--server-log BINARY=FILE ...] BINARY=LOG[:EXIT[:SECONDS]] ...
 
 prints pass/fail/skip counts per binary and writes FILE as JSON::
 
@@ -23,7 +23,12 @@ prints pass/fail/skip counts per binary and writes FILE as JSON::
      "binaries": {"iommufd": {"plan": 246, "exit": 1, "seconds": 15.2,
                               "counts": {"PASS": 55, "FAIL": 186, "SKIP": 5},
                               "results": {"iommufd.simple_close": "PASS", ...},
-                              "diagnostics": {"iommufd.cmd_length": "...", ...}}}}
+                              "diagnostics": {"iommufd.cmd_length": "...", ...},
+                              "server_errors": []}}}
+
+``server_errors`` holds the error lines (ERROR, CRITICAL, tracebacks) of the
+iommufs server's log during that binary's run: the emulator must answer every
+request, right or wrong, without an internal error.
 """
 import argparse
 import json
@@ -78,6 +83,14 @@ def parse(text):
     return plan, results, diagnostics
 
 
+_SERVER_ERROR = re.compile(r"^iommufs\[\d+\] (ERROR|CRITICAL) |^Traceback ")
+
+
+def server_errors(text):
+    """The lines of an iommufs server log that report an internal error."""
+    return [line for line in text.splitlines() if _SERVER_ERROR.match(line)]
+
+
 def counts(results):
     """Count a results dict by outcome: ``{"PASS": n, "FAIL": n, "SKIP": n}``."""
     c = {r: 0 for r in RESULTS}
@@ -100,8 +113,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", required=True, help="JSON file to write")
     ap.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--server-log", action="append", default=[], metavar="BINARY=FILE")
     ap.add_argument("binaries", nargs="+", metavar="BINARY=LOG[:EXIT[:SECONDS]]")
     args = ap.parse_args(argv)
+    server_logs = dict(s.partition("=")[::2] for s in args.server_log)
 
     out = {"meta": dict(m.partition("=")[::2] for m in args.meta), "binaries": {}}
     incomplete = False
@@ -110,9 +125,13 @@ def main(argv=None):
         with open(log, errors="replace") as f:
             plan, results, diags = parse(f.read())
         c = counts(results)
+        errors = []
+        if name in server_logs:
+            with open(server_logs[name], errors="replace") as f:
+                errors = server_errors(f.read())
         out["binaries"][name] = {
             "plan": plan, "exit": exit_code, "seconds": seconds, "counts": c,
-            "results": results, "diagnostics": diags,
+            "results": results, "diagnostics": diags, "server_errors": errors,
         }
         # A binary that died mid-run reports fewer instances than it planned;
         # say so here, since the counts alone would look like a shorter suite.
@@ -121,6 +140,9 @@ def main(argv=None):
         took = f" in {seconds:.1f}s" if seconds is not None else ""
         print(f"{name}: {len(results)} instances: pass {c['PASS']}, fail {c['FAIL']}, "
               f"skip {c['SKIP']}{took}{missing}")
+        if errors:
+            print(f"{name}: the iommufs server logged {len(errors)} errors, "
+                  f"the first: {errors[0]}")
     with open(args.results, "w") as f:
         json.dump(out, f, indent=1, sort_keys=False)
         f.write("\n")
