@@ -28,6 +28,9 @@
 # 2 on a usage error, 3 when a binary did not report every planned instance,
 # 4 when fetching or building failed.
 set -euo pipefail
+# Command substitutions ($(fetch_and_build), $(pick_package)) must stop at the
+# first failure too.
+shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/scripts/kselftest
@@ -40,8 +43,8 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 BINARIES=(iommufd iommufd_fail_nth)
 # UAPI headers the selftest reaches (<linux/vfio.h>, <linux/iommufd.h> via
 # iommufd_test.h) and their <linux/...> includes; the host's linux-libc-dev
-# is older than the selftest, and mixing would miss new structs. <asm/...>
-# headers stay the host's: their content does not change between releases.
+# is older than the selftest and lacks its structs. <asm/...> headers stay the
+# host's: the selftest takes only types and __NR_pidfd_open (5.3) from them.
 UAPI=(iommufd vfio types ioctl stddef posix_types)
 
 build_only=0 refresh=0 results="" hugepages=128 mnt="" only=""
@@ -142,21 +145,24 @@ apt_private() {
 apt_setup() {
     local mirror=${IOMMUFS_KSELFTEST_MIRROR:-}
     if [ -z "$mirror" ]; then
-        mirror=$(machine_mirror | head -n1)
+        # sed, not head: reading everything spares machine_mirror a SIGPIPE,
+        # which pipefail would turn into a failure.
+        mirror=$(machine_mirror | sed -n 1p)
         [ -n "$mirror" ] || die "no Debian archive found in the machine's apt sources (set IOMMUFS_KSELFTEST_MIRROR)"
     fi
     [ -r "$KEYRING" ] || die "$KEYRING missing: install debian-archive-keyring"
     # trixie's archive keys came to bookworm in a point release of the keyring;
     # an older one cannot verify the suite.
-    if command -v gpg >/dev/null && ! gpg --show-keys "$KEYRING" 2>/dev/null | grep -q '(13/trixie)'; then
+    if command -v gpg >/dev/null && ! gpg --show-keys "$KEYRING" 2>/dev/null | grep '(13/trixie)' >/dev/null; then
         die "$KEYRING has no trixie keys: upgrade debian-archive-keyring (bookworm's 2023.3+deb12u2 or later has them)"
     fi
     mkdir -p "$APT_DIR/sources.list.d" "$APT_DIR/state/lists/partial" \
              "$APT_DIR/cache/archives/partial" "$APT_DIR/debs"
     echo "deb [signed-by=$KEYRING] $mirror $SUITE main" > "$APT_DIR/sources.list"
     say "apt update of $SUITE (private configuration in $APT_DIR)"
-    apt_private apt-get -q update >"$APT_DIR/update.log" 2>&1 \
-        || { cat "$APT_DIR/update.log" >&2; die "apt-get update of $SUITE failed"; }
+    # --error-on=any: an unreachable mirror is otherwise only a warning.
+    apt_private apt-get -q --error-on=any update >"$APT_DIR/update.log" 2>&1 \
+        || { cat "$APT_DIR/update.log" >&2; die "apt-get update of $SUITE from $mirror failed"; }
 }
 
 # The package to use: $PACKAGE, or if the suite does not have it, the newest
@@ -168,7 +174,7 @@ pick_package() {
     fi
     local alt
     alt=$(apt_private apt-cache pkgnames linux-source-7. 2>/dev/null \
-              | grep -E '^linux-source-7\.[0-9]+$' | sort -V | tail -n1)
+              | { grep -E '^linux-source-7\.[0-9]+$' || true; } | sort -V | tail -n1)
     [ -n "$alt" ] || die "neither $PACKAGE nor any linux-source-7.x in $SUITE"
     say "WARNING: $PACKAGE is not in $SUITE; using $alt"
     echo "$alt"
@@ -193,7 +199,7 @@ fetch_and_build() {
     local pkg ver deb top src inc bin t0 t1 size
     apt_setup
     pkg=$(pick_package)
-    ver=$(apt_private apt-cache show "$pkg" | awk '/^Version:/ { print $2; exit }')
+    ver=$(apt_private apt-cache show "$pkg" | awk '/^Version:/ && v == "" { v = $2 } END { print v }')
     [ -n "$ver" ] || die "no version of $pkg"
     deb=$(ls "$APT_DIR/debs/${pkg}_${ver//:/%3a}_all.deb" 2>/dev/null || true)
     if [ -z "$deb" ]; then
