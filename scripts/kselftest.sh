@@ -298,11 +298,14 @@ give_back() {
     fi
 }
 trap give_back EXIT
+# Leave through the EXIT trap on these too, so the pool is given back.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if [ "$hugepages" -gt 0 ]; then
     # Add to the pool rather than set it, and take back what was added, so
     # that another user of hugetlb pages on the machine keeps its share.
     before=$(cat "$POOL")
-    echo $((before + hugepages)) > "$POOL" 2>/dev/null || true
+    echo $((before + hugepages)) 2>/dev/null > "$POOL" || true
     added=$(( $(cat "$POOL") - before ))
     [ "$added" -ge "$hugepages" ] \
         || say "WARNING: asked for $hugepages hugetlb pages, got $added: the hugepage variants will fail"

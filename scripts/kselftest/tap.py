@@ -32,6 +32,7 @@ request, right or wrong, without an internal error.
 """
 import argparse
 import json
+import os
 import re
 import sys
 
@@ -126,7 +127,8 @@ def main(argv=None):
             plan, results, diags = parse(f.read())
         c = counts(results)
         errors = []
-        if name in server_logs:
+        # With --mount the server is not ours and writes no log here.
+        if name in server_logs and os.path.exists(server_logs[name]):
             with open(server_logs[name], errors="replace") as f:
                 errors = server_errors(f.read())
         out["binaries"][name] = {
