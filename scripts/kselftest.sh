@@ -91,40 +91,43 @@ host_packages() {
     [ ${#missing[@]} = 0 ] && return
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
-        || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+    # Wait for another apt (another checkout's setup) rather than fail on its lock.
+    local install=(apt-get install -y -qq -o DPkg::Lock::Timeout=300)
+    "${install[@]}" "${missing[@]}" >/dev/null 2>&1 \
+        || { apt-get update -qq && "${install[@]}" "${missing[@]}" >/dev/null; } \
         || die "cannot install ${missing[*]}"
 }
 
 # --- the private apt configuration ------------------------------------------
 
-# The first Debian archive URI of the machine's own apt sources (one-line .list
-# files and deb822 .sources files), skipping the security archive, which does
-# not carry backports, and media apt cannot download from (cdrom:).
+# The URI of the machine's own Debian archive: the first apt source (one-line
+# .list files, then deb822 .sources files) serving the machine's release itself
+# (suite == VERSION_CODENAME), which is not a third-party repository, nor the
+# security archive (no backports there), nor a medium apt cannot fetch from.
+# trixie-backports lives in that same archive.
 machine_mirror() {
-    local f
+    local f codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    [ -n "$codename" ] || return 0
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -f "$f" ] || continue
-        awk '$1 == "deb" {
-                 i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                 if ($(i + 1) !~ /-security$/ && $i ~ /^(https?|ftp|file|mirror[+a-z]*):/) { print $i; exit }
-             }' "$f"
+        sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" \
+            | awk -v want="$codename" '$1 == "deb" && $3 == want && $2 ~ /^(https?|ftp|file|mirror[+a-z]*):/ { print $2 }'
     done
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
-        # One stanza per paragraph; print its first URI if it is an enabled
-        # "deb" stanza with a suite that is not a security suite.
-        awk 'function flush() {
-                 if (types ~ /(^| )deb( |$)/ && enabled != "no" && regular \
+        awk -v want="$codename" '
+             function flush() {
+                 if (types ~ /(^| )deb( |$)/ && enabled != "no" && release \
                      && uri ~ /^(https?|ftp|file|mirror[+a-z]*):/) print uri
-                 types = ""; uri = ""; enabled = ""; regular = 0
+                 types = ""; uri = ""; enabled = ""; release = 0
              }
              /^[[:space:]]*$/ { flush(); next }
              /^[[:space:]]*#/ { next }
              tolower($1) == "types:"   { $1 = ""; types = $0 }
              tolower($1) == "uris:"    { uri = $2 }
              tolower($1) == "enabled:" { enabled = tolower($2) }
-             tolower($1) == "suites:"  { for (i = 2; i <= NF; i++) if ($i !~ /-security$/) regular = 1 }
+             tolower($1) == "suites:"  { for (i = 2; i <= NF; i++) if ($i == want) release = 1 }
              END { flush() }' "$f"
     done
 }

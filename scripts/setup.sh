@@ -53,8 +53,8 @@ kselftest_deps() {
     command -v unifdef >/dev/null && command -v xz >/dev/null \
         && [ -e /usr/include/sys/capability.h ] && return 0
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq unifdef libcap-dev xz-utils >/dev/null 2>&1 \
-        || { apt-get update -qq && apt-get install -y -qq unifdef libcap-dev xz-utils >/dev/null; }
+    local install=(apt-get install -y -qq -o DPkg::Lock::Timeout=300 unifdef libcap-dev xz-utils)
+    "${install[@]}" >/dev/null 2>&1 || { apt-get update -qq && "${install[@]}" >/dev/null; }
 }
 # ----------------------------------------------------------------------------
 
