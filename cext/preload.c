@@ -60,6 +60,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -1222,6 +1223,82 @@ static int fd_returning(int fd, unsigned long req, void *arg, int result)
     return result;
 }
 
+/* ------------------------------------------------ KVM's VFIO pseudo-device */
+
+/* With KVM, a VMM adds each VFIO device fd to the VM's KVM_DEV_TYPE_VFIO
+ * device (KVM_SET_DEVICE_ATTR, group KVM_DEV_VFIO_FILE, FILE_ADD/DEL;
+ * reference vfio-device.md §11) before BIND, and the kernel refuses a file
+ * that is not its own VFIO file (EINVAL). For an iommufs VFIO fd KVM would
+ * only learn coherency and driver hooks, none of which an emulated device
+ * has, so the shim answers for those fds with the kernel's bookkeeping
+ * (EEXIST added twice, ENOENT deleting one never added) and passes every
+ * other fd through. */
+#define IOFS_KVM_SET_DEVICE_ATTR 0x4018aee1UL    /* _IOW(0xAE, 0xe1, 24-byte attr) */
+#define IOFS_KVM_DEV_VFIO_FILE 1
+#define IOFS_KVM_DEV_VFIO_FILE_ADD 1
+#define IOFS_KVM_DEV_VFIO_FILE_DEL 2
+#define IOFS_KVM_FILES 64
+
+struct iofs_kvm_device_attr { uint32_t flags, group; uint64_t attr, addr; };
+
+static struct { int kvm_fd; ino_t ino; } g_kvm_files[IOFS_KVM_FILES];
+static pthread_mutex_t g_kvm_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Copy n bytes from our own address p without faulting on a bad pointer
+ * (the kernel gives EFAULT there, not a crash). */
+static int self_read(void *dst, const void *p, size_t n)
+{
+    struct iovec l = { dst, n }, r = { (void *)p, n };
+    return process_vm_readv(getpid(), &l, 1, &r, 1, 0) == (ssize_t)n ? 0 : -EFAULT;
+}
+
+/* 1 and *ret set when the call was for an iommufs VFIO fd; 0 to pass on. */
+static int kvm_vfio_file(int kvm_fd, const void *arg, int *ret)
+{
+    struct iofs_kvm_device_attr a;
+    int32_t vfd;
+    ino_t ino;
+
+    if (!arg || self_read(&a, arg, sizeof(a)) < 0)
+        return 0;
+    if (a.group != IOFS_KVM_DEV_VFIO_FILE ||
+        (a.attr != IOFS_KVM_DEV_VFIO_FILE_ADD && a.attr != IOFS_KVM_DEV_VFIO_FILE_DEL))
+        return 0;
+    if (self_read(&vfd, (const void *)(uintptr_t)a.addr, sizeof(vfd)) < 0)
+        return 0;
+    if (fd_kind(vfd, &ino, NULL) != K_VFIO)
+        return 0;
+    pthread_mutex_lock(&g_kvm_lock);
+    int at = -1, free_slot = -1;
+    for (int i = 0; i < IOFS_KVM_FILES; i++) {
+        if (g_kvm_files[i].kvm_fd == kvm_fd + 1 && g_kvm_files[i].ino == ino)
+            at = i;
+        else if (!g_kvm_files[i].kvm_fd && free_slot < 0)
+            free_slot = i;
+    }
+    int e = 0;
+    if (a.attr == IOFS_KVM_DEV_VFIO_FILE_ADD) {
+        if (at >= 0)
+            e = EEXIST;
+        else if (free_slot < 0)
+            e = ENOMEM;
+        else {
+            g_kvm_files[free_slot].kvm_fd = kvm_fd + 1;   /* 0 marks a free slot */
+            g_kvm_files[free_slot].ino = ino;
+        }
+    } else if (at < 0) {
+        e = ENOENT;
+    } else {
+        g_kvm_files[at].kvm_fd = 0;
+    }
+    pthread_mutex_unlock(&g_kvm_lock);
+    dbg("KVM VFIO file %s of fd %d: %d", a.attr == 1 ? "add" : "del", vfd, e);
+    if (e)
+        errno = e;
+    *ret = e ? -1 : 0;
+    return 1;
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...)
 {
     va_list ap;
@@ -1229,6 +1306,9 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     void *arg = va_arg(ap, void *);
     va_end(ap);
     ENSURE(ioctl);
+    int kr;
+    if (req == IOFS_KVM_SET_DEVICE_ATTR && g_root[0] && kvm_vfio_file(fd, arg, &kr))
+        return kr;
     int r = REAL(ioctl)(fd, req, arg);
     if (r < 0 || (req != IOMMU_FAULT_QUEUE_ALLOC && req != IOMMU_VEVENTQ_ALLOC && req != IOMMU_TEST_CMD))
         return r;

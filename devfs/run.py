@@ -65,6 +65,8 @@ import tempfile
 
 import cext
 
+from . import sysfs
+
 SHIM_NAME = "libiommufs-preload.so"
 HOST_DIR = ".iommufs-host"
 
@@ -275,7 +277,7 @@ def resolve_user(spec):
     return uid, gid, groups
 
 
-def _child(mnt, nodes, argv, env, user, mask, err_w):
+def _child(mnt, nodes, argv, env, user, mask, err_w, infos=()):
     """Set up the namespace and exec; never returns. Failures are written to
     ``err_w`` as ``"<status> <message>"``."""
     status = EXIT_FAILED
@@ -288,6 +290,13 @@ def _child(mnt, nodes, argv, env, user, mask, err_w):
             _user_namespace()
         mount(None, "/", None, MS_REC | MS_SLAVE)
         build_dev(mnt, nodes)
+        try:
+            sysfs.build_sysfs(infos, mount)
+        except OSError:
+            # A user namespace may not cover the host's sysfs: programs that
+            # open by path still run; only sysfs lookups miss the devices.
+            if os.geteuid() == 0:
+                raise
         if user is not None:
             uid, gid, groups = user
             os.setgroups(groups)
@@ -389,6 +398,7 @@ def run(argv, mnt=None, topology=None, user=None, log=None):
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
         nodes = vfio_nodes(mnt)
+        infos = sysfs.read_infos(mnt)
         env = program_env(os.environ, mnt, shim)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         sys.stdout.flush()
@@ -396,7 +406,7 @@ def run(argv, mnt=None, topology=None, user=None, log=None):
         pid = os.fork()
         if pid == 0:
             os.close(err_r)
-            _child(mnt, nodes, argv, env, user, mask, err_w)
+            _child(mnt, nodes, argv, env, user, mask, err_w, infos)
         os.close(err_w)
         with os.fdopen(err_r, "rb") as f:
             failure = f.read()            # EOF at the exec: the program runs

@@ -39,7 +39,24 @@ install() {
     "$VENV/bin/python" cext/build_native.py
     "$VENV/bin/python" devfs/build_fuse.py
     "$VENV/bin/python" cext/build_preload.py >/dev/null
+
+    # The test guest (QEMU >= 10.0, a Debian kernel, busybox-static): tests
+    # boot it, and scripts/demo_guest.py boots it beside a mount.
+    bash "$ROOT/scripts/guest/install.sh"
 }
+
+# --- the kernel's iommufd selftests (tests/test_kselftest.py) ---------------
+# scripts/kselftest.sh builds them with these Debian packages; it fetches the
+# kernel source itself. IOMMUFS_NO_KSELFTEST=1 skips that test, and this.
+kselftest_deps() {
+    [ "${IOMMUFS_NO_KSELFTEST:-}" = 1 ] && return 0
+    command -v unifdef >/dev/null && command -v xz >/dev/null \
+        && [ -e /usr/include/sys/capability.h ] && return 0
+    export DEBIAN_FRONTEND=noninteractive
+    local install=(apt-get install -y -qq -o DPkg::Lock::Timeout=300 unifdef libcap-dev xz-utils)
+    "${install[@]}" >/dev/null 2>&1 || { apt-get update -qq && "${install[@]}" >/dev/null; }
+}
+# ----------------------------------------------------------------------------
 
 cmd=${1:-}
 shift || true
@@ -53,6 +70,7 @@ case "$cmd" in
         exec "$VENV/bin/iommufs" mount "$mnt" "$@" ;;
     test)
         install
+        kselftest_deps
         cd "$ROOT"
         set +e
         "$VENV/bin/python" -m pytest -q "$@"

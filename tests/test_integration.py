@@ -173,6 +173,7 @@ def _holder_code():
         assert bufs[0][:4] == b"held"
         print("holding", flush=True)
         if sys.argv[2] == "close":
+            sys.stdin.readline()        # the test looks at the server first
             dev.sync_close(); fd.sync_close()
             print("closed", flush=True)
         else:
@@ -197,26 +198,54 @@ def _wait_unbound(mount, deadline=10.0):
         time.sleep(0.1)
 
 
+def pidfds_on(server_pid, pid):
+    """How many of the server's fds are pidfds of process ``pid`` (fdinfo's
+    ``Pid:`` line): exact even while other tests' releases still land."""
+    n = 0
+    for fd in os.listdir(f"/proc/{server_pid}/fd"):
+        try:
+            with open(f"/proc/{server_pid}/fdinfo/{fd}") as f:
+                if any(line.split() == ["Pid:", str(pid)] for line in f):
+                    n += 1
+        except OSError:
+            pass
+    return n
+
+
+def fd_table(pid):
+    """``fd -> (target, last fdinfo line)`` of process ``pid``, for failure messages."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[fd] = (os.readlink(f"/proc/{pid}/fd/{fd}"),
+                       open(f"/proc/{pid}/fdinfo/{fd}").read().strip().splitlines()[-1])
+        except OSError:
+            pass
+    return out
+
+
 @pytest.mark.parametrize("how", ["close", "sigkill"])
 def test_nothing_left_after_client_goes(mount, how):
-    base = server_fds(mount.pid)
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_holder_code()), mount.path, how],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
     assert p.stdout.readline().strip() == "holding", p.stderr.read()
-    assert server_fds(mount.pid) > base          # the owner's pidfd is held
+    assert pidfds_on(mount.pid, p.pid) > 0, fd_table(mount.pid)   # the owner's pidfd is held
     if how == "close":
+        p.stdin.write("close\n")
+        p.stdin.flush()
         assert p.stdout.readline().strip() == "closed"
-        assert server_fds(mount.pid) == base     # synchronous close: gone already
+        assert pidfds_on(mount.pid, p.pid) == 0  # synchronous close: gone already
         p.wait(10)
     else:
         p.send_signal(signal.SIGKILL)
         p.wait(10)
     assert _wait_unbound(mount) == 1             # a fresh context, IDs from 1 again
     end = time.monotonic() + 10
-    while server_fds(mount.pid) != base and time.monotonic() < end:
+    while pidfds_on(mount.pid, p.pid) and time.monotonic() < end:
         time.sleep(0.05)
-    assert server_fds(mount.pid) == base
+    assert pidfds_on(mount.pid, p.pid) == 0
 
 
 def test_context_refuses_another_uid(mount):
