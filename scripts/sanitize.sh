@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The sanitizer run: the C of iommufs (cext/_native: pagetable.c, holes.c,
 # procmem.c; devfs/_fuse; the preload shim) built with AddressSanitizer and
-# UndefinedBehaviorSanitizer into a directory of its own, and the test suite
-# run against that build: the C property tests in the pytest process, the
-# fuzz test and every integration test with the mount's server on it, the
-# shim's tests with programs preloading it. The normal build is not touched.
+# UndefinedBehaviorSanitizer into a directory of its own, and the tests that
+# run that C (list below) against that build: the C property tests in the
+# pytest process, the fuzz test and the integration tests with the mount's
+# server on it, the shim's tests with programs preloading it. The normal
+# build is not touched.
 #
 #   bash scripts/sanitize.sh [PYTEST ARGS...]      # after scripts/setup.sh install
 #
@@ -40,13 +41,29 @@ export ASAN_OPTIONS="detect_leaks=0:log_path=$REPORTS/asan${ASAN_OPTIONS:+:$ASAN
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$REPORTS/ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export IOMMUFS_FUZZ_SECONDS=${IOMMUFS_FUZZ_SECONDS:-30}
 
+# The tests that run our C: directly (the property tests of the page
+# tables, free IOVA space and client memory, core's unit tests and its
+# fuzz), through a server (transport, integration, hardening, fault and
+# fuzz tests) and through the shim (iommufs run). Not the kernel selftests
+# and guest boots, whose minutes buy nothing more here. Arguments naming
+# tests replace this list; other arguments are added to it.
+TESTS=(tests/test_pagetable.py tests/test_holes.py tests/test_procmem.py
+       tests/test_iova_alloc_prop.py tests/test_core_*.py tests/test_fuzz_core.py
+       tests/test_transport.py tests/test_integration*.py tests/test_hardening.py
+       tests/test_faults.py tests/test_run.py tests/test_fuzz.py tests/test_sanitized.py)
+for a in "$@"; do
+    case "$a" in
+        tests/*|*.py|*.py::*) TESTS=() ;;
+    esac
+done
+
 set +e
 # Deselected: `kill -SEGV` of a shell, whose SIGSEGV the preloaded ASan
 # runtime turns into its own report and exit status (it tests iommufs run's
 # exit status, not our C). tests/test_sanitized.py's report check runs last
 # (marker "last"): it reads the reports of everything before it.
 "$PY" -m pytest -q \
-    --deselect 'tests/test_run.py::test_exit_status[kill -SEGV $$-139]' "$@"
+    --deselect 'tests/test_run.py::test_exit_status[kill -SEGV $$-139]' "${TESTS[@]}" "$@"
 rc=$?
 set -e
 reports=$(ls -A "$REPORTS")

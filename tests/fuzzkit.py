@@ -144,6 +144,9 @@ VFIO_STRUCTS = {
     uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT: "vfio_device_detach_iommufd_pt",
     uapi.VFIO_DEVICE_GET_INFO: "vfio_device_info",
 }
+# VFIO commands whose struct core/uapi.py does not declare: the fixed size.
+VFIO_ARGSZ = {uapi.VFIO_DEVICE_SET_IRQS: 20, uapi.VFIO_DEVICE_GET_REGION_INFO: 32,
+              uapi.VFIO_DEVICE_GET_IRQ_INFO: 16}
 # Commands whose argument is a value, not a pointer.
 INT_CMDS = (uapi.VFIO_CHECK_EXTENSION, uapi.VFIO_SET_IOMMU, uapi.VFIO_GET_API_VERSION)
 
@@ -285,6 +288,7 @@ class Worker:
         # Under the preload shim (test_fuzz.py's worker 0), fd-returning
         # ioctls come back with an fd already open.
         self.shimmed = "libiommufs-preload" in os.environ.get("LD_PRELOAD", "")
+        self.eventfds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(2)]
         with open("/proc/self/maps") as f:
             assert self.shimmed == ("libiommufs-preload" in f.read()), "the shim is not loaded"
         self.adopted = 0
@@ -461,6 +465,8 @@ class Worker:
         a command without a known struct."""
         r = self.rng
         name = STRUCTS.get(cmd) or VFIO_STRUCTS.get(cmd)
+        if cmd in VFIO_ARGSZ:
+            return self.vfio_arg(cmd)
         if name is None:
             n = r.choice((0, 4, 8, 16, 32, 64))
             data = bytearray(r.getrandbits(8) for _ in range(n))
@@ -490,6 +496,27 @@ class Worker:
             # A tail past the kernel's struct: zero, or not (E2BIG).
             data += bytes(r.choice((4, 8, 64))) if r.random() < 0.5 else os.urandom(8)
         return data
+
+    def vfio_arg(self, cmd):
+        """VFIO_DEVICE_SET_IRQS / GET_REGION_INFO / GET_IRQ_INFO: argsz,
+        flags, index, then SET_IRQS's start, count and data (eventfds of
+        ours, -1, junk: the server takes fds with pidfd_getfd)."""
+        r = self.rng
+        fixed = VFIO_ARGSZ[cmd]
+        flags = r.choice((0, 1, 2, 4, 4 | 32, 4 | 8, 1 | 16, 2 | 32, r.getrandbits(32)))
+        index = r.choice((0, 1, 2, 3, 4, 5, 7, 8, 9, U32))
+        if cmd != uapi.VFIO_DEVICE_SET_IRQS:
+            body = struct.pack("<II", flags, index) + bytes(fixed - 12)
+            return struct.pack("<I", r.choice((fixed, fixed, 0, fixed - 1, U32))) + body
+        count = r.choice((0, 1, 2, 4, 64, U32))
+        n = min(count, 8)
+        if flags & 4 and r.random() < 0.9:
+            data = b"".join(struct.pack("<i", r.choice(self.eventfds + [-1, -1, 0, 9999, r.getrandbits(31)]))
+                            for _ in range(n))
+        else:
+            data = bytes(r.getrandbits(8) for _ in range(n))
+        argsz = r.choice((fixed + len(data), fixed + len(data), fixed, fixed - 1, 0, U32))
+        return struct.pack("<IIIII", argsz, flags, index, r.choice((0, 1, 2, U32)), count) + data
 
     def place(self, data):
         """Where the argument lives: the address passed to ioctl()."""

@@ -36,7 +36,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TESTS, client_env, start_server, stop_server
+from conftest import ROOT, TESTS, abort_connection, client_env, start_server, stop_server
 
 SECONDS = float(os.environ.get("IOMMUFS_FUZZ_SECONDS", "40"))
 WORKERS = int(os.environ.get("IOMMUFS_FUZZ_WORKERS", "3"))
@@ -164,24 +164,41 @@ def run_workers(mnt, seed, seconds, workers, tmp):
         procs.append((i, p, status))
     results, problems = [], []
     end = time.monotonic() + seconds + GRACE
-    for i, p, status in procs:
-        try:
-            out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            problems.append(f"worker {i} hung at {last_call(status)}")
-            continue
-        lines = [l for l in out.splitlines() if l.startswith("{")]
-        if p.returncode not in (0, 3) or not lines:
-            problems.append(f"worker {i} failed (rc {p.returncode}) at {last_call(status)}:\n"
-                            f"{err[-3000:]}")
-            continue
-        res = json.loads(lines[-1])
-        results.append(res)
-        if res["fatal"]:
-            problems.append(f"worker {i}: server gone at {res['fatal']}")
+    try:
+        for i, p, status in procs:
+            try:
+                out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                problems.append(f"worker {i} hung at {last_call(status)}")
+                continue
+            lines = [l for l in out.splitlines() if l.startswith("{")]
+            if p.returncode not in (0, 3) or not lines:
+                problems.append(f"worker {i} failed (rc {p.returncode}) at {last_call(status)}:\n"
+                                f"{err[-3000:]}")
+                continue
+            res = json.loads(lines[-1])
+            results.append(res)
+            if res["fatal"]:
+                problems.append(f"worker {i}: server gone at {res['fatal']}")
+    finally:
+        reap(mnt, [p for _, p, _ in procs])
     return results, problems
+
+
+def reap(mnt, procs):
+    """Kill the workers still running. One whose request the server read
+    and never answers cannot die (FUSE waits for the answer uninterruptibly
+    once the server has the request): then the connection is aborted, as
+    nothing else would end that wait."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            abort_connection(mnt)
+            p.wait(10)
 
 
 def test_fuzz(record_property, capsys):
