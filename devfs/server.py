@@ -740,8 +740,12 @@ class Server:
             # Off the loop thread: the self-ioctl of resolve_fds is a
             # request to this very mount (fuse-notes §4, §7). Cancellable:
             # a cancelled wait abandons the thread, which only closes its dups.
-            caller.fds = await trio.to_thread.run_sync(
-                self.resolve_fds, caller.tid, fds, abandon_on_cancel=True)
+            try:
+                caller.fds = await trio.to_thread.run_sync(
+                    self.resolve_fds, caller.tid, fds, abandon_on_cancel=True)
+            except BaseException:
+                self._abandon(blocked)      # cancelled before the wait began
+                raise
         while True:
             if blocked is not None:
                 await self._wait_blocked(blocked)
@@ -786,7 +790,9 @@ class Server:
             if out is not None:
                 d.finish(*out)
 
-        return self.port.defer(req, work)
+        # Interrupted before its task started, the work never runs: what it
+        # was to wait for is abandoned all the same.
+        return self.port.defer(req, work, discard=lambda: self._abandon(blocked))
 
     def _background(self, h, tid, attempt, failure, blocked=None, resolve=None):
         """Serve a frame request after its write() returned: the reply lands
@@ -805,7 +811,9 @@ class Server:
                 pending.event.set()
             self._notify(h)
 
-        self.port.spawn(work, owner=h)
+        # Released before its task started, the job never runs: what it was
+        # to wait for is abandoned all the same (a fault group's eventfd).
+        self.port.spawn(work, owner=h, discard=lambda: self._abandon(blocked))
 
     def resolve_fds(self, tid, fds):
         """``{fd: object or errno}`` for the fd numbers of thread ``tid``'s

@@ -146,16 +146,21 @@ class _Job:
     def drop(self):
         """The job will never run: release what it holds."""
         discard, self.discard = self.discard, None
-        if discard is not None:
-            try:
-                discard()
-            except Exception:
-                log.exception("discarding background work")
+        _discard(discard)
 
     def cancel(self):           # trio thread
         self.cancelled = True
         if self.scope is not None:
             self.scope.cancel()
+
+
+def _discard(fn):
+    """Call the ``discard`` of work that will never run (None: nothing)."""
+    if fn is not None:
+        try:
+            fn()
+        except Exception:
+            log.exception("discarding background work")
 
 
 _live_sessions = set()
@@ -405,10 +410,12 @@ class Session:
             return False
 
     # -- deferred requests (called by the Server on the loop thread) -------------------
-    def defer(self, req, work):
+    def defer(self, req, work, discard=None):
         """Answer ``req`` later: ``await work(d)`` runs in a trio task and
         replies through ``d`` (:class:`Deferred`). Returns DEFERRED; never
-        raises once the request is registered.
+        raises once the request is registered. If the request is answered
+        (INTERRUPT, unmount) before the task started, ``work`` never runs
+        and ``discard()`` (if given) is called instead.
         """
         with self._dlock:
             self._ids += 1
@@ -416,26 +423,31 @@ class Session:
             self._deferred[d.id] = d
         # If the INTERRUPT is already here, this calls iofs_interrupt at once.
         lib.fuse_req_interrupt_func(req, lib.iofs_interrupt, ffi.cast("void *", d.id))
-        if not self._call_soon(self._spawn, d, work):
+        if not self._call_soon(self._spawn, d, work, discard):
             d.fail(errno.ENOTCONN)
+            _discard(discard)
         return DEFERRED
 
-    def _spawn(self, d, work):
+    def _spawn(self, d, work, discard=None):
         if d.state == DONE:
+            _discard(discard)
             return
         if self._nursery is None:
             d.fail(errno.ENOTCONN)
+            _discard(discard)
             return
         try:
-            self._nursery.start_soon(self._run_deferred, d, work)
+            self._nursery.start_soon(self._run_deferred, d, work, discard)
         except RuntimeError:      # the nursery is closing
             d.fail(errno.ENOTCONN)
+            _discard(discard)
 
-    async def _run_deferred(self, d, work):
+    async def _run_deferred(self, d, work, discard=None):
         try:
             with trio.CancelScope() as scope:
                 d.scope = scope
                 if d.state == DONE:
+                    _discard(discard)
                     return
                 await work(d)
             if d.state == WAITING and not scope.cancelled_caught:

@@ -388,3 +388,50 @@ def test_non_pri_device_fails_at_once_and_logs(mount):
     fq.close()
     dev.sync_close()
     fd.sync_close()
+
+
+def test_dma_frame_abandoned_at_once_leaves_no_fd_in_the_server(mount):
+    """A PRI DMA frame whose writer closes the dma file right after the
+    write: the background wait is cancelled, often before its task started,
+    and the fault group's wake-up eventfd must still be closed once the
+    group is answered (here: INVALID, when the context goes)."""
+    def server_fds(kind):
+        out = 0
+        for fd in os.listdir(f"/proc/{mount.pid}/fd"):
+            try:
+                out += os.readlink(f"/proc/{mount.pid}/fd/{fd}") == kind
+            except OSError:
+                pass
+        return out
+
+    before = server_fds("anon_inode:[eventfd]")
+    code = textwrap.dedent(f"""
+        import os, struct, sys
+        from core import uapi
+        from devfs.client import Iommufd, VfioDevice
+        M = sys.argv[1]
+        fd = Iommufd(M)
+        dev = VfioDevice(M, "{ACCEL}")
+        dev_id = dev.bind(fd)
+        fault_id, fq = fd.fault_queue_alloc()
+        ioas = fd.ioas_alloc()
+        hwpt = fd.hwpt_alloc(dev_id, ioas, flags=uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID,
+                             fault_id=fault_id)
+        dev.attach(hwpt)
+        for i in range(200):
+            d = os.open(M + "/devices/{ACCEL}/dma", os.O_RDWR)
+            os.write(d, struct.pack("<4sIIIQII", b"IODM", 2, 0, 0, 0x40000000 + i * 4096, 4, 0)
+                     + b"gone")
+            os.close(d)
+        fq.close()
+        dev.sync_close()
+        fd.sync_close()
+        print("done")
+        """)
+    p = subprocess.run([sys.executable, "-c", code, mount.path], capture_output=True, text=True,
+                       env=client_env(), timeout=60)
+    assert p.stdout.strip() == "done", p.stderr
+    end = time.monotonic() + 5
+    while server_fds("anon_inode:[eventfd]") != before and time.monotonic() < end:
+        time.sleep(0.05)
+    assert server_fds("anon_inode:[eventfd]") == before
