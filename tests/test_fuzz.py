@@ -63,6 +63,19 @@ def server_fds(pid):
     return out
 
 
+def _pid_of(pid, fd):
+    # A pidfd's fdinfo names its process: which client's (or init's, for
+    # an SVA bind of pid 1) reference the server kept.
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return f" (pid {line.split()[1]})"
+    except OSError:
+        pass
+    return ""
+
+
 def leftovers(mnt):
     """What the mount still holds for someone: a list of strings, empty when
     nothing is bound, attached, bonded, allocated or exported under fds/."""
@@ -89,7 +102,8 @@ def wait_clean(mnt, pid, base_fds, timeout=15.0):
         left = leftovers(mnt)
         now = server_fds(pid)
         if len(now) > len(base_fds):
-            new = sorted(f"{fd} -> {what}" for fd, what in now.items() if base_fds.get(fd) != what)
+            new = sorted(f"{fd} -> {what}{_pid_of(pid, fd)}" for fd, what in now.items()
+                         if base_fds.get(fd) != what)
             left.append(f"server holds {len(now)} fds, {len(base_fds)} before the fuzz; "
                         f"new: {', '.join(new)}")
         if not left or time.monotonic() > end:
