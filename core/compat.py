@@ -27,13 +27,11 @@ import operator
 import struct
 
 from . import uapi
-from .dispatch import ioctl, write_struct
-from .errors import UapiError
-# The module, not its names: core.dispatch imports this module while
-# core.ioas may still be initialising (either can be imported first).
 from . import ioas as _ioas
+from .errors import UapiError
 from .iova import PAGE_SIZE, U64_MAX
 from .uapi import ffi
+from .ucmd import ioctl, write_struct
 
 # The emulator is built without CONFIG_VFIO_NOIOMMU: CHECK_EXTENSION answers
 # 0 for VFIO_NOIOMMU_IOMMU and SET_IOMMU refuses it with EINVAL.

@@ -16,7 +16,9 @@ import errno
 import heapq
 import weakref
 
+from . import uapi
 from .errors import UapiError
+from .ucmd import ioctl
 from .usermem import OwnerTable
 
 _live = weakref.WeakSet()
@@ -147,6 +149,15 @@ class Context:
             raise UapiError(errno.ENOENT, f"no object {oid} of {[t.kind for t in types]}")
         return obj
 
+    def get_kind(self, oid, kind):
+        """The published object ``oid`` whose ``kind`` is ``kind`` (a type
+        name such as "DEVICE"): for a module the type's own module builds
+        on, which cannot import it. ENOENT as :meth:`get`."""
+        obj = self.objects.get(oid)
+        if obj is None or obj.kind != kind:
+            raise UapiError(errno.ENOENT, f"no object {oid} of {kind}")
+        return obj
+
     def find(self, oid):
         """The published object ``oid`` or None."""
         return self.objects.get(oid)
@@ -205,3 +216,9 @@ class Context:
                 if obj.id in self.objects and obj.refs == 0:
                     self.remove(obj)
         self.closed = True
+
+
+@ioctl(uapi.IOMMU_DESTROY, "iommu_destroy", "id")
+def iommu_destroy(ctx, caller, cmd):
+    """IOMMU_DESTROY: ENOENT if ``id`` is absent, EBUSY while referenced (§4)."""
+    ctx.destroy(cmd.id)

@@ -9,12 +9,11 @@ import errno
 
 from . import uapi
 from .context import Obj
-from .dispatch import ioctl
 from .errors import UapiError
-# The module, not its names: core.dispatch imports the handler modules in
-# turn, and importing core.hwpt first reaches this one before hwpt is done.
-from . import hwpt as _hwpt
+from .hwpt import HwptPaging, new_paging_hwpt
+from .ioas import Ioas
 from .routing import RID, occupant
+from .ucmd import ioctl
 
 
 class BoundDevice(Obj):
@@ -36,8 +35,6 @@ class BoundDevice(Obj):
 
     # -- attach / replace / detach (§8) -----------------------------------------
     def _resolve_pt(self, pt_id, pasid):
-        from .ioas import Ioas
-
         obj = self.ctx.find(pt_id)
         if obj is None:
             raise UapiError(errno.ENOENT, f"pt_id {pt_id}")
@@ -45,7 +42,7 @@ class BoundDevice(Obj):
             if pasid is not RID:
                 raise UapiError(errno.EINVAL, "an IOAS cannot be attached to a PASID")
             return obj
-        if isinstance(obj, _hwpt.HwptPaging):
+        if isinstance(obj, HwptPaging):
             return obj
         raise UapiError(errno.EINVAL, f"pt_id {pt_id} is a {obj.kind}")
 
@@ -84,10 +81,10 @@ class BoundDevice(Obj):
 
     def _auto_domain(self, ioas):
         for obj in list(self.ctx.objects.values()):
-            if (isinstance(obj, _hwpt.HwptPaging) and obj.auto and obj.ioas is ioas
+            if (isinstance(obj, HwptPaging) and obj.auto and obj.ioas is ioas
                     and obj.iommu.key() == self.device.iommu.key()):
                 return obj, False
-        return _hwpt.new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
+        return new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
 
     def attach(self, pt_id, pasid=RID, mode=None):
         """Attach the route ``pasid`` (RID when None) to ``pt_id`` (an IOAS:
@@ -112,8 +109,6 @@ class BoundDevice(Obj):
         An mdev's RID attachment is its parent's RID with the mdev's default
         PASID (seed 004): like a PASID attach it reserves no IOVA range.
         """
-        from .ioas import Ioas
-
         target = self._resolve_pt(pt_id, pasid)
         created = False
         if isinstance(target, Ioas):

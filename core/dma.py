@@ -19,7 +19,7 @@ import time
 from cext._native import ffi
 
 from . import routing, uapi
-from .errors import UapiError
+from .errors import DmaFault, UapiError
 from .fault import SUCCESS, FaultGroup
 from .routing import RID
 
@@ -50,16 +50,6 @@ def _record_fault(device, pasid, iova, access, err):
         "status": -err,
     })
     del device.fault_log[:-FAULT_LOG_MAX]
-
-
-class DmaFault(Exception):
-    """A DMA that cannot complete: ``errno`` (EFAULT no translation, EACCES
-    permission, ENODEV not attached) and the first faulting ``iova``."""
-
-    def __init__(self, err, iova):
-        super().__init__(err, iova)
-        self.errno = err
-        self.iova = iova
 
 
 def route(emulator, device, pasid, iova):

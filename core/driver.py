@@ -8,7 +8,7 @@ harness plays that driver through this node. Each open is one
 own, and closing it frees them, as unloading a driver would.
 
 Commands are project-private ``_IO(0xF5, nr)`` ioctls (or frames carrying
-them) with the generic rules of the iommufd table (core.dispatch.decode):
+them) with the generic rules of the iommufd table (core.ucmd.decode):
 EFAULT, ENOTTY, EINVAL below the minimum size, E2BIG for a non-zero tail;
 ``flags`` and ``__reserved`` must be 0 (EOPNOTSUPP).
 
@@ -26,7 +26,7 @@ import struct
 from collections import deque
 
 from . import uapi
-from .dispatch import Table
+from .ucmd import Table
 from .errors import UapiError
 from .pasid import space_of
 from .sva import alloc_unrouted

@@ -6,8 +6,15 @@ at a time. Every method either returns its result or raises
 """
 import errno
 
+from .context import Context
 from .dispatch import iommufd_ioctl as _iommufd_ioctl
+from .dma import dma_frame
+from .driver import DriverFile, driver_ioctl
 from .errors import UapiError
+from .pasid import PasidSpace
+from .sva import SvaTable
+from .topology import Topology
+from .vfio import VfioFile, vfio_ioctl
 
 
 class Watch:
@@ -27,10 +34,6 @@ class Emulator:
     """
 
     def __init__(self, topology=None):
-        from .pasid import PasidSpace
-        from .sva import SvaTable
-        from .topology import Topology
-
         self.topology = topology or Topology.builtin()
         self.devices = {d.name: d for d in self.topology.devices}
         # The system-wide PASID space (ENQCMD devices, their SVA bonds; seed 003).
@@ -75,8 +78,6 @@ class Emulator:
     # -- /dev/iommu ----------------------------------------------------------
     def open_iommufd(self, caller):
         """open() of /dev/iommu: a new, empty Context owned by caller.uid."""
-        from .context import Context
-
         return Context(self, caller.uid)
 
     def iommufd_ioctl(self, ctx, caller, cmd, arg):
@@ -99,14 +100,10 @@ class Emulator:
     # -- /dev/vfio/devices/vfioN ----------------------------------------------
     def open_vfio(self, device, caller):
         """open() of a VFIO cdev node: an unbound VfioFile."""
-        from .vfio import VfioFile
-
         return VfioFile(self, device, caller.uid)
 
     def vfio_ioctl(self, vfile, caller, cmd, arg):
         """ioctl(devfd, cmd, arg) on a VFIO cdev: result or UapiError (§11.3)."""
-        from .vfio import vfio_ioctl
-
         return vfio_ioctl(vfile, caller, cmd, arg)
 
     def close_vfio(self, vfile):
@@ -116,14 +113,10 @@ class Emulator:
     # -- devices/<name>/driver -------------------------------------------------
     def open_driver(self, device, caller):
         """open() of a device's driver node: a new core.driver.DriverFile."""
-        from .driver import DriverFile
-
         return DriverFile(self, device, caller.uid)
 
     def driver_ioctl(self, dfile, caller, cmd, arg):
         """ioctl on a driver node (core.driver): result or UapiError."""
-        from .driver import driver_ioctl
-
         return driver_ioctl(dfile, caller, cmd, arg)
 
     def driver_read(self, dfile, caller, count):
@@ -181,14 +174,10 @@ class Emulator:
         Frame errors and translation faults are statuses inside the reply
         (DESIGN.md, the emulated device); this never raises.
         """
-        from .dma import dma_frame
-
         return dma_frame(self, device, caller, request)
 
     def shutdown(self):
         """Unmount: close every context still open (releases pidfds)."""
-        from .context import Context
-
         for ctx in list(Context.live(self)):
             ctx.close()
         self.watches.clear()

@@ -26,7 +26,7 @@ import struct
 
 from . import uapi
 from .context import Obj
-from .dispatch import ioctl
+from .ucmd import ioctl
 from .errors import UapiError
 from .fds import ReturnedFd
 

@@ -6,12 +6,14 @@ owner's virtual address. Devices attach to HWPTs (core.device).
 """
 import errno
 
-from cext.pagetable import PageTable
+from cext.pagetable import PTE_READ, PTE_WRITE, IOPageFault, PageTable
 
 from . import uapi
 from .context import Obj
-from .dispatch import ioctl
-from .errors import UapiError
+from .errors import DmaFault, UapiError
+from .fault import FaultQueue
+from .ioas import Ioas
+from .ucmd import ioctl
 
 PAGING_FLAGS = (uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
                 | uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID | uapi.IOMMU_HWPT_ALLOC_PASID)
@@ -67,10 +69,8 @@ class HwptPaging(Obj):
         WRITE=2) through the page table, then cut it where the owning area
         changes: ``[(owner, [(va, len)])]`` (core.usermem.Owner, bytes).
         A/D bits are set only if all of it translates. Raises
-        core.dma.DmaFault EFAULT (no translation) / EACCES (permission) with
+        core.errors.DmaFault EFAULT (no translation) / EACCES (permission) with
         the first failing IOVA."""
-        from .dma import DmaFault
-
         try:
             segs = self.pt.translate_range(iova, length, access)
         except OSError as e:
@@ -95,8 +95,6 @@ class HwptPaging(Obj):
         """The pages (IOVA, page_size aligned) of ``[iova, iova+length)``
         that do not translate for ``access``: what a PRI device asks for in
         one page request group. Sets no A/D bit."""
-        from cext.pagetable import PTE_READ, PTE_WRITE, IOPageFault
-
         need = (PTE_WRITE if access & 2 else 0) | (PTE_READ if access & 1 else 0)
         ps = self.page_size
         out = []
@@ -164,14 +162,12 @@ def hwpt_alloc(ctx, caller, cmd):
     mismatch, unknown pt_id or one that is neither IOAS nor paging HWPT;
     ENOENT: unknown dev_id, or FAULT_ID_VALID with an unknown fault_id.
     """
-    from .device import BoundDevice
-    from .ioas import Ioas
-
     if cmd.__reserved or cmd.__reserved2:
         raise UapiError(errno.EOPNOTSUPP, "__reserved")
     if (cmd.data_type == uapi.IOMMU_HWPT_DATA_NONE) != (cmd.data_len == 0):
         raise UapiError(errno.EINVAL, "data_type/data_len mismatch")
-    idev = ctx.get(cmd.dev_id, BoundDevice)
+    # By kind: core.device builds on this module (its auto domains).
+    idev = ctx.get_kind(cmd.dev_id, "DEVICE")
     pt = ctx.find(cmd.pt_id)
     if pt is None:
         raise UapiError(errno.EINVAL, f"pt_id {cmd.pt_id} unknown")
@@ -198,7 +194,5 @@ def hwpt_alloc(ctx, caller, cmd):
     else:
         raise UapiError(errno.EINVAL, f"pt_id {cmd.pt_id} is a {pt.kind}")
     if cmd.flags & uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID:
-        from .fault import FaultQueue
-
         hwpt.fault = ctx.get(cmd.fault_id, FaultQueue).get()
     cmd.out_hwpt_id = hwpt.id

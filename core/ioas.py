@@ -23,7 +23,7 @@ from sortedcontainers import SortedDict
 
 from . import uapi
 from .context import Obj
-from .dispatch import ioctl, respond_anyway
+from .ucmd import ioctl, respond_anyway
 from .errors import UapiError
 from .iova import (PAGE_SIZE, U64_MAX, FreeSpace, Reserved, alloc_iova, holes,
                    intersects, merge, subtract)

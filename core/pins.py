@@ -17,6 +17,9 @@ walk over the areas of the asking process (a test op), so IOAS_MAP pays
 nothing for it. Ranges are merged per ``Pages`` and swept once; no per-page
 work.
 """
+from .access import Access
+from .context import Context
+from .ioas import Ioas
 from .iova import PAGE_SIZE
 
 
@@ -30,10 +33,6 @@ def pinned_runs(emulator, tgid, start, end):
     """How many times each page of ``[start, end)`` (page-aligned VAs of
     process ``tgid``) is pinned: a sorted list of ``(lo, hi, count)``
     half-open VA runs with count >= 1; pages in no run count 0."""
-    from .access import Access
-    from .context import Context
-    from .ioas import Ioas
-
     spans = {}     # Pages -> [(lo, hi)]
 
     def add(pages, va, length):

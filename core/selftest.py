@@ -32,8 +32,8 @@ import itertools
 import struct
 from dataclasses import dataclass
 
-# Object modules by name: this module is imported by core.dispatch while
-# they may still be initializing; their classes are looked up at call time.
+from cext.pagetable import IOPageFault
+
 from . import access as _access
 from . import device as _device
 from . import fault as _fault
@@ -41,13 +41,13 @@ from . import hwpt as _hwpt
 from . import ioas as _ioas
 from . import routing, uapi
 from .context import Obj
-from .dispatch import ioctl, write_struct
 from .errors import UapiError
 from .fds import ReturnedFd
 from .iova import PAGE_SIZE, U64_MAX
 from .pins import first_refs_mismatch
 from .routing import RID
 from .topology import Device, IommuModel
+from .ucmd import ioctl, write_struct
 
 # ACCESS_PAGES and ACCESS_RW refuse more than this (the kernel's guard
 # against huge allocations): ENOMEM.
@@ -308,8 +308,6 @@ def _md_check_map(ctx, caller, cmd):
 def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     """The byte offset of the first IOVA of ``[iova, iova+length)`` that
     does not translate to ``uptr`` + offset in process ``tgid``, or None."""
-    from cext.pagetable import IOPageFault
-
     limit = length
     try:
         segs = hwpt.pt.translate_range(iova, length, 0)

@@ -18,7 +18,7 @@ permission fault) and there is no I/O page table to fill.
 """
 import errno
 
-from .errors import UapiError
+from .errors import DmaFault, UapiError
 from .pasid import space_of
 from .routing import occupant
 from .usermem import Owner, tgid_of, uid_of
@@ -65,10 +65,8 @@ class SvaBond:
     def dma_pieces(self, iova, length, access):
         """Translate IOVA ``[iova, iova+length)`` (= virtual addresses of the
         mm) for ``access`` (READ/WRITE): ``[(owner, [(va, len)])]``.
-        Raises core.dma.DmaFault: EFAULT unmapped, or the process exited
+        Raises core.errors.DmaFault: EFAULT unmapped, or the process exited
         (the PASID entry is torn down at mm_exit); EACCES not writable."""
-        from .dma import DmaFault
-
         if self.dead:
             raise DmaFault(errno.EFAULT, iova)
         rc = self.mm.owner.vma_access(iova, length, access & WRITE)

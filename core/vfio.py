@@ -12,7 +12,7 @@ import errno
 
 from . import uapi
 from .device import RID, BoundDevice
-from .dispatch import read_struct
+from .ucmd import read_struct
 from .errors import UapiError
 from .uapi import ffi
 

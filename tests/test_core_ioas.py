@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from core import dispatch, uapi
+from core import dispatch, ucmd, uapi
 from core.caller import Caller
 from core.context import Context, Obj
 from core.errors import UapiError
@@ -292,7 +292,7 @@ def test_short_struct_is_zero_filled_and_written_back_short(env, monkeypatch):
         cmd.out_hwpt_id = 0xABCD
         cmd.data_uptr = 0x1122334455667788  # beyond the caller's 24 bytes
 
-    op = dispatch.Op(0x3B9F, "iommu_hwpt_alloc", "__reserved", handler, "struct")
+    op = ucmd.Op(0x3B9F, "iommu_hwpt_alloc", "__reserved", handler, "struct")
     monkeypatch.setitem(dispatch.OPS, 0x9F, op)
     blob = ffi.new("char[]", 48)
     poke(addr(blob), struct.pack("<6I", 24, 0, 0, 0, 0, 0) + b"\x5a" * 24)
