@@ -12,6 +12,7 @@ publish-or-abort of step 7.
 """
 from . import compat, context, device, fault, hwpt, ioas, selftest, ucmd
 from .errors import UapiError
+from .files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
 
 # The table's last slot: IOMMU_TEST_CMD (the emulator is built like a kernel
 # with CONFIG_IOMMUFD_TEST, §2), so 0x95..0x9f are empty slots.
@@ -72,3 +73,24 @@ def iommufd_ioctl(ctx, caller, cmd, arg):
         raise
     ctx.commit()
     return result or 0
+
+
+class IommufdFile(File):
+    """An open of /dev/iommu (the kernel's iommufd_fops): its Context
+    ``ctx``. ioctl() is :func:`iommufd_ioctl`; closing it closes the
+    context (idempotent: a synchronous close and the later release)."""
+
+    frames = IOCTL_FRAMES
+    transport_ioctls = TRANSPORT_IOCTLS
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def ioctl(self, caller, cmd, arg):
+        return iommufd_ioctl(self.ctx, caller, cmd, arg)
+
+    def release(self):
+        self.ctx.close()
+
+    def fget(self):
+        return self.ctx

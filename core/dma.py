@@ -20,6 +20,7 @@ from cext._native import ffi
 
 from . import routing, uapi
 from .errors import DmaFault, UapiError
+from .files import REQUEST_FRAMES, File, Wait
 from .fault import SUCCESS, FaultGroup
 from .routing import RID
 
@@ -71,18 +72,41 @@ def route(emulator, device, pasid, iova):
     raise DmaFault(errno.EFAULT, iova)
 
 
-class DmaWait(Exception):
+class DmaWait(Wait):
     """Core's "not yet" for a DMA that raised a page request group (PRI):
     the transport waits until ``wait_fd`` is readable, then calls
     ``resume()`` (core lock held) for the reply frame; if the waiting DMA is
     cancelled instead (INTERRUPT, the writer gone) it calls ``abandon()``."""
 
     def __init__(self, group, resume):
-        super().__init__("waiting for a page response")
+        super().__init__(group.waiter_fd(), resume, group.abandon)
         self.group = group
-        self.wait_fd = group.waiter_fd()
-        self.resume = resume
-        self.abandon = group.abandon
+
+    @property
+    def wait_fd(self):
+        return self.fd
+
+
+class DmaPort(File):
+    """An open of ``devices/<name>/dma``: the device's DMA engine. Each
+    write() is one IODM request (:meth:`request`), its reply the writing
+    thread's next read() (DESIGN.md, the emulated device)."""
+
+    frames = REQUEST_FRAMES
+
+    def __init__(self, emulator, device):
+        self.emulator = emulator
+        self.device = device
+
+    def request(self, caller, data):
+        """One IODM request frame (bytes) -> its reply frame (bytes), or
+        DmaWait. Frame errors and faults are statuses in the reply."""
+        return dma_frame(self.emulator, self.device, caller, data)
+
+    @staticmethod
+    def failure(err):
+        """The reply of a request the transport could not serve (EIO)."""
+        return reply(-err)
 
 
 def dma_frame(emulator, device, caller, request):

@@ -28,6 +28,7 @@ from collections import deque
 from . import uapi
 from .ucmd import Table
 from .errors import UapiError
+from .files import IOCTL_FRAMES, POLLIN, POLLOUT, TRANSPORT_IOCTLS, File
 from .pasid import space_of
 from .sva import alloc_unrouted
 
@@ -35,11 +36,16 @@ DRIVER = Table()
 EVENT = struct.Struct("<IIIiQII")
 
 
-class DriverFile:
+class DriverFile(File):
     """One open of a device's driver node: ``device``, ``uid`` (only this
     uid may use it: EACCES), ``pasids`` (allocated: PASID -> its space),
-    ``bonds`` (handle -> SvaBond made here), ``events`` (pending records),
-    ``on_change`` (set by the transport: called when events arrive)."""
+    ``bonds`` (handle -> SvaBond made here), ``events`` (pending records).
+    Its ioctls are :data:`DRIVER`'s (project-private numbers of its own);
+    read() gives events unless the reading thread has a frame in flight."""
+
+    frames = IOCTL_FRAMES
+    own_private = True
+    transport_ioctls = TRANSPORT_IOCTLS
 
     def __init__(self, emulator, device, uid):
         self.emulator = emulator
@@ -48,7 +54,6 @@ class DriverFile:
         self.pasids = {}
         self.bonds = {}
         self.events = deque()
-        self.on_change = None
         self.open = True
 
     def check_caller(self, caller):
@@ -59,8 +64,7 @@ class DriverFile:
 
     def _event(self, typ, bond, addr=0, perm=0):
         self.events.append(EVENT.pack(typ, bond.handle, bond.pasid, bond.mm.tgid, addr, perm, 0))
-        if self.on_change is not None:
-            self.on_change()
+        self.changed()
 
     def mm_exit(self, bond):
         """Queue the mm_exit event of ``bond`` (core.sva) and wake pollers."""
@@ -83,6 +87,25 @@ class DriverFile:
             out.append(self.events.popleft())
         return b"".join(out)
 
+    def ioctl(self, caller, cmd, arg):
+        """ioctl on a driver node: result or UapiError (EBADF closed, EACCES
+        another uid, then the generic rules and the command's own)."""
+        self.check_caller(caller)
+        return DRIVER.call(self, caller, cmd, arg)
+
+    def read(self, caller, count, off):
+        """read() of ``count`` bytes: pending events (bytes). EBADF closed,
+        EACCES another uid; EINVAL ``count`` below one record."""
+        self.check_caller(caller)
+        return self.read_events(count)
+
+    def poll(self):
+        """POLLIN while events wait; always writable (frames)."""
+        return POLLIN | POLLOUT if self.open and self.events else POLLOUT
+
+    def release(self):
+        self.close()
+
     def close(self):
         """Unbind every bond (all its users) and free every PASID. Idempotent."""
         self.open = False
@@ -95,13 +118,6 @@ class DriverFile:
             space.free(pasid)
         self.pasids.clear()
         self.events.clear()
-
-
-def driver_ioctl(dfile, caller, cmd, arg):
-    """ioctl on a driver node: result or UapiError (EBADF closed, EACCES
-    another uid, then the generic rules and the command's own)."""
-    dfile.check_caller(caller)
-    return DRIVER.call(dfile, caller, cmd, arg)
 
 
 def _no_flags(flags, reserved):

@@ -28,7 +28,8 @@ from . import uapi
 from .context import Obj
 from .ucmd import ioctl
 from .errors import UapiError
-from .fds import ReturnedFd
+from .fds import FdOpen, ReturnedFd
+from .files import POLLIN, POLLOUT
 
 RECORD = struct.Struct("<IIIIIIQII")      # struct iommu_hwpt_pgfault (40 bytes)
 RESPONSE = struct.Struct("<II")           # struct iommu_hwpt_page_response (8 bytes)
@@ -110,8 +111,8 @@ class FaultGroup:
 class FaultQueue(Obj):
     """The FAULT object (reference §10.1). ``pending``: groups not yet read;
     ``awaiting``: cookie -> group delivered and not yet answered;
-    ``file``: its FaultFile while the fd exists; ``on_change``: called (by
-    core, lock held) when groups arrive, for the transport to wake pollers."""
+    ``file``: its FaultFile while the fd exists (told when groups arrive,
+    to wake pollers)."""
 
     kind = "FAULT"
 
@@ -120,14 +121,13 @@ class FaultQueue(Obj):
         self.pending = []
         self.awaiting = {}
         self.file = None
-        self.on_change = None
 
     # -- the IOMMU side ----------------------------------------------------------
     def report(self, group):
         """Queue a fault group (the IOMMU reporting a page request)."""
         self.pending.append(group)
-        if self.on_change is not None:
-            self.on_change()
+        if self.file is not None:
+            self.file.changed()
 
     def answer_all(self, match=lambda g: True, code=INVALID):
         """Answer ``code`` to every pending or delivered group ``match``
@@ -200,7 +200,6 @@ class FaultQueue(Obj):
 
     def destroy(self):
         self.answer_all()
-        self.on_change = None
 
 
 class FaultFile(ReturnedFd):
@@ -214,6 +213,29 @@ class FaultFile(ReturnedFd):
         super().__init__(queue.ctx, uid)
         self.queue = queue.get()
         queue.file = self
+
+    def open(self, caller, flags):
+        """open() of the node: EBADF closed, EACCES another uid."""
+        self.check_caller(caller)
+        self.opened()
+        return FdOpen(self)
+
+    def read(self, caller, count):
+        """read() of the fault fd (reference §10.1): bytes of whole groups."""
+        self.check_caller(caller)
+        return self.queue.read(count)
+
+    def write(self, caller, data):
+        """write() of page responses (reference §10.1): bytes consumed."""
+        self.check_caller(caller)
+        return self.queue.write(data)
+
+    def poll(self, closed):
+        """§10.1: always writable; readable while groups wait to be read.
+        EBADF (POLLERR) on an open closed synchronously."""
+        if closed:
+            raise UapiError(errno.EBADF, "closed synchronously")
+        return POLLOUT | (POLLIN if not self.closed and self.queue.readable() else 0)
 
     def _close(self):
         q = self.queue

@@ -43,6 +43,7 @@ from . import routing, uapi
 from .context import Obj
 from .errors import UapiError
 from .fds import ReturnedFd
+from .files import NULL, SYNC_CLOSE, WHOAMI
 from .iova import PAGE_SIZE, U64_MAX
 from .pins import first_refs_mismatch
 from .routing import RID
@@ -179,6 +180,8 @@ class AccessFile(ReturnedFd):
 
     node_kind = "access"
     closed_errno = errno.EBADFD
+    # WHOAMI: an access fd is passed back in as IOMMU_TEST_CMD's ``id``.
+    transport_ioctls = frozenset((NULL, SYNC_CLOSE, WHOAMI))
 
     def __init__(self, access, uid):
         super().__init__(access.ctx, uid)
@@ -209,7 +212,10 @@ def _access_file(caller, fd):
     """The AccessFile behind the caller's fd ``fd`` (resolved by the
     transport into ``caller.fds``). The kernel answers EBADFD both for an
     fd that is not open and for one that is not an access fd."""
-    got = caller.fds.get(fd)
+    try:
+        got = caller.fd(fd, AccessFile)
+    except UapiError:
+        got = None
     if not isinstance(got, AccessFile):
         raise UapiError(errno.EBADFD, f"fd {fd} is not an access fd")
     got.check_caller(caller)

@@ -14,6 +14,7 @@ from . import uapi
 from .device import RID, BoundDevice
 from .ucmd import read_struct
 from .errors import UapiError
+from .files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
 from .uapi import ffi
 
 # vfio-pci's fixed counts: BAR0-5, ROM, CONFIG, VGA regions; INTX, MSI, MSIX, ERR, REQ irqs.
@@ -21,9 +22,13 @@ VFIO_PCI_NUM_REGIONS = 9
 VFIO_PCI_NUM_IRQS = 5
 
 
-class VfioFile:
+class VfioFile(File):
     """One open VFIO device file: ``device`` (topology Device), ``idev``
-    (the BoundDevice after BIND), ``uid`` of the opener."""
+    (the BoundDevice after BIND), ``uid`` of the opener. ioctl() is
+    :func:`vfio_ioctl`; release() is :meth:`close`."""
+
+    frames = IOCTL_FRAMES
+    transport_ioctls = TRANSPORT_IOCTLS
 
     def __init__(self, emulator, device, uid):
         self.emulator = emulator
@@ -31,6 +36,12 @@ class VfioFile:
         self.uid = uid
         self.idev = None
         self.open = True
+
+    def ioctl(self, caller, cmd, arg):
+        return vfio_ioctl(self, caller, cmd, arg)
+
+    def release(self):
+        self.close()
 
     def close(self):
         """close() of the device fd: detach the RID and every PASID, destroy

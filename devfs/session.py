@@ -616,7 +616,7 @@ def iofs_read(req, ino, size, off, fi):
 @ffi.def_extern()
 def iofs_write(req, ino, buf, size, off, fi):
     try:
-        n = _session_of(req).server.write(req, fi.fh, ffi.buffer(buf, size)[:])
+        n = _session_of(req).server.write(req, fi.fh, ffi.buffer(buf, size)[:], off)
     except BaseException as exc:
         _reply_error(req, exc)
         return

@@ -7,8 +7,8 @@ module into a tmp dir) where signals and blocking calls must not be hidden by
 Python.
 
 The deferred path is exercised with the fake's FAKE_BLOCK command: its core
-call raises an exception carrying ``wait_fd`` (a pipe that only
-FAKE_UNBLOCK makes readable), which devfs hands to trio; the tests that
+call raises core.files.Wait on a pipe that only FAKE_UNBLOCK makes
+readable, which devfs hands to trio; the tests that
 block use a mount of their own (``mount_factory``) since FAKE_UNBLOCK is for
 good.
 """
