@@ -31,7 +31,7 @@ from . import ioas as _ioas
 from .errors import UapiError
 from .iova import PAGE_SIZE, U64_MAX
 from .uapi import ffi
-from .ucmd import ioctl, write_struct
+from .ucmd import copy_from_user, ioctl, write_struct
 
 # The emulator is built without CONFIG_VFIO_NOIOMMU: CHECK_EXTENSION answers
 # 0 for VFIO_NOIOMMU_IOMMU and SET_IOMMU refuses it with EINVAL.
@@ -49,15 +49,6 @@ def _err(code, detail):
 def _offsetofend(struct_name, field):
     f = dict(ffi.typeof(f"struct {struct_name}").fields)[field]
     return f.offset + ffi.sizeof(f.type)
-
-
-def _copy_from_user(arg, struct_name, minsz):
-    """The first ``minsz`` bytes of the argument in a zeroed ``struct``
-    (EFAULT if unreadable)."""
-    data = arg.read(0, minsz)
-    cdata = ffi.new(f"struct {struct_name} *")
-    ffi.memmove(cdata, data, minsz)
-    return cdata
 
 
 def compat_ioas(ctx):
@@ -207,7 +198,7 @@ def iommu_get_info(ctx, caller, arg):
     ``cap_offset`` = 24 if the whole chain fit else 0, ``pad`` = 0. A write
     that faults is EFAULT (the info is then not written).
     """
-    info = _copy_from_user(arg, "vfio_iommu_type1_info", _GET_INFO_MINSZ)
+    info = copy_from_user(arg, "vfio_iommu_type1_info", _GET_INFO_MINSZ)
     argsz = info.argsz
     if argsz < _GET_INFO_MINSZ:
         raise _err(errno.EINVAL, f"argsz {argsz}")
@@ -247,7 +238,7 @@ def iommu_map_dma(ctx, caller, arg):
     EFAULT pinning). A mapping with neither READ nor WRITE is accepted (the
     device can then neither read nor write it). Nothing is written back.
     """
-    m = _copy_from_user(arg, "vfio_iommu_type1_dma_map", _MAP_MINSZ)
+    m = copy_from_user(arg, "vfio_iommu_type1_dma_map", _MAP_MINSZ)
     if m.argsz < _MAP_MINSZ or m.flags & ~_MAP_FLAGS:
         raise _err(errno.EINVAL, f"argsz {m.argsz} / flags {m.flags:#x}")
     prot = 0
@@ -285,7 +276,7 @@ def iommu_unmap_dma(ctx, caller, arg):
     24-byte struct is written back with ``size`` = bytes unmapped, also
     when the unmap failed (then with that errno); EFAULT if it cannot be.
     """
-    u = _copy_from_user(arg, "vfio_iommu_type1_dma_unmap", _UNMAP_MINSZ)
+    u = copy_from_user(arg, "vfio_iommu_type1_dma_unmap", _UNMAP_MINSZ)
     if u.argsz < _UNMAP_MINSZ or u.flags & ~uapi.VFIO_DMA_UNMAP_FLAG_ALL:
         raise _err(errno.EINVAL, f"argsz {u.argsz} / flags {u.flags:#x}")
     ioas = compat_ioas(ctx)

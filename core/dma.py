@@ -13,26 +13,25 @@ Reply: magic, status i32 (0 or -errno), bytes moved u32, reserved u32,
 faulting IOVA u64, then the data of a read.
 """
 import errno
-import struct
 import time
 
 from cext._native import ffi
 
-from . import routing, uapi
+from . import routing, uapi, wire
 from .errors import DmaFault, UapiError
 from .files import REQUEST_FRAMES, File, Wait
 from .fault import SUCCESS, FaultGroup
 from .routing import RID
 
-MAGIC = b"IODM"
-OP_READ = 1
-OP_WRITE = 2
-FLAG_PASID = 1
-FLAG_NO_PRI = 2
-REQ = struct.Struct("<4sIIIQII")
-REPLY = struct.Struct("<4siIIQ")
-# A frame must fit one FUSE request (max_write / max_read 1 MiB, fuse-notes §1.2).
-MAX_DMA = 512 * 1024
+# The IODM frame (core.wire), by short names.
+MAGIC = wire.IODM_MAGIC
+OP_READ = wire.IODM_OP_READ
+OP_WRITE = wire.IODM_OP_WRITE
+FLAG_PASID = wire.IODM_FLAG_PASID
+FLAG_NO_PRI = wire.IODM_FLAG_NO_PRI
+REQ = wire.IODM_REQUEST
+REPLY = wire.IODM_REPLY
+MAX_DMA = wire.IODM_MAX_LENGTH
 FAULT_LOG_MAX = 64
 
 READ, WRITE = 1, 2  # page-table access bits

@@ -102,6 +102,16 @@ def read_struct(arg, ctype, kernel_size, user_size, cdata=None, got=0):
     return cdata
 
 
+def copy_from_user(arg, struct, minsz):
+    """The first ``minsz`` bytes of the argument in a zeroed ``struct
+    <struct>`` (EFAULT if unreadable), as VFIO's handlers read their
+    ``argsz``-prefixed structs: no size rule here, each handler has its own."""
+    data = arg.read(0, minsz)
+    cdata = ffi.new(f"struct {struct} *")
+    ffi.memmove(cdata, data, minsz)
+    return cdata
+
+
 def write_struct(arg, cdata, kernel_size, user_size):
     """iommufd_ucmd_respond: write back min(user_size, kernel_size) bytes."""
     arg.write_from(0, cdata, min(user_size, kernel_size))

@@ -12,7 +12,7 @@ import errno
 
 from . import uapi
 from .device import RID, BoundDevice
-from .ucmd import read_struct
+from .ucmd import copy_from_user, read_struct
 from .errors import UapiError
 from .files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
 from .uapi import ffi
@@ -58,14 +58,6 @@ class VfioFile(File):
 
 def _u32(arg, off):
     return int.from_bytes(arg.read(off, 4), "little")
-
-
-def _read_min(arg, struct, minsz):
-    """copy_from_user of the first ``minsz`` bytes into a zeroed struct."""
-    data = arg.read(0, minsz)
-    cdata = ffi.new(f"struct {struct} *")
-    ffi.memmove(cdata, data, minsz)
-    return cdata
 
 
 def bind(vfile, caller, arg):
@@ -120,7 +112,7 @@ def _route(vfile, arg, struct, minsz, pasid_flag):
     (minsz + 4 with the flag) or unknown flags; EOPNOTSUPP the flag on a
     device without PASID (§11.3).
     """
-    cmd = _read_min(arg, struct, minsz)
+    cmd = copy_from_user(arg, struct, minsz)
     if cmd.argsz < minsz or cmd.flags & ~pasid_flag:
         raise UapiError(errno.EINVAL, "argsz or flags")
     if not cmd.flags & pasid_flag:
@@ -166,7 +158,7 @@ def get_info(vfile, caller, arg):
     back the 20-byte minimum: flags RESET|PCI, 9 regions, 5 irqs, no caps.
     """
     minsz = 20
-    cmd = _read_min(arg, "vfio_device_info", minsz)
+    cmd = copy_from_user(arg, "vfio_device_info", minsz)
     if cmd.argsz < minsz:
         raise UapiError(errno.EINVAL, f"argsz {cmd.argsz}")
     cmd.flags = uapi.VFIO_DEVICE_FLAGS_RESET | uapi.VFIO_DEVICE_FLAGS_PCI

@@ -47,19 +47,15 @@ way: a reply longer than ``max_read - 4096`` bytes needs a page-aligned read
 buffer, else the first READ is too small for it (ERANGE).
 """
 import errno
-import struct
 import threading
 
-MAGIC = b"IOFS"
-DMA_MAGIC = b"IODM"
-REQUEST = struct.Struct("<4sIII")
-REPLY = struct.Struct("<4siII")
-HEADER_SIZE = 16
-CMD_CLOSE = 0
-DMA_HEADER_SIZE = 32
-DMA_OP_WRITE = 2
+from core import wire
 
-assert REQUEST.size == REPLY.size == HEADER_SIZE
+MAGIC = wire.IOFS_MAGIC
+REQUEST = wire.IOFS_REQUEST
+REPLY = wire.IOFS_REPLY
+HEADER_SIZE = wire.IOFS_HEADER_SIZE
+CMD_CLOSE = wire.IOFS_CMD_CLOSE
 
 
 class FrameError(Exception):
@@ -86,10 +82,9 @@ def check_dma_whole(data, max_write):
     else about the frame is core's to judge."""
     n = len(data)
     check_size(n, max_write)
-    if n >= DMA_HEADER_SIZE and data[:4] == DMA_MAGIC:
-        op, length = int.from_bytes(data[4:8], "little"), int.from_bytes(data[24:28], "little")
-        if op == DMA_OP_WRITE and n < DMA_HEADER_SIZE + length:
-            raise FrameError(errno.EINVAL, f"DMA frame of {n} bytes, its header says {DMA_HEADER_SIZE + length}")
+    whole = wire.iodm_announced_size(data)
+    if whole is not None and n < whole:
+        raise FrameError(errno.EINVAL, f"DMA frame of {n} bytes, its header says {whole}")
 
 
 def parse_request(data, max_write):
