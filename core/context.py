@@ -14,14 +14,11 @@
 """
 import errno
 import heapq
-import weakref
 
 from . import uapi
 from .errors import UapiError
 from .ucmd import ioctl
 from .usermem import OwnerTable
-
-_live = weakref.WeakSet()
 
 
 class Obj:
@@ -83,12 +80,8 @@ class Context:
         self.rlimit_mm = False   # IOMMU_OPTION RLIMIT_MODE (§7)
         self.vfio_ioas = None    # IOMMU_VFIO_IOAS compat IOAS (§7)
         self.owners = OwnerTable()  # processes owning this context's mappings
-        _live.add(self)
-
-    @staticmethod
-    def live(emulator):
-        """Contexts of ``emulator`` that are not yet destroyed."""
-        return [c for c in _live if c.emulator is emulator and not c.closed]
+        if emulator is not None:
+            emulator.contexts.add(self)
 
     # -- IDs ------------------------------------------------------------------
     def _take_id(self):
@@ -216,6 +209,8 @@ class Context:
                 if obj.id in self.objects and obj.refs == 0:
                     self.remove(obj)
         self.closed = True
+        if self.emulator is not None:
+            self.emulator.contexts.discard(self)
 
 
 @ioctl(uapi.IOMMU_DESTROY, "iommu_destroy", "id")

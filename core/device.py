@@ -58,7 +58,7 @@ class BoundDevice(Obj):
         # device sharing the RID that is not a group peer (an mdev and its
         # parent, seed 004) or by an SVA bond: the IOMMU could not tell the
         # two apart, so the second one is refused.
-        route = occupant(self.ctx.emulator.topology, self.device, pasid)
+        route = occupant(self.ctx.emulator, self.device, pasid)
         if route is not None and route.device.group != self.device.group:
             raise UapiError(errno.EBUSY, f"{route!r} already uses that RID/PASID")
         if route is not None and route.idev is None:
@@ -66,7 +66,7 @@ class BoundDevice(Obj):
 
     def group_peers(self):
         """Other topology devices of this device's group."""
-        groups = self.ctx.emulator.topology.groups if self.ctx.emulator else {}
+        groups = self.ctx.emulator.groups if self.ctx.emulator else {}
         return [d for d in groups.get(self.device.group, []) if d is not self.device]
 
     def _check_pasid_compat(self, hwpt, pasid):

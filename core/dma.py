@@ -22,6 +22,7 @@ from .errors import DmaFault, UapiError
 from .files import REQUEST_FRAMES, File, Wait
 from .fault import SUCCESS, FaultGroup
 from .routing import RID
+from .sva import SvaBond
 
 # The IODM frame (core.wire), by short names.
 MAGIC = wire.IODM_MAGIC
@@ -62,11 +63,10 @@ def route(emulator, device, pasid, iova):
     PASID) or at all on the RID; EFAULT the PASID has no route (the IOMMU
     finds no PASID table entry: a translation fault).
     """
-    topo = emulator.topology
-    found = routing.find(topo, device.rid, pasid)
+    found = routing.find(emulator, device.rid, pasid)
     if found is not None:
         return found
-    if pasid is RID or not routing.routes_of(topo, device.rid):
+    if pasid is RID or not routing.routes_of(emulator, device.rid):
         raise DmaFault(errno.ENODEV, iova)
     raise DmaFault(errno.EFAULT, iova)
 
@@ -181,10 +181,12 @@ class _Dma:
 
     def _page_request(self, r, e):
         target = r.target
-        queue = getattr(target, "fault", None)
+        if isinstance(target, SvaBond):
+            # The emulated kernel handler answers at once (README, driver side).
+            target.driver.iopf(target, e.iova, self.access)
+            return
+        queue = target.fault
         if queue is None:
-            if hasattr(target, "mm"):
-                target.driver.iopf(target, e.iova, self.access)
             return
         addrs = target.missing_pages(self.iova, self.length, self.access)
         perm = (uapi.IOMMU_PGFAULT_PERM_WRITE if self.access & WRITE

@@ -13,6 +13,7 @@ import re
 from functools import partial
 
 from .context import Context
+from .devices import LiveDevice
 from .dispatch import IommufdFile
 from .dma import DmaPort
 from .driver import DriverFile
@@ -40,17 +41,24 @@ class Watch:
 
 
 class Emulator:
-    """All emulated state of one mount: topology devices, contexts, VFIO files.
+    """All emulated state of one mount: its live devices, contexts, watches.
 
     ``topology``: a :class:`core.topology.Topology` (the built-in one when None).
     """
 
     def __init__(self, topology=None):
         self.topology = topology or Topology.builtin()
-        self.devices = {d.name: d for d in self.topology.devices}
+        # The devices at run time (core.devices), by name; by RID and group as
+        # routing and DMA ownership see them (the selftest adds its mocks).
+        self.devices = {d.name: LiveDevice(d) for d in self.topology.devices}
+        self.by_rid = {rid: [self.devices[d.name] for d in ds]
+                       for rid, ds in self.topology.by_rid.items()}
+        self.groups = {g: [self.devices[d.name] for d in ds]
+                       for g, ds in self.topology.groups.items()}
         # The system-wide PASID space (ENQCMD devices, their SVA bonds; seed 003).
         self.global_pasids = PasidSpace(self.topology.iommu.pasid_bits, "global")
         self.sva = SvaTable(self)
+        self.contexts = set()    # core.context.Context not yet destroyed (they add themselves)
         self.watches = {}        # fd -> Watch
         self.watch_gen = 0
         # IOMMU_TEST_CMD SET_TEMP_MEMORY_LIMIT (core.selftest): global, as in the kernel.
@@ -87,10 +95,10 @@ class Emulator:
         (core.fds.ReturnedFd)."""
         out = [("iommu", Opener(self._open_iommufd, Context)),
                ("vfio", Dir()), ("vfio/devices", Dir()), ("devices", Dir()), ("fds", Dir())]
-        vfio = sorted(self.topology.devices, key=lambda d: _natural(d.vfio))
+        vfio = sorted(self.devices.values(), key=lambda d: _natural(d.vfio))
         out += [(f"vfio/devices/{d.vfio}", Opener(partial(self._open_vfio, d), VfioFile))
                 for d in vfio]
-        for d in sorted(self.topology.devices, key=lambda d: _natural(d.name)):
+        for d in sorted(self.devices.values(), key=lambda d: _natural(d.name)):
             out += [(f"devices/{d.name}", Dir()),
                     (f"devices/{d.name}/dma", Opener(partial(self._open_dma, d), DmaPort)),
                     (f"devices/{d.name}/info", Opener(partial(self._open_info, d), InfoFile, 0o444)),
@@ -132,7 +140,7 @@ class Emulator:
 
     def shutdown(self):
         """Unmount: close every context still open (releases pidfds)."""
-        for ctx in list(Context.live(self)):
+        for ctx in list(self.contexts):
             ctx.close()
         self.watches.clear()
         self.watch_gen += 1

@@ -18,7 +18,6 @@ nothing for it. Ranges are merged per ``Pages`` and swept once; no per-page
 work.
 """
 from .access import Access
-from .context import Context
 from .ioas import Ioas
 from .iova import PAGE_SIZE
 
@@ -41,7 +40,7 @@ def pinned_runs(emulator, tgid, start, end):
         if lo < hi:
             spans.setdefault(pages, []).append((lo, hi))
 
-    for ctx in Context.live(emulator):
+    for ctx in list(emulator.contexts):
         for obj in list(ctx.objects.values()):
             if isinstance(obj, Ioas) and obj.domains:
                 for area in obj.areas.values():

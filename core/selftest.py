@@ -10,7 +10,7 @@ against that interface run here with the kernel's results and errnos.
   (:data:`MOCK_IOMMU`: 2 KiB pages with 1 MiB huge leaves, aperture
   ``[MOCK_APERTURE_START, MOCK_APERTURE_LAST]``, 20-bit PASIDs, no reserved
   window), with a RID of its own that no topology device uses, registered in
-  the topology's RID table for as long as it lives (core.routing finds it
+  the emulator's RID table for as long as it lives (core.routing finds it
   like any device). MOCK_DOMAIN binds one (a normal DEVICE object) and
   attaches it; the SELFTEST object it returns (:class:`SelftestDevice`,
   "stdev") owns it: IOMMU_DESTROY of the stdev detaches, unbinds and deletes
@@ -47,6 +47,7 @@ from .files import NULL, SYNC_CLOSE, WHOAMI
 from .iova import PAGE_SIZE, U64_MAX
 from .pins import first_refs_mismatch
 from .routing import RID
+from .devices import LiveDevice
 from .topology import Device, IommuModel
 from .ucmd import ioctl, write_struct
 
@@ -67,7 +68,7 @@ ACCESS_RW_FLAGS = (uapi.MOCK_ACCESS_RW_WRITE | uapi.MOCK_ACCESS_RW_SLOW_PATH
 _reserved_keys = itertools.count(1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MockIommuModel(IommuModel):
     """The selftest's mock IOMMU (§12 constants): 2 KiB pages and 1 MiB
     leaves, a 31-bit IOVA space of which the aperture
@@ -90,15 +91,12 @@ class MockIommuModel(IommuModel):
 MOCK_IOMMU = MockIommuModel()
 
 
-@dataclass
+@dataclass(frozen=True)
 class MockDevice(Device):
     """A device of the mock IOMMU. ``dev_flags``: MOCK_FLAGS_DEVICE_*
-    (NO_DIRTY: no dirty tracking; PASID: 20-bit PASIDs);
-    ``pasid_1024_fake_error``: the rigged failure of PASID 1024 (see
-    :meth:`set_dev_pasid`)."""
+    (NO_DIRTY: no dirty tracking; PASID: 20-bit PASIDs)."""
 
     dev_flags: int = 0
-    pasid_1024_fake_error: bool = False
 
     def hw_info(self):
         """GET_HW_INFO of the mock driver (§9.2): type 0xfeedbeef, data
@@ -106,6 +104,15 @@ class MockDevice(Device):
         0xdeadbeef}``; not a PCI device."""
         return (uapi.IOMMU_HW_INFO_TYPE_SELFTEST,
                 struct.pack("<II", 0, uapi.IOMMU_HW_INFO_SELFTEST_REGVAL), False)
+
+
+class MockLive(LiveDevice):
+    """A mock device at run time; ``pasid_1024_fake_error``: the rigged
+    failure of PASID 1024 (see :meth:`set_dev_pasid`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.pasid_1024_fake_error = False
 
     def set_dev_pasid(self, pasid, hwpt):
         """The mock driver's PASID step. PASID 1024
@@ -126,9 +133,9 @@ class MockDevice(Device):
 
 def _new_mock(emulator, dev_flags):
     """A mock device with the lowest free RID from MOCK_RID_FIRST up (then
-    downward below it), registered in the topology's RID table. ENOMEM when
+    downward below it), registered in the emulator's RID table. ENOMEM when
     no RID is free."""
-    by_rid = emulator.topology.by_rid
+    by_rid = emulator.by_rid
     rid = next((r for r in itertools.chain(range(MOCK_RID_FIRST, 0x10000),
                                            range(MOCK_RID_FIRST - 1, 0, -1))
                 if r not in by_rid), None)
@@ -138,10 +145,11 @@ def _new_mock(emulator, dev_flags):
         name=f"mock-{rid:04x}", vfio="", rid=rid,
         pasid_bits=uapi.MOCK_PASID_WIDTH if dev_flags & uapi.MOCK_FLAGS_DEVICE_PASID else 0,
         dirty_tracking=not dev_flags & uapi.MOCK_FLAGS_DEVICE_NO_DIRTY,
-        iommu=MOCK_IOMMU, group=0x10000 + rid, dev_flags=dev_flags)
-    dev.group_members = (dev.name,)
-    by_rid[rid] = [dev]
-    return dev
+        iommu=MOCK_IOMMU, group=0x10000 + rid, group_members=(f"mock-{rid:04x}",),
+        dev_flags=dev_flags)
+    live = MockLive(dev)
+    by_rid[rid] = [live]
+    return live
 
 
 class SelftestDevice(Obj):
@@ -166,7 +174,7 @@ class SelftestDevice(Obj):
                 idev.destroy()
         mock, self.mock = self.mock, None
         if mock is not None:
-            by_rid = self.ctx.emulator.topology.by_rid
+            by_rid = self.ctx.emulator.by_rid
             if any(d is mock for d in by_rid.get(mock.rid, ())):
                 del by_rid[mock.rid]
 
@@ -490,7 +498,7 @@ def _trigger_iopf(ctx, caller, cmd):
     idev = ctx.get(t.dev_id, _device.BoundDevice)
     dev = idev.device
     key = _pasid_key(t.pasid)
-    route = routing.find(ctx.emulator.topology, dev.rid, routing.wire_pasid(dev, key))
+    route = routing.find(ctx.emulator, dev.rid, routing.wire_pasid(dev, key))
     if route is None or route.idev is None:
         return
     queue = getattr(route.target, "fault", None)

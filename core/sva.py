@@ -141,12 +141,12 @@ class SvaTable:
         if device.enqcmd:
             if mm.global_pasid is None:
                 pasid = space.alloc()
-                if occupant(self.emulator.topology, device, pasid, own_attachment=True) is not None:
+                if occupant(self.emulator, device, pasid, own_attachment=True) is not None:
                     space.free(pasid)
                     raise UapiError(errno.EBUSY, f"PASID {pasid} is routed on {device.name}")
                 mm.global_pasid = pasid
                 return pasid
-            if occupant(self.emulator.topology, device, mm.global_pasid, own_attachment=True) is not None:
+            if occupant(self.emulator, device, mm.global_pasid, own_attachment=True) is not None:
                 raise UapiError(errno.EBUSY, f"PASID {mm.global_pasid} is routed on {device.name}")
             return mm.global_pasid
         return alloc_unrouted(self.emulator, device, space)
@@ -193,7 +193,7 @@ def alloc_unrouted(emulator, device, space):
     try:
         while True:
             pasid = space.alloc()
-            if occupant(emulator.topology, device, pasid, own_attachment=True) is None:
+            if occupant(emulator, device, pasid, own_attachment=True) is None:
                 return pasid
             skipped.append(pasid)
     finally:

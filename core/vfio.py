@@ -87,7 +87,7 @@ def bind(vfile, caller, arg):
     dev = vfile.device
     if dev.bound is not None:
         raise UapiError(errno.EBUSY, f"{dev.name} is bound to another context")
-    for peer in vfile.emulator.topology.groups[dev.group]:
+    for peer in vfile.emulator.groups[dev.group]:
         # DMA ownership is per group (§8): one context owns all its devices.
         if peer.bound is not None and peer.bound.ctx is not ctx:
             raise UapiError(errno.EBUSY, f"group peer {peer.name} is bound to another context")

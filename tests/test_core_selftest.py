@@ -235,7 +235,7 @@ def test_only_responding_ops_write_the_struct_back(st):
         st.iommufd.ioctl(st.caller, uapi.IOMMU_TEST_CMD, MemArg(st.caller.mem, page.va))
     assert e.value.errno == errno.EFAULT
     assert list(st.ctx.objects) == [ioas] and st.ioas() == ioas + 1
-    assert not [d for d in st.emu.topology.by_rid.values() if d[0].name.startswith("mock")]
+    assert not [d for d in st.emu.by_rid.values() if d[0].name.startswith("mock")]
     _mprotect(page.va, PAGE, mmap.PROT_READ | mmap.PROT_WRITE)
     page.close()
 
@@ -287,7 +287,7 @@ def test_mock_domain_ids_geometry_and_destroy(st):
     st.destroy(stdev2)
     assert list(st.ctx.objects) == [ioas]                 # the auto HWPT went with its last device
     assert st.iova_ranges(ioas) == ([(0, 2 ** 64 - 1)], 1)
-    assert not any(d.name.startswith("mock") for ds in st.emu.topology.by_rid.values() for d in ds)
+    assert not any(d.name.startswith("mock") for ds in st.emu.by_rid.values() for d in ds)
     st.destroy(ioas)
 
 
@@ -801,7 +801,7 @@ def test_close_tears_everything_down(st, buf):
     opened_file.release()
     assert ctx.closed and opened.closed and afile.closed and not ctx.objects
     assert st.refs(buf.va, 2 * PAGE) == [0, 0]
-    assert not any(d.name.startswith("mock") for ds in st.emu.topology.by_rid.values() for d in ds)
+    assert not any(d.name.startswith("mock") for ds in st.emu.by_rid.values() for d in ds)
 
 
 # -- GET_HW_INFO of a mock device (§9.2) -------------------------------------------------------
