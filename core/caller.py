@@ -2,14 +2,14 @@
 
 The transport builds one :class:`Caller` per request from ``fuse_req_ctx``
 (tid, uid, gid). Core reads and writes the caller's memory only through
-``caller.mem`` (core.usermem).
+``caller.mem`` (core.mm.usermem).
 """
 import errno
 
-from .context import Context
 from .errors import UapiError
 from .files import NeedFds
-from .usermem import ProcessMemory, tgid_of
+from .iommufd.context import Context
+from .mm.usermem import ProcessMemory, tgid_of
 
 
 class Caller:
@@ -17,7 +17,7 @@ class Caller:
 
     - ``tid``: the calling thread (fuse_req_ctx()->pid is a thread id);
     - ``uid``, ``gid``: its credentials;
-    - ``mem``: :class:`core.usermem.ProcessMemory` of that thread's process;
+    - ``mem``: :class:`core.mm.usermem.ProcessMemory` of that thread's process;
     - ``fds``: fd numbers of the caller resolved by the transport
       (VFIO_DEVICE_BIND_IOMMUFD's ``iommufd``, an access fd): a map fd ->
       the object the fd stands for (core.files.File.fget: a Context, an
@@ -28,7 +28,7 @@ class Caller:
       raises core.files.NeedFds, and the transport resolves it and calls
       again; without (unit tests), an fd not in ``fds`` is EBADF;
     - ``returned``: objects behind the fds a successful ioctl returns (a
-      core.fault.FaultFile, ...), in the order of the struct's fd fields; the
+      core.iommufd.fault.FaultFile, ...), in the order of the struct's fd fields; the
       transport publishes each as a node (README, "Ioctls that return file
       descriptors").
     """

@@ -2,10 +2,10 @@
 
 The topology (core.topology) is configuration, frozen once loaded. A
 :class:`LiveDevice` pairs one of its devices (``config``) with the state
-the emulator keeps for it: the DEVICE object it is bound as (core.vfio,
-core.device), its failed DMAs (core.dma), the PASID space its driver
-allocates from (core.pasid), its SVA bonds (core.sva) and its last page
-request group index (core.dma). Reading any configuration attribute of a
+the emulator keeps for it: the DEVICE object it is bound as (core.vfio.cdev,
+core.iommufd.device), its failed DMAs (core.iommu.dma), the PASID space its driver
+allocates from (core.iommu.pasid), its SVA bonds (core.iommu.sva) and its last page
+request group index (core.iommu.dma). Reading any configuration attribute of a
 LiveDevice reads the config's. The Emulator holds one per topology device,
 plus the selftest's mock devices while they live, in its RID table.
 """
@@ -37,7 +37,7 @@ class LiveDevice:
         after the core's checks (§8). May raise UapiError to refuse the
         change, which then leaves the old attachment in place. The emulated
         PCI IOMMU accepts every change; the selftest mock device overrides
-        this (core.selftest: PASID 1024)."""
+        this (core.iommufd.selftest: PASID 1024)."""
 
     def info(self):
         """The ``info`` document (DESIGN.md): a dict ready for JSON."""
@@ -66,7 +66,7 @@ class LiveDevice:
         if c.is_mdev:
             d["parent"] = c.parent
             d["default_pasid"] = c.default_pasid
-        # What the IOMMU routes for this device now (core.routing), for people
+        # What the IOMMU routes for this device now (core.iommu.routing), for people
         # debugging a setup: the DEVICE id, the HWPT per RID/PASID, the bonds.
         idev = self.bound
         d["dev_id"] = idev.id if idev is not None else None

@@ -12,17 +12,17 @@ import os
 import re
 from functools import partial
 
-from .context import Context
 from .devices import LiveDevice
-from .dispatch import IommufdFile
-from .dma import DmaPort
-from .driver import DriverFile
 from .errors import UapiError
 from .files import Dir, InfoFile, Opener
-from .pasid import PasidSpace
-from .sva import SvaTable
+from .iommu.dma import DmaPort
+from .iommu.driver import DriverFile
+from .iommu.pasid import PasidSpace
+from .iommu.sva import SvaTable
+from .iommufd.context import Context
+from .iommufd.dispatch import IommufdFile
 from .topology import Topology
-from .vfio import VfioFile
+from .vfio.cdev import VfioFile
 
 
 def _natural(name):
@@ -58,10 +58,10 @@ class Emulator:
         # The system-wide PASID space (ENQCMD devices, their SVA bonds; seed 003).
         self.global_pasids = PasidSpace(self.topology.iommu.pasid_bits, "global")
         self.sva = SvaTable(self)
-        self.contexts = set()    # core.context.Context not yet destroyed (they add themselves)
+        self.contexts = set()    # core.iommufd.context.Context not yet destroyed (they add themselves)
         self.watches = {}        # fd -> Watch
         self.watch_gen = 0
-        # IOMMU_TEST_CMD SET_TEMP_MEMORY_LIMIT (core.selftest): global, as in the kernel.
+        # IOMMU_TEST_CMD SET_TEMP_MEMORY_LIMIT (core.iommufd.selftest): global, as in the kernel.
         self.test_memory_limit = 65536
 
     # -- fds core wants to hear about -------------------------------------------

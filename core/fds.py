@@ -1,5 +1,5 @@
 """Objects behind the fds that ioctls return (README, "Ioctls that return
-file descriptors"): the fault fd (core.fault), the access fd (core.selftest).
+file descriptors"): the fault fd (core.iommufd.fault), the access fd (core.iommufd.selftest).
 
 The server cannot make an fd in the caller; the transport shows each such
 object as a node under ``fds/`` (a :class:`ReturnedFd` is that node: its

@@ -104,7 +104,7 @@ class File:
     on_change = None
     # The ops, where a subclass has them:
     # ioctl(caller, cmd, arg): the result (int >= 0) or UapiError / NotYet;
-    #   ``arg``: a core.usermem.MemArg (ioctl()) or FrameArg (frames).
+    #   ``arg``: a core.mm.usermem.MemArg (ioctl()) or FrameArg (frames).
     # read(caller, size, off): bytes; write(caller, data, off): bytes taken.
     ioctl = None
     read = None

@@ -90,9 +90,9 @@ from cext._native import lib as native
 from core import uapi
 from core.caller import Caller
 from core.errors import UapiError
-from core.files import (FD_PATH, NULL, REQUEST_FRAMES, SYNC_CLOSE, TRANSPORT_IOCTLS, WHOAMI,
-                        NeedFds, NotYet, Wait)
-from core.usermem import FrameArg, MemArg, tgid_of
+from core.files import (FD_PATH, NULL, POLLIN, REQUEST_FRAMES, SYNC_CLOSE, TRANSPORT_IOCTLS,
+                        WHOAMI, NeedFds, NotYet, Wait)
+from core.mm.usermem import FrameArg, MemArg, tgid_of
 
 from . import frames
 from .frames import FrameError, build_reply, check_dma_whole, parse_request
@@ -109,7 +109,6 @@ DEFERRED = type("Deferred", (), {"__repr__": lambda self: "DEFERRED"})()
 
 FD_PATH_SIZE = uapi.sizeof("iommufs_fd_path")
 PRIVATE_TYPE = uapi.IOMMUFS_TYPE
-from core.files import POLLIN  # noqa: E402  (slots: a reply waits)
 
 _MAX_ID = (1 << 31) - 1   # WHOAMI returns the id through ioctl()'s int result
 
@@ -666,7 +665,7 @@ class Server:
         each must be an open file of this mount whose node opens files of
         ``file_type`` (VFIO_DEVICE_BIND_IOMMUFD's ``iommufd``: the ``iommu``
         node, giving its Context; IOMMU_TEST_CMD's access fd: an
-        ``fds/access-N`` node, giving its core.selftest.AccessFile).
+        ``fds/access-N`` node, giving its core.iommufd.selftest.AccessFile).
 
         Runs on a worker thread, never the loop thread: pidfd_getfd takes a
         duplicate of the caller's fd; it must be a file of this mount (fstat:

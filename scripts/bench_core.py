@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from cext._native import ffi as nffi, lib as nlib  # noqa: E402
 from core import uapi  # noqa: E402
-from core.dma import REQ  # noqa: E402
-from core.usermem import MemArg  # noqa: E402
+from core.iommu.dma import REQ  # noqa: E402
+from core.mm.usermem import MemArg  # noqa: E402
 
 from corekit import Kit, addr, new  # noqa: E402
 
@@ -70,7 +70,7 @@ def bench_dma():
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     va = int(child.stdout.readline())
     kit = Kit()
-    from core.usermem import OwnerTable  # noqa: F401
+    from core.mm.usermem import OwnerTable  # noqa: F401
     ioas = kit.ioas()
     vf, dev_id = kit.bind("0000:00:03.0")
     kit.attach(vf, ioas)

@@ -12,7 +12,7 @@ from core.caller import Caller
 from core.emulator import Emulator
 from core.errors import UapiError
 from core.uapi import ffi
-from core.usermem import FrameArg, MemArg
+from core.mm.usermem import FrameArg, MemArg
 
 
 def new(struct_name, **fields):
@@ -52,7 +52,7 @@ class Kit:
         self.new_context()
 
     def open_iommufd(self):
-        """A new open of /dev/iommu (core.dispatch.IommufdFile: ``ctx``)."""
+        """A new open of /dev/iommu (core.iommufd.dispatch.IommufdFile: ``ctx``)."""
         return open_node(self.emu, "iommu", self.caller)
 
     def new_context(self):

@@ -15,10 +15,10 @@ import struct
 import pytest
 
 from core import uapi
-from core.dma import REPLY, REQ
+from core.iommu.dma import REPLY, REQ
 from core.errors import UapiError
 from core.uapi import ffi
-from core.usermem import MemArg
+from core.mm.usermem import MemArg
 from devfs.client import Buffer
 
 from corekit import Kit, dma_request, new

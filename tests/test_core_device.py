@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from core import uapi
-from core.dma import REQ, REPLY
+from core.iommu.dma import REQ, REPLY
 from core.topology import Topology, parse_bdf
 from core.uapi import ffi
 from devfs.client import Buffer
@@ -92,7 +92,7 @@ def test_bind_rules_in_order(kit):
 
 
 def test_bind_unreadable_is_efault_and_unbind_on_close(kit):
-    from core.usermem import MemArg
+    from core.mm.usermem import MemArg
     from core.errors import UapiError
 
     vf = kit.open_vfio(PLAIN)
@@ -109,7 +109,7 @@ def test_bind_unreadable_is_efault_and_unbind_on_close(kit):
 
 def test_vfio_other_uid_is_eacces(kit):
     from core.caller import Caller
-    from core.usermem import MemArg
+    from core.mm.usermem import MemArg
     from core.errors import UapiError
 
     vf = kit.open_vfio(PLAIN)

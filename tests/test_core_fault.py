@@ -3,7 +3,7 @@
 Reference §10.1 (fault queue fd: read, write, poll, cookies, ESPIPE/EINVAL
 rules), §9.1 (FAULT_ID_VALID), §8 (detach/replace answer pending faults),
 seed 004 (fault routing {RID, PASID} -> device cookie). A DMA from a PRI
-device raises core.dma.DmaWait; the test plays the transport: it answers
+device raises core.iommu.dma.DmaWait; the test plays the transport: it answers
 through the queue and calls ``resume()``.
 """
 import errno
@@ -13,9 +13,9 @@ import struct
 import pytest
 
 from core import uapi
-from core.dma import REPLY, REQ, DmaWait
+from core.iommu.dma import REPLY, REQ, DmaWait
 from core.errors import UapiError
-from core.fault import RECORD
+from core.iommufd.fault import RECORD
 from core.topology import Topology
 from devfs.client import Buffer
 
@@ -304,7 +304,7 @@ def test_group_member_without_pri_fails_at_once():
 
 
 def test_sva_fault_is_reported_to_the_bond_driver(kit):
-    from core.driver import EVENT
+    from core.iommu.driver import EVENT
 
     d = open_node(kit.emu, f"devices/{ACCEL}/driver", kit.caller)
     bond = kit.emu.sva.bind(d, kit.caller, 0)

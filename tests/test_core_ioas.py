@@ -13,13 +13,15 @@ import threading
 
 import pytest
 
-from core import dispatch, ucmd, uapi
+from core.iommufd import dispatch, ucmd
+
+from core import uapi
 from core.caller import Caller
-from core.context import Context, Obj
+from core.iommufd.context import Context, Obj
 from core.errors import UapiError
-from core.ioas import PROT_READ, PROT_WRITE, Ioas
+from core.iommufd.ioas import PROT_READ, PROT_WRITE, Ioas
 from core.uapi import ffi
-from core.usermem import FrameArg, MemArg
+from core.mm.usermem import FrameArg, MemArg
 
 U64_MAX = (1 << 64) - 1
 PAGE = 4096
@@ -175,7 +177,7 @@ class Env:
 
 
 class FakeDomain:
-    """The domain interface of core.ioas, recording what is mapped."""
+    """The domain interface of core.iommufd.ioas, recording what is mapped."""
 
     def __init__(self, page_size=PAGE, aperture=None, fail_at=None):
         self.page_size = page_size

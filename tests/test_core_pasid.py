@@ -16,13 +16,13 @@ import pytest
 
 from core import uapi
 from core.caller import Caller
-from core.dma import REPLY, REQ
-from core.driver import EVENT
+from core.iommu.dma import REPLY, REQ
+from core.iommu.driver import EVENT
 from core.emulator import Emulator
 from core.errors import UapiError
-from core.pasid import PasidSpace
+from core.iommu.pasid import PasidSpace
 from core.topology import Topology
-from core.usermem import MemArg
+from core.mm.usermem import MemArg
 from devfs.client import Buffer
 
 from corekit import Kit, addr, dma_request, new, open_node

@@ -17,9 +17,9 @@ import pytest
 from core import uapi
 from core.caller import Caller
 from core.errors import UapiError
-from core.selftest import AccessFile
+from core.iommufd.selftest import AccessFile
 from core.uapi import ffi
-from core.usermem import MemArg
+from core.mm.usermem import MemArg
 from devfs.client import Buffer
 
 from corekit import Kit, addr, new

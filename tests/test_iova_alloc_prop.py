@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import core.ioas as ioas_mod
+import core.iommufd.ioas as ioas_mod
 from core.caller import Caller
-from core.context import Context
+from core.iommufd.context import Context
 from core.errors import UapiError
-from core.ioas import PROT_READ, PROT_WRITE, Ioas
+from core.iommufd.ioas import PROT_READ, PROT_WRITE, Ioas
 
 U64_MAX = (1 << 64) - 1
 PAGE = 4096

@@ -26,12 +26,12 @@ import functools
 import operator
 import struct
 
-from . import uapi
-from . import ioas as _ioas
-from .errors import UapiError
-from .iova import PAGE_SIZE, U64_MAX
-from .uapi import ffi
-from .ucmd import copy_from_user, ioctl, write_struct
+from .. import uapi
+from ..errors import UapiError
+from ..iommufd import ioas as _ioas
+from ..iommufd.ucmd import copy_from_user, ioctl, write_struct
+from ..mm.iova import PAGE_SIZE, U64_MAX
+from ..uapi import ffi
 
 # The emulator is built without CONFIG_VFIO_NOIOMMU: CHECK_EXTENSION answers
 # 0 for VFIO_NOIOMMU_IOMMU and SET_IOMMU refuses it with EINVAL.
@@ -74,7 +74,7 @@ def vfio_ioas(ctx, caller, cmd):
     GET: ENODEV with no compat IOAS, else ``ioas_id`` is written back.
     SET: ENOENT if ``ioas_id`` is not an IOAS; nothing is written back.
     CLEAR: always succeeds. Destroying the compat IOAS clears it too
-    (core.context.Context.remove).
+    (core.iommufd.context.Context.remove).
     """
     if cmd.__reserved:
         raise _err(errno.EOPNOTSUPP, "__reserved")
@@ -233,7 +233,7 @@ def iommu_map_dma(ctx, caller, arg):
 
     EFAULT the 32-byte struct unreadable; EINVAL ``argsz`` < 32 or flags
     other than READ/WRITE (VADDR is unsupported); ENODEV no compat IOAS;
-    then the fixed-IOVA rules of IOMMU_IOAS_MAP (core.ioas.Ioas.map_user:
+    then the fixed-IOVA rules of IOMMU_IOAS_MAP (core.iommufd.ioas.Ioas.map_user:
     EOVERFLOW, EINVAL size 0 or misaligned or reserved, EEXIST in use,
     EFAULT pinning). A mapping with neither READ nor WRITE is accepted (the
     device can then neither read nor write it). Nothing is written back.

@@ -1,18 +1,19 @@
-"""The static table of /dev/iommu ioctls: slot ``nr`` -> :class:`core.ucmd.Op`.
+"""The static table of /dev/iommu ioctls: slot ``nr`` -> :class:`core.iommufd.ucmd.Op`.
 
 As the kernel's ``iommufd_ioctl_ops[]``, the table names every op; each
 handler lives in the module of its object type and declares its slot there
-(core.ucmd.ioctl). This module imports the handler modules, never the other
+(core.iommufd.ucmd.ioctl). This module imports the handler modules, never the other
 way round, and a number missing here is an empty slot (ENOTTY): the README's
 "Implemented ioctls" table is checked against it (tests/test_dispatch.py).
 
-The generic rules are core.ucmd's; :func:`iommufd_ioctl` adds routing
+The generic rules are core.iommufd.ucmd's; :func:`iommufd_ioctl` adds routing
 (step 1: outside the table, the VFIO type1 compatibility layer) and the
 publish-or-abort of step 7.
 """
-from . import compat, context, device, fault, hwpt, ioas, selftest, ucmd
-from .errors import UapiError
-from .files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
+from ..errors import UapiError
+from ..files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
+from ..vfio import compat
+from . import context, device, fault, hwpt, ioas, selftest, ucmd
 
 # The table's last slot: IOMMU_TEST_CMD (the emulator is built like a kernel
 # with CONFIG_IOMMUFD_TEST, §2), so 0x95..0x9f are empty slots.
@@ -49,7 +50,7 @@ OPS = _table(
 def iommufd_ioctl(ctx, caller, cmd, arg):
     """Run ioctl(iommufd, cmd, arg) against ``ctx``: the result or UapiError.
 
-    The generic rules (core.ucmd) are applied here and nowhere else.
+    The generic rules (core.iommufd.ucmd) are applied here and nowhere else.
     """
     ctx.check_caller(caller)
     nr = cmd & 0xFF

@@ -11,7 +11,7 @@ RID plus the mdev's default PASID, seed 004). Routing is therefore by
 - a PCI function's attachment at ``pasid`` (None = the RID) occupies that key
   of its RID; an mdev's RID attachment occupies its parent's RID at the mdev's
   default PASID;
-- an SVA bond occupies its PASID on the device's RID (core.sva).
+- an SVA bond occupies its PASID on the device's RID (core.iommu.sva).
 
 A route names the translation (a paging HWPT or an SVA bond) and the DEVICE
 object the IOMMU reports I/O page faults against (seed 004: "the fault

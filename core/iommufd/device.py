@@ -7,12 +7,12 @@ the PASID lives in the attachment, not in the page table (seed 003).
 """
 import errno
 
-from . import uapi
+from .. import uapi
+from ..errors import UapiError
+from ..iommu.routing import RID, occupant
 from .context import Obj
-from .errors import UapiError
 from .hwpt import HwptPaging, new_paging_hwpt
 from .ioas import Ioas
-from .routing import RID, occupant
 from .ucmd import ioctl
 
 
@@ -100,7 +100,7 @@ class BoundDevice(Obj):
         type or an IOAS for a PASID; EBUSY / EINVAL of ``mode``; EINVAL a
         group peer on another HWPT, PASID incompatibility; EBUSY the
         RID/PASID this takes on the wire is held by an mdev or parent of this
-        device or by an SVA bond (core.routing); EADDRINUSE the device's
+        device or by an SVA bond (core.iommu.routing); EADDRINUSE the device's
         reserved ranges collide in the IOAS; then the driver's step: EINVAL a
         HWPT of another IOMMU, a PASID beyond the device's width, and what
         ``device.set_dev_pasid`` raises (the mock's PASID 1024: ENOMEM).

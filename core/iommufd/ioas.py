@@ -4,7 +4,7 @@ An :class:`Ioas` maps ranges of IOVA to ranges of a client's virtual memory
 (:class:`Area`). It knows nothing of page tables: every paging HWPT made on it
 is a *domain* that mirrors its areas (see :meth:`Ioas.add_domain` for the
 interface a domain offers). Interval arithmetic and the automatic-IOVA
-allocator live in :mod:`core.iova`.
+allocator live in :mod:`core.mm.iova`.
 
 Handlers here: IOMMU_IOAS_ALLOC, IOMMU_IOAS_IOVA_RANGES,
 IOMMU_IOAS_ALLOW_IOVAS, IOMMU_IOAS_MAP, IOMMU_IOAS_COPY, IOMMU_IOAS_UNMAP,
@@ -21,14 +21,14 @@ import struct
 
 from sortedcontainers import SortedDict
 
-from . import uapi
+from .. import uapi
+from ..errors import UapiError
+from ..mm.iova import (PAGE_SIZE, U64_MAX, FreeSpace, Reserved, alloc_iova, holes,
+                       intersects, merge, subtract)
+from ..mm.usermem import check_access
+from ..uapi import ffi
 from .context import Obj
 from .ucmd import ioctl, respond_anyway
-from .errors import UapiError
-from .iova import (PAGE_SIZE, U64_MAX, FreeSpace, Reserved, alloc_iova, holes,
-                   intersects, merge, subtract)
-from .uapi import ffi
-from .usermem import check_access
 
 ULONG_MAX = uapi.ULONG_MAX
 
@@ -107,7 +107,7 @@ class Area:
     virtual addresses ``[user_va, user_va+length)``.
 
     - ``prot``: PROT_READ (1) | PROT_WRITE (2), as the page tables want;
-    - ``owner``: the :class:`core.usermem.Owner` whose memory this is (one
+    - ``owner``: the :class:`core.mm.usermem.Owner` whose memory this is (one
       reference, taken through ``ctx.owners``);
     - ``pages``: the :class:`Pages` it was cut from; ``writeable_source``
       tells whether that memory was registered writable;
@@ -158,13 +158,13 @@ class Ioas(Obj):
     """An I/O address space (reference §7).
 
     State: ``areas`` (SortedDict iova -> :class:`Area`, non-overlapping),
-    ``reserved`` (:class:`core.iova.Reserved`, by owner key), ``allowed``
+    ``reserved`` (:class:`core.mm.iova.Reserved`, by owner key), ``allowed``
     (sorted inclusive ranges of IOMMU_IOAS_ALLOW_IOVAS), ``domains`` (in the
     order they were added), ``disable_large_pages`` (IOMMU_OPTION
     HUGE_PAGES=0) and ``iova_alignment`` (bytes; 1 with no domain, else the
     largest domain page size; at least PAGE_SIZE with large pages disabled
     or a pinning in-kernel access attached). ``accesses``: the in-kernel
-    accesses attached (core.access.Access); ``access_pins``: area -> how
+    accesses attached (core.iommufd.access.Access); ``access_pins``: area -> how
     many access pins hold it (the kernel's ``num_accesses``; such an area
     is unmapped only after its accesses let go, and never split).
 
@@ -332,7 +332,7 @@ class Ioas(Obj):
         # Fewer domains can only lower the alignment: this cannot fail.
         self._recalc_alignment()
 
-    # -- in-kernel accesses (core.access) ----------------------------------------------
+    # -- in-kernel accesses (core.iommufd.access) ----------------------------------------------
     def add_access(self, access):
         """Attach an in-kernel access (the kernel's iopt_add_access): the
         alignment becomes at least ``access.iova_alignment`` (PAGE_SIZE for

@@ -8,7 +8,7 @@ harness plays that driver through this node. Each open is one
 own, and closing it frees them, as unloading a driver would.
 
 Commands are project-private ``_IO(0xF5, nr)`` ioctls (or frames carrying
-them) with the generic rules of the iommufd table (core.ucmd.decode):
+them) with the generic rules of the iommufd table (core.iommufd.ucmd.decode):
 EFAULT, ENOTTY, EINVAL below the minimum size, E2BIG for a non-zero tail;
 ``flags`` and ``__reserved`` must be 0 (EOPNOTSUPP).
 
@@ -25,10 +25,10 @@ import errno
 import struct
 from collections import deque
 
-from . import uapi
-from .ucmd import Table
-from .errors import UapiError
-from .files import IOCTL_FRAMES, POLLIN, POLLOUT, TRANSPORT_IOCTLS, File
+from .. import uapi
+from ..errors import UapiError
+from ..files import IOCTL_FRAMES, POLLIN, POLLOUT, TRANSPORT_IOCTLS, File
+from ..iommufd.ucmd import Table
 from .pasid import space_of
 from .sva import alloc_unrouted
 
@@ -67,7 +67,7 @@ class DriverFile(File):
         self.changed()
 
     def mm_exit(self, bond):
-        """Queue the mm_exit event of ``bond`` (core.sva) and wake pollers."""
+        """Queue the mm_exit event of ``bond`` (core.iommu.sva) and wake pollers."""
         self._event(uapi.IOMMUFS_EVENT_MM_EXIT, bond)
 
     def iopf(self, bond, addr, access):
@@ -155,7 +155,7 @@ def sva_bind(dfile, caller, cmd):
     """IOMMUFS_SVA_BIND: bind process ``pid`` (0: the caller's) to the
     device; ``out_handle`` and ``out_pasid`` come back (the same handle for
     the same process and device: one more user). Errors of
-    core.sva.SvaTable.bind (EOPNOTSUPP, ESRCH, EPERM, ENOSPC, EBUSY)."""
+    core.iommu.sva.SvaTable.bind (EOPNOTSUPP, ESRCH, EPERM, ENOSPC, EBUSY)."""
     _no_flags(cmd.flags, cmd.__reserved)
     if cmd.pid < 0:
         raise UapiError(errno.EINVAL, f"pid {cmd.pid}")

@@ -3,7 +3,7 @@ rules every slot obeys, copy_struct_from_user and the write-back.
 
 A leaf module, the kernel's ``iommufd_ucmd`` helpers: handler modules import
 it to declare their ops (:func:`ioctl`), and the table that lists those ops
-(core.dispatch) imports the handler modules, so no handler imports the table.
+(core.iommufd.dispatch) imports the handler modules, so no handler imports the table.
 
 Reference §3 ("Generic dispatch rules"), in the kernel's order:
 
@@ -20,14 +20,14 @@ Reference §3 ("Generic dispatch rules"), in the kernel's order:
    succeeded, and destroyed otherwise.
 
 Steps 2-6 are :func:`decode` and :func:`respond` here; 1 and 7 belong to the
-iommufd table (core.dispatch). Handlers receive ``(ctx, caller, cmd)`` where
+iommufd table (core.iommufd.dispatch). Handlers receive ``(ctx, caller, cmd)`` where
 ``cmd`` is the decoded cffi struct, and return the ioctl result (normally 0)
 or raise UapiError.
 """
 import errno
 
-from .errors import UapiError
-from .uapi import ffi
+from ..errors import UapiError
+from ..uapi import ffi
 
 # Every struct of a table starts with its u32 ``size`` (checked by Op).
 _U32 = ffi.typeof("uint32_t")

@@ -15,10 +15,10 @@
 import errno
 import heapq
 
-from . import uapi
-from .errors import UapiError
+from .. import uapi
+from ..errors import UapiError
+from ..mm.usermem import OwnerTable
 from .ucmd import ioctl
-from .usermem import OwnerTable
 
 
 class Obj:

@@ -17,10 +17,11 @@ import time
 
 from cext._native import ffi
 
-from . import routing, uapi, wire
-from .errors import DmaFault, UapiError
-from .files import REQUEST_FRAMES, File, Wait
-from .fault import SUCCESS, FaultGroup
+from .. import uapi, wire
+from ..errors import DmaFault, UapiError
+from ..files import REQUEST_FRAMES, File, Wait
+from ..iommufd.fault import SUCCESS, FaultGroup
+from . import routing
 from .routing import RID
 from .sva import SvaBond
 
@@ -54,7 +55,7 @@ def _record_fault(device, pasid, iova, access, err):
 
 
 def route(emulator, device, pasid, iova):
-    """The Route (core.routing) that DMA from ``device`` with ``pasid``
+    """The Route (core.iommu.routing) that DMA from ``device`` with ``pasid``
     (RID when None; for an mdev its default PASID) takes: an mdev's DMA
     carries its parent's RID (seed 004), a device behind a bridge its alias
     RID (seed 001), so the route may be another device's attachment.

@@ -10,17 +10,17 @@ against that interface run here with the kernel's results and errnos.
   (:data:`MOCK_IOMMU`: 2 KiB pages with 1 MiB huge leaves, aperture
   ``[MOCK_APERTURE_START, MOCK_APERTURE_LAST]``, 20-bit PASIDs, no reserved
   window), with a RID of its own that no topology device uses, registered in
-  the emulator's RID table for as long as it lives (core.routing finds it
+  the emulator's RID table for as long as it lives (core.iommu.routing finds it
   like any device). MOCK_DOMAIN binds one (a normal DEVICE object) and
   attaches it; the SELFTEST object it returns (:class:`SelftestDevice`,
   "stdev") owns it: IOMMU_DESTROY of the stdev detaches, unbinds and deletes
   the device.
-- **Accesses**: CREATE_ACCESS makes an ACCESS object (core.access) on an
+- **Accesses**: CREATE_ACCESS makes an ACCESS object (core.iommufd.access) on an
   IOAS and returns an fd for it (:class:`AccessFile`, the kernel's
   ``selftest_access``): later ops name the access by that fd number in
   ``id``, the transport resolves it (``caller.fds``), and closing the fd
   destroys the access. The file keeps the pins ACCESS_PAGES made, by item id.
-- **Pin counts**: MD_CHECK_REFS compares core.pins' model of FOLL_PIN counts.
+- **Pin counts**: MD_CHECK_REFS compares core.mm.pins' model of FOLL_PIN counts.
 
 Only the ops a program needs without nesting, dirty tracking, vIOMMU or
 dma-buf are implemented; the others (and unknown ops) answer EOPNOTSUPP.
@@ -34,21 +34,22 @@ from dataclasses import dataclass
 
 from cext.pagetable import IOPageFault
 
+from .. import uapi
+from ..devices import LiveDevice
+from ..errors import UapiError
+from ..fds import ReturnedFd
+from ..files import NULL, SYNC_CLOSE, WHOAMI
+from ..iommu import routing
+from ..iommu.routing import RID
+from ..mm.iova import PAGE_SIZE, U64_MAX
+from ..mm.pins import first_refs_mismatch
+from ..topology import Device, IommuModel
 from . import access as _access
 from . import device as _device
 from . import fault as _fault
 from . import hwpt as _hwpt
 from . import ioas as _ioas
-from . import routing, uapi
 from .context import Obj
-from .errors import UapiError
-from .fds import ReturnedFd
-from .files import NULL, SYNC_CLOSE, WHOAMI
-from .iova import PAGE_SIZE, U64_MAX
-from .pins import first_refs_mismatch
-from .routing import RID
-from .devices import LiveDevice
-from .topology import Device, IommuModel
 from .ucmd import ioctl, write_struct
 
 # ACCESS_PAGES and ACCESS_RW refuse more than this (the kernel's guard
@@ -181,7 +182,7 @@ class SelftestDevice(Obj):
 
 class AccessFile(ReturnedFd):
     """The fd of CREATE_ACCESS (the kernel's ``selftest_access``): its
-    ``access`` (core.access.Access) and the pins ACCESS_PAGES made
+    ``access`` (core.iommufd.access.Access) and the pins ACCESS_PAGES made
     (``items``: item id -> Pin; ids count up from 0 per fd). Closing the fd
     unpins everything and destroys the access. Lifetime and node:
     core.fds.ReturnedFd; a closed access fd used as ``id`` is EBADFD."""
@@ -348,7 +349,7 @@ def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
 def _md_check_refs(ctx, caller, cmd):
     """MD_CHECK_REFS: EINVAL length or uptr not page-aligned, or
     uptr+length wraps; then page by page: EFAULT not readable, EIO its pin
-    count (core.pins) is not ``refs``."""
+    count (core.mm.pins) is not ``refs``."""
     c = cmd.check_refs
     if c.length % PAGE_SIZE or c.uptr % PAGE_SIZE or c.uptr + c.length > U64_MAX:
         raise UapiError(errno.EINVAL, "check_refs not page-aligned")

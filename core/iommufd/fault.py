@@ -1,7 +1,7 @@
 """FAULT objects: I/O page fault queues (reference §10.1, seed 004).
 
 Seed 004's flow: the IOMMU gets a raw fault {RID, PASID, address}, finds the
-I/O page table and the device from {RID, PASID} (core.routing), reports
+I/O page table and the device from {RID, PASID} (core.iommu.routing), reports
 (address space, device cookie, address) to userspace and wakes it;
 userspace fixes the mapping and answers with a page response. The merged
 uAPI: IOMMU_FAULT_QUEUE_ALLOC gives a FAULT object and an fd; HWPTs made with
@@ -15,7 +15,7 @@ IOMMU_HWPT_ALLOC_FAULT_ID_VALID route their faults into it.
   under ``fds/``). It holds a reference on the FAULT object, so
   IOMMU_DESTROY is EBUSY while it is open (§10.1), and it keeps the context
   alive as the kernel's fault fd keeps its iommufd.
-- Completing a group wakes the DMA waiting for it (core.dma): ``done`` holds
+- Completing a group wakes the DMA waiting for it (core.iommu.dma): ``done`` holds
   the response code and ``wake_fd`` (an eventfd, made when someone waits)
   becomes readable. Detach, replace, and destroying the FAULT object answer
   the groups INVALID, so no DMA waits forever.
@@ -24,12 +24,12 @@ import errno
 import os
 import struct
 
-from . import uapi
+from .. import uapi
+from ..errors import UapiError
+from ..fds import FdOpen, ReturnedFd
+from ..files import POLLIN, POLLOUT
 from .context import Obj
 from .ucmd import ioctl
-from .errors import UapiError
-from .fds import FdOpen, ReturnedFd
-from .files import POLLIN, POLLOUT
 
 RECORD = struct.Struct("<IIIIIIQII")      # struct iommu_hwpt_pgfault (40 bytes)
 RESPONSE = struct.Struct("<II")           # struct iommu_hwpt_page_response (8 bytes)

@@ -2,15 +2,15 @@
 
 A paging HWPT is a domain of one IOAS: it holds a C radix page table
 (cext.pagetable) that mirrors the IOAS's areas, translating IOVA to the
-owner's virtual address. Devices attach to HWPTs (core.device).
+owner's virtual address. Devices attach to HWPTs (core.iommufd.device).
 """
 import errno
 
 from cext.pagetable import PTE_READ, PTE_WRITE, IOPageFault, PageTable
 
-from . import uapi
+from .. import uapi
+from ..errors import DmaFault, UapiError
 from .context import Obj
-from .errors import DmaFault, UapiError
 from .fault import FaultQueue
 from .ioas import Ioas
 from .ucmd import ioctl
@@ -29,7 +29,7 @@ class HwptPaging(Obj):
     tracking and PASID routing use them); ``auto``: created by attaching a
     device to an IOAS id, destroyed when its last device leaves (§4).
     ``page_size``: smallest page in bytes and ``aperture``: inclusive IOVA
-    range it translates (the domain interface of core.ioas).
+    range it translates (the domain interface of core.iommufd.ioas).
     """
 
     kind = "HWPT_PAGING"
@@ -55,7 +55,7 @@ class HwptPaging(Obj):
     def nest_parent(self):
         return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
 
-    # -- the domain interface used by core.ioas --------------------------------
+    # -- the domain interface used by core.iommufd.ioas --------------------------------
     def map(self, iova, user_va, length, prot, huge):
         """Install [iova, iova+length) -> user_va with ``prot`` (READ=1, WRITE=2)."""
         self.pt.map(iova, user_va, length, prot, huge=huge)
@@ -67,7 +67,7 @@ class HwptPaging(Obj):
     def dma_pieces(self, iova, length, access):
         """Translate IOVA ``[iova, iova+length)`` for ``access`` (READ=1,
         WRITE=2) through the page table, then cut it where the owning area
-        changes: ``[(owner, [(va, len)])]`` (core.usermem.Owner, bytes).
+        changes: ``[(owner, [(va, len)])]`` (core.mm.usermem.Owner, bytes).
         A/D bits are set only if all of it translates. Raises
         core.errors.DmaFault EFAULT (no translation) / EACCES (permission) with
         the first failing IOVA."""
@@ -166,7 +166,7 @@ def hwpt_alloc(ctx, caller, cmd):
         raise UapiError(errno.EOPNOTSUPP, "__reserved")
     if (cmd.data_type == uapi.IOMMU_HWPT_DATA_NONE) != (cmd.data_len == 0):
         raise UapiError(errno.EINVAL, "data_type/data_len mismatch")
-    # By kind: core.device builds on this module (its auto domains).
+    # By kind: core.iommufd.device builds on this module (its auto domains).
     idev = ctx.get_kind(cmd.dev_id, "DEVICE")
     pt = ctx.find(cmd.pt_id)
     if pt is None:

@@ -18,12 +18,12 @@ permission fault) and there is no I/O page table to fill.
 """
 import errno
 
-from .errors import DmaFault, UapiError
+from ..errors import DmaFault, UapiError
+from ..mm.usermem import Owner, tgid_of, uid_of
 from .pasid import space_of
 from .routing import occupant
-from .usermem import Owner, tgid_of, uid_of
 
-READ, WRITE = 1, 2   # page-table access bits, as in core.dma
+READ, WRITE = 1, 2   # page-table access bits, as in core.iommu.dma
 
 
 class Mm:
@@ -44,7 +44,7 @@ class Mm:
 class SvaBond:
     """The ``iommu_sva`` handle: ``handle`` (its number, unique in the
     emulator), ``device``, ``mm``, ``pasid``, ``users`` (binds not yet
-    unbound), ``driver`` (the core.driver.DriverFile that made it),
+    unbound), ``driver`` (the core.iommu.driver.DriverFile that made it),
     ``dead`` (mm_exit happened)."""
 
     kind = "SVA"

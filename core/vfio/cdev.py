@@ -10,12 +10,12 @@ VFIO ioctls do not go through the iommufd dispatcher: each reads its
 """
 import errno
 
-from . import uapi
-from .device import RID, BoundDevice
-from .ucmd import copy_from_user, read_struct
-from .errors import UapiError
-from .files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
-from .uapi import ffi
+from .. import uapi
+from ..errors import UapiError
+from ..files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
+from ..iommufd.device import RID, BoundDevice
+from ..iommufd.ucmd import copy_from_user, read_struct
+from ..uapi import ffi
 
 # vfio-pci's fixed counts: BAR0-5, ROM, CONFIG, VGA regions; INTX, MSI, MSIX, ERR, REQ irqs.
 VFIO_PCI_NUM_REGIONS = 9
