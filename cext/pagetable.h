@@ -160,5 +160,4 @@ int iofs_pt_set_table_limit(struct iofs_pt *pt, uint64_t max_tables);
 /* Tables and bytes held by all live page tables of this process, for leak
  * tests. */
 uint64_t iofs_pt_live_tables(void);
-uint64_t iofs_pt_live_bytes(void);
 #endif

@@ -270,7 +270,6 @@ class Session:
         self._deferred = {}
         self._jobs = {}
         self._ids = 0
-        self._fd_events = {}
         server.port = self
 
     # -- lifecycle -------------------------------------------------------------------
@@ -488,23 +487,6 @@ class Session:
             d._done_locked()
         lib.fuse_reply_err(req, errno.EINTR)
         self._call_soon(_cancel, d)
-
-    async def wait_readable(self, fd):
-        """Wait until ``fd`` is readable; any number of tasks may wait for
-        the same fd (trio allows one waiter per fd: one watcher fans out)."""
-        ev = self._fd_events.get(fd)
-        if ev is None:
-            ev = self._fd_events[fd] = trio.Event()
-            self._nursery.start_soon(self._watch_fd, fd, ev)
-        await ev.wait()
-
-    async def _watch_fd(self, fd, ev):
-        try:
-            await trio.lowlevel.wait_readable(fd)
-        finally:
-            if self._fd_events.get(fd) is ev:
-                del self._fd_events[fd]
-            ev.set()
 
     # -- replies and poll handles ------------------------------------------------------
     def _send(self, req, kind, value):

@@ -29,10 +29,6 @@ class BoundDevice(Obj):
         self.device = device
         self.attachments = {}
 
-    def hwpt_for(self, pasid):
-        """The HWPT that DMA with ``pasid`` (None = RID) translates through, or None."""
-        return self.attachments.get(pasid)
-
     # -- attach / replace / detach (§8) -----------------------------------------
     def _resolve_pt(self, pt_id, pasid):
         obj = self.ctx.find(pt_id)

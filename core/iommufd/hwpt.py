@@ -51,10 +51,6 @@ class HwptPaging(Obj):
     def pasid_compat(self):
         return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_PASID)
 
-    @property
-    def nest_parent(self):
-        return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
-
     # -- the domain interface used by core.iommufd.ioas --------------------------------
     def map(self, iova, user_va, length, prot, huge):
         """Install [iova, iova+length) -> user_va with ``prot`` (READ=1, WRITE=2)."""

@@ -57,7 +57,6 @@ from .ucmd import ioctl, write_struct
 ACCESS_MAX = 16 << 20
 # The memory-limit knob's floor: one batch element (an unsigned long + u32).
 MEMORY_LIMIT_MIN = 12
-MEMORY_LIMIT_DEFAULT = 65536
 # Mock devices take RIDs from here up, skipping RIDs the topology uses.
 MOCK_RID_FIRST = 0xFE00
 

@@ -42,10 +42,6 @@ _CAP_HEADER = struct.Struct("<HHI")          # vfio_info_cap_header
 _RANGE = struct.Struct("<QQ")                 # vfio_iova_range
 
 
-def _err(code, detail):
-    return UapiError(code, detail)
-
-
 def _offsetofend(struct_name, field):
     f = dict(ffi.typeof(f"struct {struct_name}").fields)[field]
     return f.offset + ffi.sizeof(f.type)
@@ -55,7 +51,7 @@ def compat_ioas(ctx):
     """The context's compat IOAS (IOMMU_VFIO_IOAS SET); ENODEV if none."""
     ioas = ctx.vfio_ioas
     if ioas is None:
-        raise _err(errno.ENODEV, "no compat IOAS (IOMMU_VFIO_IOAS SET)")
+        raise UapiError(errno.ENODEV, "no compat IOAS (IOMMU_VFIO_IOAS SET)")
     return ioas
 
 
@@ -77,7 +73,7 @@ def vfio_ioas(ctx, caller, cmd):
     (core.iommufd.context.Context.remove).
     """
     if cmd.__reserved:
-        raise _err(errno.EOPNOTSUPP, "__reserved")
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
     if cmd.op == uapi.IOMMU_VFIO_IOAS_GET:
         cmd.ioas_id = compat_ioas(ctx).id
     elif cmd.op == uapi.IOMMU_VFIO_IOAS_SET:
@@ -85,7 +81,7 @@ def vfio_ioas(ctx, caller, cmd):
     elif cmd.op == uapi.IOMMU_VFIO_IOAS_CLEAR:
         ctx.vfio_ioas = None
     else:
-        raise _err(errno.EOPNOTSUPP, f"op {cmd.op}")
+        raise UapiError(errno.EOPNOTSUPP, f"op {cmd.op}")
 
 
 # -- container ioctls (§11.4) ----------------------------------------------------------------
@@ -126,7 +122,7 @@ def set_iommu(ctx, caller, arg):
     what lets UNMAP_DMA split mappings. Type1v2 changes nothing."""
     kind = arg.integer()
     if kind not in (uapi.VFIO_TYPE1_IOMMU, uapi.VFIO_TYPE1v2_IOMMU):
-        raise _err(errno.EINVAL, f"IOMMU type {kind}")
+        raise UapiError(errno.EINVAL, f"IOMMU type {kind}")
     ioas = compat_ioas(ctx)
     if kind == uapi.VFIO_TYPE1_IOMMU:
         ioas.set_large_pages(False)
@@ -201,7 +197,7 @@ def iommu_get_info(ctx, caller, arg):
     info = copy_from_user(arg, "vfio_iommu_type1_info", _GET_INFO_MINSZ)
     argsz = info.argsz
     if argsz < _GET_INFO_MINSZ:
-        raise _err(errno.EINVAL, f"argsz {argsz}")
+        raise UapiError(errno.EINVAL, f"argsz {argsz}")
     ioas = compat_ioas(ctx)
     info.flags = uapi.VFIO_IOMMU_INFO_PGSIZES
     info.iova_pgsizes = iova_pgsizes(ioas)
@@ -240,7 +236,7 @@ def iommu_map_dma(ctx, caller, arg):
     """
     m = copy_from_user(arg, "vfio_iommu_type1_dma_map", _MAP_MINSZ)
     if m.argsz < _MAP_MINSZ or m.flags & ~_MAP_FLAGS:
-        raise _err(errno.EINVAL, f"argsz {m.argsz} / flags {m.flags:#x}")
+        raise UapiError(errno.EINVAL, f"argsz {m.argsz} / flags {m.flags:#x}")
     prot = 0
     if m.flags & uapi.VFIO_DMA_MAP_FLAG_READ:
         prot |= _ioas.PROT_READ
@@ -278,11 +274,11 @@ def iommu_unmap_dma(ctx, caller, arg):
     """
     u = copy_from_user(arg, "vfio_iommu_type1_dma_unmap", _UNMAP_MINSZ)
     if u.argsz < _UNMAP_MINSZ or u.flags & ~uapi.VFIO_DMA_UNMAP_FLAG_ALL:
-        raise _err(errno.EINVAL, f"argsz {u.argsz} / flags {u.flags:#x}")
+        raise UapiError(errno.EINVAL, f"argsz {u.argsz} / flags {u.flags:#x}")
     ioas = compat_ioas(ctx)
     if u.flags & uapi.VFIO_DMA_UNMAP_FLAG_ALL:
         if u.iova or u.size:
-            raise _err(errno.EINVAL, "UNMAP_ALL with iova or size")
+            raise UapiError(errno.EINVAL, "UNMAP_ALL with iova or size")
         unmapped, error = ioas.unmap_counted(0, None)
     else:
         if ioas.disable_large_pages:
@@ -317,5 +313,5 @@ def vfio_compat_ioctl(ctx, caller, cmd, arg):
     UapiError."""
     handler = _COMPAT.get(cmd)
     if handler is None:
-        raise _err(errno.ENOTTY, f"no compat ioctl {cmd:#x}")
+        raise UapiError(errno.ENOTTY, f"no compat ioctl {cmd:#x}")
     return handler(ctx, caller, arg)
