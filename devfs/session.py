@@ -36,7 +36,8 @@ completes. libfuse holds a reference on the request while the interrupt
 callback runs, so replying from a task on another thread at the same moment
 is safe; our claim makes sure only one of them replies.
 
-Shutdown (:meth:`Session.run` cancelled, or the mount went away): stop the
+Shutdown (:meth:`Session.run` cancelled, the mount went away, or it was
+detached by a lazy unmount while files were open): stop the
 loop thread (exit flag + a real-time signal that makes its read() return
 EINTR), answer waiting deferred requests ENOTCONN,
 wait for committing ones, close every open file in core, unmount, destroy.
@@ -44,6 +45,7 @@ wait for committing ones, close every open file in core, unmount, destroy.
 import errno
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -213,6 +215,17 @@ def mount_dev(mountpoint):
     return info and info[0]
 
 
+def _attached(dev):
+    """True while a mount of device ``dev`` is in this mount namespace (by
+    its mountinfo major:minor, wherever it is mounted)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}".encode()
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            return any(line.split()[2] == want for line in f)
+    except (OSError, IndexError):
+        return True
+
+
 def mount_fstype(mountpoint):
     """Filesystem type of the mount at ``mountpoint`` (e.g. "fuse.iommufs"), or None."""
     info = _mountinfo(mountpoint)
@@ -323,12 +336,43 @@ class Session:
                 self._nursery = nursery
                 self._thread.start()
                 task_status.started(self)
+                nursery.start_soon(self._watch_detach)
                 await self._loop_ended.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
                 await self._teardown()
+
+    async def _watch_detach(self):
+        """End the session once the mount is detached from the namespace.
+
+        A lazy unmount (``fusermount3 -u -z``: what ``iommufs umount`` does
+        while files are still open, since a plain unmount is EBUSY then)
+        detaches the mount at once but keeps the connection, and so this
+        server, until the last client closes its file, which may be never.
+        A user's unmount must end the server: the teardown closes
+        /dev/fuse, and files still open get ENOTCONN, as when a server dies.
+
+        /proc/self/mountinfo reports a change of the namespace's mounts as
+        EPOLLPRI (and is always EPOLLIN): an epoll of its own that asks only
+        for EPOLLPRI is readable exactly then, which trio can wait for.
+        """
+        dev = self.server.st_dev
+        if dev is None:
+            return
+        mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        ep = select.epoll()
+        try:
+            ep.register(mounts, select.EPOLLPRI)
+            while _attached(dev):
+                await trio.lowlevel.wait_readable(ep.fileno())
+                ep.poll(0)
+        finally:
+            ep.close()
+            os.close(mounts)
+        log.info("the mount was detached (lazy unmount): stopping")
+        self._loop_ended.set()
 
     def _loop_main(self):
         try:
