@@ -53,7 +53,16 @@ class Wait(NotYet):
     """Wait until ``fd`` is readable, then call ``resume()`` (core lock
     held) for the answer, or, without ``resume``, make the same call again.
     ``abandon()`` (if any) tells core the wait was given up (INTERRUPT, the
-    file released)."""
+    file released).
+
+    A wait that core itself ends (a page response) may also be followed
+    without an fd: ``subscribe(fn)`` asks core to call ``fn()`` (core lock
+    held, on whichever thread ends the wait) once it can go on, and answers
+    True instead if it can already; ``subscribe`` is None where core cannot.
+    The transport then resumes right where the event arrived.
+    """
+
+    subscribe = None
 
     def __init__(self, fd, resume=None, abandon=None):
         super().__init__(fd)

@@ -123,17 +123,20 @@ _BUSY = object()   # the loop thread is serving this thread's write right now
 
 
 class Pending:
-    """A request of one thread still being served after its write() returned
-    (deferred to trio). ``event`` (a trio.Event, set from the trio thread)
-    fires when the reply is in the slot; a read that finds a Pending waits
-    for it."""
+    """A request of one thread still being served after its write() returned.
+    A read that finds it parks: ``waiters`` (functions) are called by
+    :meth:`wake`, on whichever thread put the reply in the slot."""
 
-    __slots__ = ("event",)
+    __slots__ = ("waiters",)
 
     def __init__(self):
-        import trio
+        self.waiters = []
 
-        self.event = trio.Event()
+    def wake(self):
+        """The reply is in the slot: run the waiters (once)."""
+        waiters, self.waiters = self.waiters, []
+        for fn in waiters:
+            fn()
 
 
 class ReplySlots:
@@ -200,6 +203,17 @@ class ReplySlots:
                 raise FrameError(errno.ERANGE, f"reply of {len(reply)} bytes, read of {size}")
             del self._slots[tid]
             return reply
+
+    def wait(self, tid, fn):
+        """Call ``fn()`` when ``tid``'s Pending is replaced by its reply
+        (:meth:`Pending.wake`). False, and ``fn`` not kept, if the slot
+        holds no Pending any more (take it now)."""
+        with self._lock:
+            p = self._slots.get(tid)
+            if not isinstance(p, Pending):
+                return False
+            p.waiters.append(fn)
+            return True
 
     def holds(self, tid):
         """True when ``tid`` has a request in flight or a reply to read."""

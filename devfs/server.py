@@ -69,10 +69,14 @@ Other rules decided here (documented choices):
 
 A core call may also answer "not yet" (core.files.NotYet): a Wait defers
 the request to trio, which waits for its fd (on a dup, so core may close
-its own) and retries the same call, or calls its ``resume`` if it has one (a
-DMA waiting for a page response goes on where it stopped); cancelled by FUSE
-INTERRUPT (EINTR) or the file's release, in which case its ``abandon`` (if
-any) is called. A NeedFds has the caller's fds resolved off the loop thread
+its own) and retries the same call, or calls its ``resume`` if it has one;
+cancelled by FUSE INTERRUPT (EINTR) or the file's release, in which case its
+``abandon`` (if any) is called. A Wait core ends itself (``subscribe``: a
+DMA waiting for a page response) takes no trio hop at all: the thread whose
+core call ends it (the fault fd's write, on the loop thread) runs the
+continuation once it has let go of the core lock, fills the reply slot and
+answers the read parked on it (Session.park; an INTERRUPT still answers the
+read EINTR, and the reply stays). A NeedFds has the caller's fds resolved off the loop thread
 (:meth:`Server.resolve_fds`) and retries. Tests use the wait through a fake
 emulator; the PRI wait of DMA is its first real user.
 """
@@ -155,8 +159,8 @@ class Server:
     ``emulator``: a core.emulator.Emulator (or any object with its
     ``nodes``, ``open`` and ``shutdown``); ``lock``: the core lock (default
     :data:`CORE_LOCK`). ``port`` is set by the session: ``defer(req, work)``,
-    ``spawn(work, owner)``, ``cancel_owned(owner)``, ``notify_poll(ph)``,
-    ``destroy_pollhandle(ph)``.
+    ``park(req)``, ``spawn(work, owner)``, ``cancel_owned(owner)``,
+    ``notify_poll(ph)``, ``destroy_pollhandle(ph)``.
     """
 
     def __init__(self, emulator, lock=None):
@@ -172,25 +176,44 @@ class Server:
         self._poll_lock = threading.Lock()
         self._watching = set()
         self._watch_gen = 0
+        # Continuations of subscribed waits (core.files.Wait.subscribe) that
+        # core made ready, run by the thread whose core call did it, once
+        # it has let go of the lock; and the subscribed waits per open file.
+        self._ready = []
+        self._subscribed = {}
 
     # -- core calls ----------------------------------------------------------------
     def _core(self, fn, *args):
         """``fn(*args)`` with the core lock held.
 
         UapiError and core's "not yet" (core.files.NotYet) pass through;
-        anything else is a bug in core: logged, EIO.
+        anything else is a bug in core: logged, EIO. Continuations the call
+        made ready run afterwards, on this thread.
         """
+        try:
+            with self.lock:
+                try:
+                    return fn(*args)
+                except (UapiError, NotYet):
+                    raise
+                except Exception:
+                    log.exception("core %s failed", getattr(fn, "__name__", fn))
+                    raise UapiError(errno.EIO, "internal error in core") from None
+                finally:
+                    if getattr(self.emulator, "watch_gen", 0) != self._watch_gen:
+                        self._sync_watches()
+        finally:
+            if self._ready:
+                self._run_ready()
+
+    def _run_ready(self):
         with self.lock:
+            jobs, self._ready = self._ready, []
+        for job in jobs:
             try:
-                return fn(*args)
-            except (UapiError, NotYet):
-                raise
+                job()
             except Exception:
-                log.exception("core %s failed", getattr(fn, "__name__", fn))
-                raise UapiError(errno.EIO, "internal error in core") from None
-            finally:
-                if getattr(self.emulator, "watch_gen", 0) != self._watch_gen:
-                    self._sync_watches()
+                log.exception("continuation %r failed", job)
 
     # -- fds core watches (core.emulator.Emulator.watch) -------------------------------
     def _sync_watches(self):
@@ -290,6 +313,7 @@ class Server:
         if h is None:
             return
         self.port.cancel_owned(h)
+        self._unsubscribe(h)
         self._drop_poll(h)
         if not h.closed:
             h.closed = True
@@ -304,6 +328,7 @@ class Server:
     def shutdown(self):
         """Unmount: release every open file, then emulator.shutdown()."""
         for h in list(self.handles.values()):
+            self._unsubscribe(h)
             self._drop_poll(h)
             if not h.closed:
                 h.closed = True
@@ -506,7 +531,7 @@ class Server:
     def _fill(self, h, tid, reply):
         pending = h.slots.fill(tid, reply)
         if pending is not None:
-            pending.event.set()      # only background work fills a Pending: trio thread
+            pending.wake()
         self._notify(h)
 
     def read(self, req, fh, size, off):
@@ -533,23 +558,30 @@ class Server:
             return data
         reply = h.slots.take(tid, size)
         if isinstance(reply, frames.Pending):
-            pending = reply
-
-            async def work(d):
-                await pending.event.wait()
-                if not d.enter_commit():
-                    return
-                try:
-                    got = h.slots.take(tid, size)
-                except FrameError as e:
-                    d.finish("err", e.errno)
-                    return
-                d.finish("buf", got)
-                self._notify(h)
-
-            return self.port.defer(req, work)
+            # Parked, not a trio task: whoever fills the slot answers.
+            d = self.port.park(req)
+            if not h.slots.wait(tid, lambda: self._answer_parked(h, tid, size, d)):
+                self._answer_parked(h, tid, size, d)
+            return DEFERRED
         self._notify(h)
         return reply
+
+    def _answer_parked(self, h, tid, size, d):
+        if not d.enter_commit():
+            return          # interrupted (EINTR sent): the reply stays for the next read
+        try:
+            got = h.slots.take(tid, size)
+        except FrameError as e:
+            d.finish("err", e.errno)
+            return
+        if isinstance(got, frames.Pending):     # pended again meanwhile: wait on
+            if not d.leave_commit():
+                return
+            if not h.slots.wait(tid, lambda: self._answer_parked(h, tid, size, d)):
+                self._answer_parked(h, tid, size, d)
+            return
+        d.finish("buf", got)
+        self._notify(h)
 
     # -- poll ----------------------------------------------------------------------------
     def poll(self, req, fh, ph):
@@ -639,11 +671,17 @@ class Server:
 
         return self.port.defer(req, work)
 
-    def _background(self, h, tid, attempt, failure, notyet):
+    def _background(self, h, tid, attempt, failure, notyet, pending=None):
         """Serve a frame request after its write() returned: the reply lands
         in ``tid``'s slot (``failure(errno)`` builds it if the work fails).
-        Cancelled when the file is released."""
-        pending = h.slots.pend(tid)
+        Cancelled when the file is released. A wait core can end itself
+        (``subscribe``) goes on where core ends it, without trio.
+        ``pending``: the slot's Pending when the request waits again."""
+        if pending is None:
+            pending = h.slots.pend(tid)
+        if isinstance(notyet, Wait) and notyet.subscribe is not None:
+            self._subscribe(h, tid, attempt, failure, notyet, pending)
+            return
 
         async def work():
             try:
@@ -653,10 +691,48 @@ class Server:
                 log.exception("background request of %r failed", h)
                 reply = failure(errno.EIO)
             if h.slots.fill(tid, reply) is pending:
-                pending.event.set()
+                pending.wake()
             self._notify(h)
 
         self.port.spawn(work, owner=h)
+
+    def _subscribe(self, h, tid, attempt, failure, w, pending):
+        """Follow Wait ``w`` by subscription: when core ends it, the thread
+        that ended it runs ``attempt`` again and fills ``tid``'s slot (and
+        so answers a read parked on it). Abandoned if the file is released
+        first (:meth:`_unsubscribe`)."""
+        subs = self._subscribed.setdefault(h, {})
+
+        def go_on():
+            if subs.pop(key, None) is None:
+                return              # abandoned meanwhile
+            try:
+                out = attempt()
+            except Exception:
+                log.exception("continuation of %r failed", h)
+                out = ("reply", failure(errno.EIO))
+            if out[0] == "wait":
+                self._background(h, tid, attempt, failure, out[1], pending)
+                return
+            if h.slots.fill(tid, out[1]) is pending:
+                pending.wake()
+            self._notify(h)
+
+        key = go_on
+        subs[key] = w
+        with self.lock:
+            now = w.subscribe(lambda: self._ready.append(go_on))
+        if now:
+            go_on()
+
+    def _unsubscribe(self, h):
+        """The file is released: give up its subscribed waits (core is told)."""
+        subs = self._subscribed.pop(h, None)
+        if subs:
+            waits = list(subs.values())
+            subs.clear()            # a continuation already queued finds itself gone
+            for w in waits:
+                self._abandon(w)
 
     def resolve_fds(self, tid, fds):
         """``{fd: object or errno}`` for the fd numbers of thread ``tid``'s

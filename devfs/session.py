@@ -17,6 +17,9 @@ How the pieces fit (DESIGN.md, Transport; fuse-notes §11)::
                             core calls; the task replies when done.
                             Session.spawn(): background work of a frame whose
                             write() already returned (the read waits instead).
+                          Session.park(): a request answered later by any
+                            thread (a read waiting for its frame's reply),
+                            with no trio task.
 
 - The common path never touches trio: a trio wake-up per request would cost
   about 20 µs, three times the request (fuse-notes §11).
@@ -64,7 +67,8 @@ WAITING, COMMITTING, DONE = 0, 1, 2
 
 
 class Deferred:
-    """A request whose reply comes later, from trio (or EINTR on interrupt).
+    """A request whose reply comes later, from trio or from the thread that
+    has the answer (:meth:`Session.park`), or EINTR on interrupt.
 
     States: WAITING (interruptible), COMMITTING (core is running the call;
     an INTERRUPT is only noted), DONE (replied). Transitions happen under the
@@ -450,6 +454,18 @@ class Session:
         if not self._call_soon(self._spawn, d, work):
             d.fail(errno.ENOTCONN)
         return DEFERRED
+
+    def park(self, req):
+        """Answer ``req`` later from any thread, with no trio task: the
+        returned Deferred is replied through ``enter_commit()`` then
+        ``finish()`` by whoever has the answer; an INTERRUPT answers EINTR
+        meanwhile, and shutdown ENOTCONN."""
+        with self._dlock:
+            self._ids += 1
+            d = Deferred(self, req, self._ids)
+            self._deferred[d.id] = d
+        lib.fuse_req_interrupt_func(req, lib.iofs_interrupt, ffi.cast("void *", d.id))
+        return d
 
     def _spawn(self, d, work):
         if d.state == DONE:

@@ -19,7 +19,7 @@ from cext._native import ffi
 
 from .. import uapi, wire
 from ..errors import DmaFault, UapiError
-from ..files import REQUEST_FRAMES, File, Wait
+from ..files import REQUEST_FRAMES, File, NotYet, Wait
 from ..iommufd.fault import SUCCESS, FaultGroup
 from . import routing
 from .routing import RID
@@ -79,12 +79,20 @@ class DmaWait(Wait):
     cancelled instead (INTERRUPT, the writer gone) it calls ``abandon()``."""
 
     def __init__(self, group, resume):
-        super().__init__(group.waiter_fd(), resume, group.abandon)
+        NotYet.__init__(self, "waiting for a page response")
         self.group = group
+        self.resume = resume
+        self.abandon = group.abandon
 
     @property
-    def wait_fd(self):
-        return self.fd
+    def fd(self):
+        # Made only for a waiter that polls: a subscriber needs no fd.
+        return self.group.waiter_fd()
+
+    wait_fd = fd
+
+    def subscribe(self, fn):
+        return self.group.subscribe(fn)
 
 
 class DmaPort(File):

@@ -58,6 +58,7 @@ class FaultGroup:
         self.done = None
         self.wake_fd = -1
         self.abandoned = False
+        self.on_done = None
 
     def records(self):
         """The group's ``iommu_hwpt_pgfault`` records (bytes, 40 each)."""
@@ -84,6 +85,14 @@ class FaultGroup:
                 os.eventfd_write(self.wake_fd, 1)
         return self.wake_fd
 
+    def subscribe(self, fn):
+        """Call ``fn()`` once the group is answered (core.files.Wait); True
+        instead if it is answered already."""
+        if self.done is not None:
+            return True
+        self.on_done = fn
+        return False
+
     def complete(self, code):
         """Answer the group with ``code`` (SUCCESS/INVALID); wakes the waiter."""
         if self.done is not None:
@@ -93,6 +102,9 @@ class FaultGroup:
             os.eventfd_write(self.wake_fd, 1)
             if self.abandoned:
                 self.release_fd()
+        fn, self.on_done = self.on_done, None
+        if fn is not None:
+            fn()
 
     def release_fd(self):
         """The waiter is finished with the group (or gone): close the eventfd."""
@@ -104,6 +116,7 @@ class FaultGroup:
         """The waiting DMA was cancelled: close the eventfd now if answered,
         else as soon as the group is answered."""
         self.abandoned = True
+        self.on_done = None
         if self.done is not None:
             self.release_fd()
 
