@@ -1,6 +1,7 @@
 /* I/O page tables for iommufs: one radix table per HWPT, translating an IOVA
  * to an "output address" (in iommufs, a virtual address in the client process
- * that owns the mapping), with accessed/dirty bits set as DMA happens.
+ * that owns the mapping, with a tag naming that process in bits 57-62:
+ * core/iommufd/hwpt.py), with accessed/dirty bits set as DMA happens.
  *
  * In-memory format (read directly by the Python reference walker, so it is
  * part of the contract):

@@ -122,7 +122,7 @@ class FakeDomain:
         if not coherent:
             self.enforce_cache_coherency = False
 
-    def map(self, iova, user_va, length, prot, huge):
+    def map(self, iova, user_va, length, prot, huge, owner=None):
         pass
 
     def unmap(self, iova, length):

@@ -187,7 +187,7 @@ class FakeDomain:
         self.calls = 0
         self.fail_at = fail_at
 
-    def map(self, iova, user_va, length, prot, huge):
+    def map(self, iova, user_va, length, prot, huge, owner=None):
         self.calls += 1
         if self.fail_at is not None and self.calls >= self.fail_at:
             raise OSError(errno.ENOMEM, "fake table full")

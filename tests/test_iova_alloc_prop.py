@@ -258,7 +258,7 @@ class Dom:
             self.aperture = aperture
         self.maps = {}
 
-    def map(self, iova, user_va, length, prot, huge):
+    def map(self, iova, user_va, length, prot, huge, owner=None):
         assert not any(i <= iova + length - 1 and iova <= i + n - 1 for i, n in self.maps.items())
         self.maps[iova] = length
 

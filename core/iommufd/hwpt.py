@@ -3,6 +3,12 @@
 A paging HWPT is a domain of one IOAS: it holds a C radix page table
 (cext.pagetable) that mirrors the IOAS's areas, translating IOVA to the
 owner's virtual address. Devices attach to HWPTs (core.iommufd.device).
+
+The output address of an entry carries, above any user virtual address
+(bit 57 up: user space ends below 2**56 even with 5-level paging), a small
+tag naming the process that owns the mapping, so a DMA learns the owner of
+each translated segment from the translation itself. Tag 0 is "look it up
+in the IOAS": a HWPT with more owning processes than tags.
 """
 import errno
 
@@ -14,6 +20,10 @@ from .context import Obj
 from .fault import FaultQueue
 from .ioas import Ioas
 from .ucmd import ioctl
+
+_TAG_SHIFT = 57
+_VA_MASK = (1 << _TAG_SHIFT) - 1
+_TAGS = 64              # tags 1..63: bit 63 stays clear
 
 PAGING_FLAGS = (uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
                 | uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID | uapi.IOMMU_HWPT_ALLOC_PASID)
@@ -46,15 +56,42 @@ class HwptPaging(Obj):
                             max_leaf_level=iommu.max_leaf_level)
         self.fault = None
         self.in_ioas = False
+        self._tag_of = {}                  # Owner -> tag
+        self._owner_of = [None] * _TAGS    # tag -> Owner
 
     @property
     def pasid_compat(self):
         return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_PASID)
 
     # -- the domain interface used by core.iommufd.ioas --------------------------------
-    def map(self, iova, user_va, length, prot, huge):
-        """Install [iova, iova+length) -> user_va with ``prot`` (READ=1, WRITE=2)."""
-        self.pt.map(iova, user_va, length, prot, huge=huge)
+    def map(self, iova, user_va, length, prot, huge, owner=None):
+        """Install [iova, iova+length) -> user_va of ``owner`` (a
+        core.mm.usermem.Owner) with ``prot`` (READ=1, WRITE=2)."""
+        self.pt.map(iova, self._tag(owner) << _TAG_SHIFT | user_va, length, prot, huge=huge)
+
+    def _tag(self, owner):
+        tag = self._tag_of.get(owner)
+        if tag is not None or owner is None:
+            return tag or 0
+        free = [t for t in range(1, _TAGS) if self._owner_of[t] is None]
+        if not free:
+            # Owners with no area left in the IOAS have no entry left either.
+            live = {a.owner for a in self.ioas.areas.values()} | {owner}
+            for t in range(1, _TAGS):
+                if self._owner_of[t] not in live:
+                    del self._tag_of[self._owner_of[t]]
+                    self._owner_of[t] = None
+            free = [t for t in range(1, _TAGS) if self._owner_of[t] is None]
+            if not free:
+                return 0
+        self._tag_of[owner] = free[0]
+        self._owner_of[free[0]] = owner
+        return free[0]
+
+    def untag(self, addr):
+        """An output address of the page table -> ``(owner or None, va)``
+        (None: tag 0, look the owner up in the IOAS)."""
+        return self._owner_of[addr >> _TAG_SHIFT], addr & _VA_MASK
 
     def unmap(self, iova, length):
         """Remove the translations of [iova, iova+length); returns bytes removed."""
@@ -62,8 +99,9 @@ class HwptPaging(Obj):
 
     def dma_pieces(self, iova, length, access):
         """Translate IOVA ``[iova, iova+length)`` for ``access`` (READ=1,
-        WRITE=2) through the page table, then cut it where the owning area
-        changes: ``[(owner, [(va, len)])]`` (core.mm.usermem.Owner, bytes).
+        WRITE=2) through the page table, cut where the owner changes (the
+        translation's tag says): ``[(owner, [(va, len)])]``
+        (core.mm.usermem.Owner, bytes).
         A/D bits are set only if all of it translates. Raises
         core.errors.DmaFault EFAULT (no translation) / EACCES (permission) with
         the first failing IOVA."""
@@ -73,10 +111,20 @@ class HwptPaging(Obj):
             raise DmaFault(e.errno, getattr(e, "iova", iova)) from None
         pieces = []
         pos = iova
-        ioas = self.ioas
+        owner_of = self._owner_of
         for addr, n in segs:
+            owner = owner_of[addr >> _TAG_SHIFT]
+            if owner is not None:
+                va = addr & _VA_MASK
+                if pieces and pieces[-1][0] is owner:
+                    pieces[-1][1].append((va, n))
+                else:
+                    pieces.append((owner, [(va, n)]))
+                pos += n
+                continue
+            # Tag 0: segments may span areas of several owners.
             while n:
-                area = ioas.area_at(pos)
+                area = self.ioas.area_at(pos)
                 take = min(n, area.iova + area.length - pos)
                 if pieces and pieces[-1][0] is area.owner:
                     pieces[-1][1].append((addr, take))

@@ -165,7 +165,8 @@ class Ioas(Obj):
     is unmapped only after its accesses let go, and never split).
 
     **Domain interface** (implemented by paging HWPTs): ``page_size`` (bytes,
-    a power of two), ``map(iova, user_va, length, prot, huge)``,
+    a power of two), ``map(iova, user_va, length, prot, huge, owner=)``
+    (``owner``: the area's core.mm.usermem.Owner),
     ``unmap(iova, length)``, and optionally ``aperture = (start, last)``: the
     IOVA the domain can translate; everything outside is reserved while the
     domain is in the IOAS, as the kernel does with a domain's geometry (§7
@@ -262,7 +263,7 @@ class Ioas(Obj):
         try:
             for d in domains:
                 for area in areas:
-                    d.map(area.iova, area.user_va, area.length, area.prot, huge)
+                    d.map(area.iova, area.user_va, area.length, area.prot, huge, owner=area.owner)
                     done.append((d, area))
         except BaseException as e:
             for d, area in reversed(done):

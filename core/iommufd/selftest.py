@@ -333,7 +333,7 @@ def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     bad = limit if limit < length else None
     pos = 0
     for addr, n in segs:
-        if addr != uptr + pos:
+        if hwpt.untag(addr)[1] != uptr + pos:
             bad = pos if bad is None else min(bad, pos)
             break
         pos += n
