@@ -102,3 +102,13 @@ def test_core_imports_no_transport():
     bad = {m: sorted(e) for m, e in g.items()
            if m.startswith("core") and any(t.startswith("devfs") for t in e)}
     assert bad == {}
+
+
+def test_devfs_reaches_core_only_through_its_face():
+    """devfs knows core's file protocol and the emulator, never a family of
+    core objects (what a file is stays core's: no node-kind switch)."""
+    g = import_graph()
+    families = ("core.iommufd", "core.iommu", "core.vfio", "core.pci")
+    bad = {m: sorted(t for t in e if t.startswith(families))
+           for m, e in g.items() if m.startswith("devfs")}
+    assert {m: e for m, e in bad.items() if e} == {}
