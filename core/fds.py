@@ -1,5 +1,6 @@
 """Objects behind the fds that ioctls return (README, "Ioctls that return
-file descriptors"): the fault fd (core.iommufd.fault), the access fd (core.iommufd.selftest).
+file descriptors"): the fault fd (core.iommufd.fault), the access fd
+(core.iommufd.selftest).
 
 The server cannot make an fd in the caller; the transport shows each such
 object as a node under ``fds/`` (a :class:`ReturnedFd` is that node: its
@@ -19,8 +20,9 @@ from .files import NULL, SYNC_CLOSE, File, Node
 class FdOpen(File):
     """One open of a returned fd's node: ``fd`` (the ReturnedFd). Its ops
     are the fd's (``fd.read``, ``fd.write``, ``fd.poll``: None where the
-    fd has none); after this open's release (a synchronous close) they are
-    EBADF (poll: POLLERR) while other opens of the node go on."""
+    fd has none); after this open's release (a synchronous close) read and
+    write are EBADF and poll is what the fd says of a closed open, while
+    other opens of the node go on."""
 
     returned = True
 

@@ -147,7 +147,7 @@ class Node:
     """A node of the mount: ``mode`` (permission bits, e.g. 0o666) and
     ``open(caller, flags)`` -> a File (or UapiError). ``file_type``: the
     type of what the files' :meth:`File.fget` give (how a passed-in fd is
-    checked against the node it is). Directories are :data:`DIR`."""
+    checked against the node it is). Directories are :class:`Dir`."""
 
     mode = 0o666
     file_type = File

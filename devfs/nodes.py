@@ -14,9 +14,10 @@
     /fds/access-N             file 0600   an access fd (IOMMU_TEST_CMD CREATE_ACCESS), owned by its uid
 
 The static tree is built once from core's node table
-(core.emulator.Emulator.nodes), so its inode numbers are stable for the life of a mount (and, for a given topology, from one mount to
-the next): they are assigned in a fixed order (root, iommu, vfio,
-vfio/devices, devices, fds, then the vfio nodes in numeric order, then each
+(core.emulator.Emulator.nodes), so its inode numbers are stable for the
+life of a mount (and, for a given topology, from one mount to the next):
+they are assigned in a fixed order (root, iommu, vfio, vfio/devices,
+devices, fds, then the vfio nodes in numeric order, then each
 device's directory, dma, info and driver in name order). Nodes under ``fds/``
 come and go with the objects behind them (:meth:`Tree.add_dynamic`); their
 inode numbers and names are never reused within a mount. This module knows

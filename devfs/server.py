@@ -6,8 +6,8 @@ per-open :class:`Handle`; ioctl(), read(), write() and poll() call that file
 with the caller's identity, without knowing what it is. What is the
 transport's stays here: frames and their per-thread reply slots (the file
 says which frames it speaks), the private ioctls, nodes of returned fds,
-poll handles, deferred replies. It never calls
-libfuse to reply: each op returns its result, raises
+poll handles, deferred replies. It never calls libfuse to reply: each op
+returns its result, raises
 :class:`core.errors.UapiError` / :class:`devfs.frames.FrameError` (the errno
 of the request), or returns :data:`DEFERRED` after handing the request to the
 session's trio side (:meth:`devfs.session.Session.defer`), which replies later.
@@ -24,14 +24,15 @@ Threads (see devfs.session for the whole picture):
   loop thread, and the loop thread never waits for anything but the lock:
   no deadlock.
 
-Private ioctls (``_IO(0xF5, nr)``, on ``iommu`` and VFIO nodes, by ioctl()
-or in a frame):
+Private ioctls (``_IO(0xF5, nr)``, by ioctl() or in a frame), on the files
+whose ``transport_ioctls`` name them (``iommu``, VFIO and driver nodes: all
+four; returned fds: see below):
 
 - IOMMUFS_NULL (0xF500): 0, no core work (the transport benchmark); EBADF
   after a synchronous close.
-- IOMMUFS_SYNC_CLOSE (0xF501), and frame cmd 0: close the context / device
-  file now (core's close_* is idempotent; the later FUSE release finds it
-  closed); later calls on the open file get EBADF. Idempotent: a second
+- IOMMUFS_SYNC_CLOSE (0xF501), and frame cmd 0: release the core file now
+  (its release is idempotent; the later FUSE release finds it closed);
+  later calls of the ops the file has get EBADF. Idempotent: a second
   synchronous close answers 0.
 - IOMMUFS_WHOAMI (0xF502): the identity of the open file (a positive int),
   answered only to threads of the server process itself (EPERM for anyone
@@ -39,7 +40,8 @@ or in a frame):
   open file an fd passed in is: the context of VFIO_DEVICE_BIND_IOMMUFD's
   ``iommufd``, the access of an IOMMU_TEST_CMD access op's ``id`` (see
   resolve_fds).
-- any other 0xF5xx: ENOTTY.
+- any other 0xF5xx: ENOTTY, but on a file with private commands of its
+  own (``own_private``: the driver node), whose they are.
 - returned fds' nodes (``fds/fault-N``, ``fds/access-N``) answer
   IOMMUFS_SYNC_CLOSE (release the fd now: the fault fd's reference on its
   FAULT object, or the access and its pins, are gone when it returns; a
@@ -60,12 +62,13 @@ Other rules decided here (documented choices):
   native call: the uAPI structs are compat-clean (``__aligned_u64`` pointers;
   the kernel's iommufd uses compat_ptr_ioctl) and ``arg`` arrives
   zero-extended, which is all process_vm_readv needs;
-- ioctl() on ``dma`` and ``info`` nodes: ENOTTY; write() on ``info``: EBADF;
-- poll: ``info`` is always readable; the frame nodes report POLLIN|POLLRDNORM
-  when the *polling thread* has a reply waiting (slots are per thread), else
-  POLLOUT|POLLWRNORM (a write would be accepted). The newest poll handle of
-  each open file is kept and notified on every slot change (fuse-notes §3),
-  the hook later fault queues need.
+- a file without an op (core.files.File: the op is None) answers as the
+  VFS does, before anything else: ioctl ENOTTY, read and write EINVAL;
+- poll: the frame nodes report POLLIN|POLLRDNORM when the *polling
+  thread* has a reply waiting (slots are per thread), else the file's own
+  answer. The newest poll handle of each open file is kept and notified on
+  every slot change and whenever core says the file's answer changed
+  (fuse-notes §3).
 
 A core call may also answer "not yet" (core.files.NotYet): a Wait defers
 the request to trio, which waits for its fd (on a dup, so core may close
@@ -76,9 +79,9 @@ DMA waiting for a page response) takes no trio hop at all: the thread whose
 core call ends it (the fault fd's write, on the loop thread) runs the
 continuation once it has let go of the core lock, fills the reply slot and
 answers the read parked on it (Session.park; an INTERRUPT still answers the
-read EINTR, and the reply stays). A NeedFds has the caller's fds resolved off the loop thread
-(:meth:`Server.resolve_fds`) and retries. Tests use the wait through a fake
-emulator; the PRI wait of DMA is its first real user.
+read EINTR, and the reply stays). A NeedFds has the caller's fds resolved
+off the loop thread (:meth:`Server.resolve_fds`) and retries. Tests use
+the trio wait through a fake emulator; the PRI wait of DMA subscribes.
 """
 import errno
 import fcntl

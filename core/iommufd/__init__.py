@@ -1,1 +1,2 @@
-"""The iommufd objects: the ioctl table and one module per object type (the kernel's drivers/iommu/iommufd)."""
+"""The iommufd objects (the kernel's drivers/iommu/iommufd): the ioctl table
+(ucmd.py, dispatch.py) and one module per object type."""
