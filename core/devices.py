@@ -10,6 +10,7 @@ LiveDevice reads the config's. The Emulator holds one per topology device,
 plus the selftest's mock devices while they live, in its RID table.
 """
 import json
+from dataclasses import fields
 
 
 class LiveDevice:
@@ -21,6 +22,11 @@ class LiveDevice:
 
     def __init__(self, config):
         self.config = config
+        # The DMA path reads these per request: plain attributes, not a
+        # __getattr__ call each (the config never changes).
+        for f in fields(config):
+            setattr(self, f.name, getattr(config, f.name))
+        self.is_mdev = config.is_mdev
         self.bound = None
         self.fault_log = []
         self.pasids = None
@@ -28,7 +34,7 @@ class LiveDevice:
         self.prg_next = 0
 
     def __getattr__(self, name):
-        # Only for what the instance lacks: the frozen configuration.
+        # Only for what the instance lacks: the config's methods.
         return getattr(self.config, name)
 
     def set_dev_pasid(self, pasid, hwpt):
