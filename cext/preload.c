@@ -1334,75 +1334,42 @@ static void fix_stat(struct stat *st)
 _Static_assert(sizeof(struct stat) == sizeof(struct stat64), "LP64 glibc");
 #define FIX(st, r) do { if ((r) == 0 && g_root[0]) { int e_ = errno; fix_stat((struct stat *)(st)); errno = e_; } } while (0)
 
-EXPORT int stat(const char *path, struct stat *st)
-{
-    ENSURE(stat);
-    char buf[PATH_BUF];
-    int r = REAL(stat)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
+/* Every stat entry point is the same hook: redirect the path (if it has
+ * one), call the real function, report our nodes as character devices.
+ * A macro, so that the list below is the only thing that differs. */
+#define STAT_HOOK(name, params, args)           \
+    EXPORT int name params                      \
+    {                                           \
+        ENSURE(name);                           \
+        char buf[PATH_BUF];                     \
+        (void)buf;                              \
+        int r = REAL(name) args;                \
+        FIX(st, r);                             \
+        return r;                               \
+    }
 
-EXPORT int stat64(const char *path, struct stat64 *st)
-{
-    ENSURE(stat64);
-    char buf[PATH_BUF];
-    int r = REAL(stat64)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
+STAT_HOOK(stat, (const char *path, struct stat *st), (redirect(path, buf), st))
+STAT_HOOK(stat64, (const char *path, struct stat64 *st), (redirect(path, buf), st))
+STAT_HOOK(lstat, (const char *path, struct stat *st), (redirect(path, buf), st))
+STAT_HOOK(lstat64, (const char *path, struct stat64 *st), (redirect(path, buf), st))
+STAT_HOOK(fstat, (int fd, struct stat *st), (fd, st))
+STAT_HOOK(fstat64, (int fd, struct stat64 *st), (fd, st))
+STAT_HOOK(fstatat, (int dirfd, const char *path, struct stat *st, int flags),
+          (dirfd, redirect(path, buf), st, flags))
+STAT_HOOK(fstatat64, (int dirfd, const char *path, struct stat64 *st, int flags),
+          (dirfd, redirect(path, buf), st, flags))
 
-EXPORT int lstat(const char *path, struct stat *st)
-{
-    ENSURE(lstat);
-    char buf[PATH_BUF];
-    int r = REAL(lstat)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int lstat64(const char *path, struct stat64 *st)
-{
-    ENSURE(lstat64);
-    char buf[PATH_BUF];
-    int r = REAL(lstat64)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstat(int fd, struct stat *st)
-{
-    ENSURE(fstat);
-    int r = REAL(fstat)(fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstat64(int fd, struct stat64 *st)
-{
-    ENSURE(fstat64);
-    int r = REAL(fstat64)(fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstatat(int dirfd, const char *path, struct stat *st, int flags)
-{
-    ENSURE(fstatat);
-    char buf[PATH_BUF];
-    int r = REAL(fstatat)(dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
-{
-    ENSURE(fstatat64);
-    char buf[PATH_BUF];
-    int r = REAL(fstatat64)(dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
-    return r;
-}
+/* The pre-2.33 glibc ABI: old binaries call these instead of stat & co. */
+STAT_HOOK(__xstat, (int ver, const char *path, struct stat *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__xstat64, (int ver, const char *path, struct stat64 *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__lxstat, (int ver, const char *path, struct stat *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__lxstat64, (int ver, const char *path, struct stat64 *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__fxstat, (int ver, int fd, struct stat *st), (ver, fd, st))
+STAT_HOOK(__fxstat64, (int ver, int fd, struct stat64 *st), (ver, fd, st))
+STAT_HOOK(__fxstatat, (int ver, int dirfd, const char *path, struct stat *st, int flags),
+          (ver, dirfd, redirect(path, buf), st, flags))
+STAT_HOOK(__fxstatat64, (int ver, int dirfd, const char *path, struct stat64 *st, int flags),
+          (ver, dirfd, redirect(path, buf), st, flags))
 
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *sx)
 {
@@ -1420,76 +1387,5 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
         sx->stx_rdev_minor = k == K_IOMMU ? IOMMU_MINOR : minor;
     }
     errno = saved;
-    return r;
-}
-
-/* The pre-2.33 glibc ABI: old binaries call these instead of stat & co. */
-EXPORT int __xstat(int ver, const char *path, struct stat *st)
-{
-    ENSURE(__xstat);
-    char buf[PATH_BUF];
-    int r = REAL(__xstat)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __xstat64(int ver, const char *path, struct stat64 *st)
-{
-    ENSURE(__xstat64);
-    char buf[PATH_BUF];
-    int r = REAL(__xstat64)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __lxstat(int ver, const char *path, struct stat *st)
-{
-    ENSURE(__lxstat);
-    char buf[PATH_BUF];
-    int r = REAL(__lxstat)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __lxstat64(int ver, const char *path, struct stat64 *st)
-{
-    ENSURE(__lxstat64);
-    char buf[PATH_BUF];
-    int r = REAL(__lxstat64)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstat(int ver, int fd, struct stat *st)
-{
-    ENSURE(__fxstat);
-    int r = REAL(__fxstat)(ver, fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstat64(int ver, int fd, struct stat64 *st)
-{
-    ENSURE(__fxstat64);
-    int r = REAL(__fxstat64)(ver, fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int flags)
-{
-    ENSURE(__fxstatat);
-    char buf[PATH_BUF];
-    int r = REAL(__fxstatat)(ver, dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st, int flags)
-{
-    ENSURE(__fxstatat64);
-    char buf[PATH_BUF];
-    int r = REAL(__fxstatat64)(ver, dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
     return r;
 }

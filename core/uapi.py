@@ -328,28 +328,6 @@ MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0
 MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
 MOCK_FLAGS_DEVICE_PASID = 1 << 2
 
-# Test ops whose ``id`` (offset 8) is an fd number of the caller: an access fd.
-TEST_OPS_ACCESS_FD = frozenset((IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, IOMMU_TEST_OP_ACCESS_PAGES,
-                                IOMMU_TEST_OP_ACCESS_RW, IOMMU_TEST_OP_ACCESS_REPLACE_IOAS))
-
-
-def fd_fields(cmd, head):
-    """The fd numbers an ioctl argument passes in, as the kernel would fget
-    them: ``[(offset, kind), ...]`` with kind "iommufd" (an open /dev/iommu)
-    or "access" (an IOMMU_TEST_CMD access fd). ``head``: the argument's
-    leading bytes (at least 12 to see any field; fewer: none is readable,
-    and the ioctl itself reports EFAULT). Only VFIO_DEVICE_BIND_IOMMUFD
-    (``iommufd`` at 8, §11.2) and the IOMMU_TEST_CMD access ops (``id`` at
-    8, §12) take fds so far."""
-    if len(head) < 12:
-        return []
-    if cmd == VFIO_DEVICE_BIND_IOMMUFD:
-        return [(8, "iommufd")]
-    if cmd == IOMMU_TEST_CMD and int.from_bytes(head[4:8], "little") in TEST_OPS_ACCESS_FD:
-        return [(8, "access")]
-    return []
-
-
 U64_MAX = (1 << 64) - 1
 # ULONG_MAX on LP64: the kernel's EOVERFLOW bound for iova/length (§7).
 ULONG_MAX = U64_MAX

@@ -26,17 +26,17 @@ import struct
 
 import cffi
 
-from core import uapi
+from core import uapi, wire
 from core.uapi import ffi
 
 _libc_ffi = cffi.FFI()
 _libc_ffi.cdef("int ioctl(int fd, unsigned long request, void *arg);")
 _libc = _libc_ffi.dlopen(None)
 
-FRAME_HDR = struct.Struct("<4sIII")
-REPLY_HDR = struct.Struct("<4siII")
-DMA_REQ = struct.Struct("<4sIIIQII")
-DMA_REPLY = struct.Struct("<4siIIQ")
+FRAME_HDR = wire.IOFS_REQUEST
+REPLY_HDR = wire.IOFS_REPLY
+DMA_REQ = wire.IODM_REQUEST
+DMA_REPLY = wire.IODM_REPLY
 MAX_REPLY = 1 << 20
 
 
@@ -116,10 +116,10 @@ class Node:
         else:
             n = ffi.sizeof(cdata[0]) if size is None else size
             arg = ffi.buffer(cdata, n)[:]
-        os.write(self.fd, FRAME_HDR.pack(b"IOFS", cmd, len(arg), 0) + arg)
+        os.write(self.fd, FRAME_HDR.pack(wire.IOFS_MAGIC, cmd, len(arg), 0) + arg)
         rep = os.read(self.fd, MAX_REPLY)
         magic, result, arg_len, extra_len = REPLY_HDR.unpack_from(rep)
-        if magic != b"IOFS":
+        if magic != wire.IOFS_MAGIC:
             raise OSError(0, "bad reply magic")
         if cdata is not None and arg_len:
             ffi.memmove(cdata, rep[16:16 + arg_len], arg_len)
@@ -506,7 +506,7 @@ class DmaPort:
 
     def _do(self, op, iova, length, data=b"", pasid=None, no_pri=False):
         flags = (1 if pasid is not None else 0) | (2 if no_pri else 0)
-        os.write(self.fd, DMA_REQ.pack(b"IODM", op, flags, pasid or 0, iova, length, 0) + data)
+        os.write(self.fd, DMA_REQ.pack(wire.IODM_MAGIC, op, flags, pasid or 0, iova, length, 0) + data)
         rep = os.read(self.fd, DMA_REPLY.size + length)
         magic, status, moved, _, fault_iova = DMA_REPLY.unpack_from(rep)
         if status < 0:

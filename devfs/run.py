@@ -66,6 +66,7 @@ import tempfile
 import cext
 
 from . import sysfs
+from .mount import spawn_server, umount
 
 SHIM_NAME = "libiommufs-preload.so"
 HOST_DIR = ".iommufs-host"
@@ -316,8 +317,6 @@ def _server_preexec():
 
 
 def _start_own_mount(topology, log, shim):
-    from .cli import spawn_server
-
     if os.geteuid() != 0:
         raise RunError("only root can mount an iommufs: run as root or pass --mount")
     mnt = os.path.realpath(tempfile.mkdtemp(prefix="iommufs-run-"))
@@ -330,8 +329,6 @@ def _start_own_mount(topology, log, shim):
 
 
 def _stop_own_mount(mnt, proc):
-    from .cli import umount
-
     umount(mnt)
     try:
         proc.wait(10)

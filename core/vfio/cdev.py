@@ -10,20 +10,25 @@ VFIO ioctls do not go through the iommufd dispatcher: each reads its
 """
 import errno
 
-from . import uapi
-from .device import RID, BoundDevice
-from .dispatch import read_struct
-from .errors import UapiError
-from .uapi import ffi
+from .. import uapi
+from ..errors import UapiError
+from ..files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
+from ..iommufd.device import RID, BoundDevice
+from ..iommufd.ucmd import copy_from_user, read_struct
+from ..uapi import ffi
 
 # vfio-pci's fixed counts: BAR0-5, ROM, CONFIG, VGA regions; INTX, MSI, MSIX, ERR, REQ irqs.
 VFIO_PCI_NUM_REGIONS = 9
 VFIO_PCI_NUM_IRQS = 5
 
 
-class VfioFile:
+class VfioFile(File):
     """One open VFIO device file: ``device`` (topology Device), ``idev``
-    (the BoundDevice after BIND), ``uid`` of the opener."""
+    (the BoundDevice after BIND), ``uid`` of the opener. ioctl() is
+    :func:`vfio_ioctl`; release() is :meth:`close`."""
+
+    frames = IOCTL_FRAMES
+    transport_ioctls = TRANSPORT_IOCTLS
 
     def __init__(self, emulator, device, uid):
         self.emulator = emulator
@@ -31,6 +36,12 @@ class VfioFile:
         self.uid = uid
         self.idev = None
         self.open = True
+
+    def ioctl(self, caller, cmd, arg):
+        return vfio_ioctl(self, caller, cmd, arg)
+
+    def release(self):
+        self.close()
 
     def close(self):
         """close() of the device fd: detach the RID and every PASID, destroy
@@ -47,14 +58,6 @@ class VfioFile:
 
 def _u32(arg, off):
     return int.from_bytes(arg.read(off, 4), "little")
-
-
-def _read_min(arg, struct, minsz):
-    """copy_from_user of the first ``minsz`` bytes into a zeroed struct."""
-    data = arg.read(0, minsz)
-    cdata = ffi.new(f"struct {struct} *")
-    ffi.memmove(cdata, data, minsz)
-    return cdata
 
 
 def bind(vfile, caller, arg):
@@ -84,7 +87,7 @@ def bind(vfile, caller, arg):
     dev = vfile.device
     if dev.bound is not None:
         raise UapiError(errno.EBUSY, f"{dev.name} is bound to another context")
-    for peer in vfile.emulator.topology.groups[dev.group]:
+    for peer in vfile.emulator.groups[dev.group]:
         # DMA ownership is per group (§8): one context owns all its devices.
         if peer.bound is not None and peer.bound.ctx is not ctx:
             raise UapiError(errno.EBUSY, f"group peer {peer.name} is bound to another context")
@@ -109,7 +112,7 @@ def _route(vfile, arg, struct, minsz, pasid_flag):
     (minsz + 4 with the flag) or unknown flags; EOPNOTSUPP the flag on a
     device without PASID (§11.3).
     """
-    cmd = _read_min(arg, struct, minsz)
+    cmd = copy_from_user(arg, struct, minsz)
     if cmd.argsz < minsz or cmd.flags & ~pasid_flag:
         raise UapiError(errno.EINVAL, "argsz or flags")
     if not cmd.flags & pasid_flag:
@@ -155,7 +158,7 @@ def get_info(vfile, caller, arg):
     back the 20-byte minimum: flags RESET|PCI, 9 regions, 5 irqs, no caps.
     """
     minsz = 20
-    cmd = _read_min(arg, "vfio_device_info", minsz)
+    cmd = copy_from_user(arg, "vfio_device_info", minsz)
     if cmd.argsz < minsz:
         raise UapiError(errno.EINVAL, f"argsz {cmd.argsz}")
     cmd.flags = uapi.VFIO_DEVICE_FLAGS_RESET | uapi.VFIO_DEVICE_FLAGS_PCI
