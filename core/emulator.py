@@ -142,6 +142,8 @@ class Emulator:
         """Unmount: close every context still open (releases pidfds)."""
         for ctx in list(self.contexts):
             ctx.close()
+        for d in self.devices.values():
+            d.shutdown()
         self.watches.clear()
         self.watch_gen += 1
 

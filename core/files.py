@@ -25,7 +25,7 @@ So the transport never decodes a uAPI struct itself.
 import errno
 import select
 
-from . import uapi
+from . import uapi, wire
 from .errors import UapiError
 
 POLLIN = select.POLLIN | select.POLLRDNORM
@@ -83,6 +83,27 @@ class NeedFds(NotYet):
         self.fds = fds
 
 
+class Eventfd:
+    """The interface of a caller's eventfd taken by the transport (for
+    ``caller.fd(fd, Eventfd)``: VFIO_DEVICE_SET_IRQS, reference
+    vfio-device.md §6): ``signal()`` adds 1 to its counter (an 8-byte
+    write), ``close()`` lets it go (idempotent). The transport resolves such
+    an fd with pidfd_getfd: EBADF not an open fd of the caller, EINVAL an
+    fd that is not an eventfd (the kernel's eventfd_ctx_fdget)."""
+
+    def signal(self):
+        raise NotImplementedError
+
+    def close(self):
+        raise NotImplementedError
+
+
+#: The file offset at which an ioctl-frame file whose offsets mean
+#: something else (a VFIO node: regions at ``index << 40``) takes and gives
+#: its frames (pwrite/pread there): core.wire.VFIO_FRAME_OFFSET.
+FRAME_OFFSET = wire.VFIO_FRAME_OFFSET
+
+
 class File:
     """One open of a node. The defaults are the VFS's for a file without
     the op (the op None): no ioctl (ENOTTY), no read or write (EINVAL),
@@ -107,6 +128,11 @@ class File:
     """
 
     frames = None
+    #: With ``frames``: the one file offset frames are written and read at
+    #: (:data:`FRAME_OFFSET`), other offsets going to read/write; None: any.
+    frame_offset = None
+    #: The node is opened seekable (pread/pwrite/lseek mean offsets).
+    seekable = False
     own_private = False
     transport_ioctls = frozenset()
     returned = False

@@ -98,10 +98,11 @@ from core import uapi
 from core.caller import Caller
 from core.errors import UapiError
 from core.files import (FD_PATH, NULL, POLLIN, REQUEST_FRAMES, SYNC_CLOSE, TRANSPORT_IOCTLS,
-                        WHOAMI, NeedFds, NotYet, Wait)
+                        WHOAMI, Eventfd, NeedFds, NotYet, Wait)
 from core.mm.usermem import FrameArg, MemArg, tgid_of
 
 from . import frames
+from .eventfd import take_eventfd
 from .frames import FrameError, build_reply, check_dma_whole, parse_request
 from .fuse import ffi, req_ident
 from .nodes import Tree
@@ -297,6 +298,12 @@ class Server:
             if hid not in self.handles:
                 return hid
 
+    def seekable(self, fh):
+        """Whether open file ``fh`` is opened seekable (its offsets mean
+        something: a VFIO node's regions)."""
+        h = self.handles.get(fh)
+        return h is not None and h.file.seekable
+
     def open(self, req, ino, flags):
         """open() of node ``ino`` with open ``flags`` -> the new fh (int).
 
@@ -462,7 +469,7 @@ class Server:
         """
         h = self._handle(fh)
         f = h.file
-        if not f.frames:
+        if not f.frames or (f.frame_offset is not None and off != f.frame_offset):
             if f.write is None:
                 raise UapiError(errno.EINVAL, "no write on this file")
             if h.closed:
@@ -565,7 +572,8 @@ class Server:
         h = self._handle(fh)
         f = h.file
         tid = req_ident(req)[0]
-        if not f.frames or (f.read is not None and not h.slots.holds(tid)):
+        if (not f.frames or (f.frame_offset is not None and off != f.frame_offset)
+                or (f.read is not None and f.frame_offset is None and not h.slots.holds(tid))):
             if f.read is None:
                 raise UapiError(errno.EINVAL, "no read on this file")
             if h.closed:
@@ -780,6 +788,8 @@ class Server:
             os.close(pidfd)
         if dup < 0:
             return errno.EBADF
+        if file_type is Eventfd:
+            return take_eventfd(dup)
         try:
             st = os.fstat(dup)
             if self.st_dev is None or st.st_dev != self.st_dev or not stat.S_ISREG(st.st_mode):
