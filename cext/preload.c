@@ -2,14 +2,14 @@
  *
  * LD_PRELOAD'ed into a program (by `iommufs run`, or by hand with
  * IOMMUFS_ROOT naming a mount), it makes the nodes of an iommufs mount
- * behave like the kernel's /dev/iommu and /dev/vfio/devices/vfioN (README,
+ * behave like the kernel's /dev/iommu and /dev/vfio/devices/vfioN (docs/shim.md,
  * "The preload shim"):
  *
  *   - ioctls that return an fd (IOMMU_FAULT_QUEUE_ALLOC out_fault_fd,
  *     IOMMU_VEVENTQ_ALLOC out_veventq_fd, IOMMU_TEST_CMD CREATE_ACCESS
  *     out_access_fd): after the server's success, IOMMUFS_FD_PATH tells the
  *     node under fds/; the shim opens it and writes the fd number into the
- *     struct (README, "Ioctls that return file descriptors");
+ *     struct (docs/nodes.md, "Ioctls that return file descriptors");
  *   - close() of the last reference to an iommufd or VFIO device open file,
  *     or to a fault or access fd the shim handed out, sends
  *     IOMMUFS_SYNC_CLOSE first, so the teardown is finished when close()
@@ -70,7 +70,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #define HIDDEN __attribute__((visibility("hidden")))
 
-/* Device numbers reported for the nodes (README). The kernel gives
+/* Device numbers reported for the nodes (docs/nodes.md). The kernel gives
  * /dev/iommu a dynamic misc minor and vfio-dev a dynamic major: these are
  * fixed, plausible values. */
 #define IOMMU_MAJOR 10

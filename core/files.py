@@ -31,7 +31,7 @@ from .errors import UapiError
 POLLIN = select.POLLIN | select.POLLRDNORM
 POLLOUT = select.POLLOUT | select.POLLWRNORM
 
-#: The transport's private ioctls (README, "Private ioctls"), for
+#: The transport's private ioctls (docs/nodes.md, "Private ioctls"), for
 #: :attr:`File.transport_ioctls`.
 NULL = uapi.IOMMUFS_NULL
 SYNC_CLOSE = uapi.IOMMUFS_SYNC_CLOSE
@@ -120,7 +120,7 @@ class File:
       transport's (and ENOTTY if unknown);
     - ``transport_ioctls``: which of the transport's private ioctls it
       answers on this file (IOMMUFS_NULL, SYNC_CLOSE, WHOAMI, FD_PATH);
-    - ``returned``: the file of an fd an ioctl returned (README): a
+    - ``returned``: the file of an fd an ioctl returned (docs/nodes.md): a
       number it does not know is ENOTTY, as the kernel's fd has none.
 
     ``on_change`` is set by the transport: core calls it (core lock held)

@@ -1,6 +1,6 @@
 """The emulated PCI topology (DESIGN.md, "The emulated device").
 
-A topology is TOML (README, "Topology format"): one ``[iommu]`` table with the
+A topology is TOML (docs/topology.md): one ``[iommu]`` table with the
 IOMMU model, then ``[[device]]`` entries (PCI functions) and ``[[mdev]]``
 entries (mediated devices: a parent's RID plus a default PASID, seed 004).
 Devices behind a PCIe-to-PCI bridge name the bridge in ``alias``: they issue

@@ -373,14 +373,14 @@ ULONG_MAX = U64_MAX
 # The host page size: pinning granule of the kernel and of this emulator.
 PAGE_SIZE = 4096
 
-# The project's own ioctls on its nodes (README, "Private ioctls"). _IO encoded,
+# The project's own ioctls on its nodes (docs/nodes.md, "Private ioctls"). _IO encoded,
 # type 0xF5, so that FUSE hands the raw pointer over like it does for ';'.
 IOMMUFS_TYPE = 0xF5
 IOMMUFS_NULL = (IOMMUFS_TYPE << 8) | 0x00
 IOMMUFS_SYNC_CLOSE = (IOMMUFS_TYPE << 8) | 0x01
 IOMMUFS_WHOAMI = (IOMMUFS_TYPE << 8) | 0x02
 IOMMUFS_FD_PATH = (IOMMUFS_TYPE << 8) | 0x03
-# The driver side of a device (devices/<name>/driver, README "The driver side").
+# The driver side of a device (devices/<name>/driver, docs/driver-side.md).
 IOMMUFS_PASID_ALLOC = (IOMMUFS_TYPE << 8) | 0x10
 IOMMUFS_PASID_FREE = (IOMMUFS_TYPE << 8) | 0x11
 IOMMUFS_SVA_BIND = (IOMMUFS_TYPE << 8) | 0x12

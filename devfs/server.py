@@ -257,7 +257,7 @@ class Server:
             self._publish(h, caller)
         return int(r or 0)
 
-    # -- fds returned by ioctls (README, "Ioctls that return file descriptors") --------
+    # -- fds returned by ioctls (docs/nodes.md, "Ioctls that return file descriptors") --------
     def _publish(self, h, caller):
         """Give every object core returned as an fd (a core.fds.ReturnedFd:
         it is the node's target) a node under ``fds/`` and remember the
@@ -277,7 +277,7 @@ class Server:
                 self._notify(h)
 
     def _fd_path(self, h, tid, arg):
-        """IOMMUFS_FD_PATH (README): EFAULT, EINVAL size, ENOENT no such fd."""
+        """IOMMUFS_FD_PATH (docs/nodes.md): EFAULT, EINVAL size, ENOENT no such fd."""
         size = int.from_bytes(arg.read(0, 4), "little")
         if size < FD_PATH_SIZE:
             raise UapiError(errno.EINVAL, f"size {size} < {FD_PATH_SIZE}")
@@ -424,7 +424,7 @@ class Server:
         return attempt
 
     def _private(self, h, tid, uid, cmd, arg):
-        """The transport's private ioctls (README) by thread ``tid`` of
+        """The transport's private ioctls (docs/nodes.md) by thread ``tid`` of
         ``uid``: ENOTTY for one the file does not take (and WHOAMI from
         another process on a returned fd, whose kernel twin has no ioctls);
         EACCES, like every uAPI ioctl on the file, for a uid other than the

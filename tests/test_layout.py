@@ -1,7 +1,7 @@
 """Struct layouts and numbers against the reference's tables: every struct's
 sizeof and every field's offset and size (reference §5, §11.2, §11.4, §12,
-and the project's own structs of the README), and the ioctl numbers (§2,
-§11.1, §12, README "Private ioctls").
+and the project's own structs of docs/nodes.md), and the ioctl numbers (§2,
+§11.1, §12, docs/nodes.md "Private ioctls").
 
 One table, LAYOUTS, and every declaration of these structs in the project
 held against it:
@@ -83,7 +83,7 @@ LAYOUTS = {
                                  ("type", 12, 4), ("veventq_depth", 16, 4),
                                  ("out_veventq_id", 20, 4), ("out_veventq_fd", 24, 4),
                                  ("__reserved", 28, 4)]),
-    # The project's own (README: "Ioctls that return file descriptors", "The
+    # The project's own (docs/nodes.md: "Ioctls that return file descriptors", "The
     # driver side", "Frames", "Device DMA"); a flexible array member has size None.
     "iommufs_fd_path": (264, [("size", 0, 4), ("index", 4, 4), ("path", 8, 256)]),
     "iommufs_pasid": (16, [("size", 0, 4), ("flags", 4, 4), ("pasid", 8, 4), ("__reserved", 12, 4)]),
@@ -215,7 +215,7 @@ def test_struct_formats_match_reference(where, st, name):
 
 # -- numbers -------------------------------------------------------------------------------
 
-# §2, §11.1 and README "Private ioctls".
+# §2, §11.1 and docs/nodes.md "Private ioctls".
 IOCTL_NUMBERS = {
     "IOMMU_DESTROY": 0x3B80, "IOMMU_IOAS_ALLOC": 0x3B81, "IOMMU_IOAS_ALLOW_IOVAS": 0x3B82,
     "IOMMU_IOAS_COPY": 0x3B83, "IOMMU_IOAS_IOVA_RANGES": 0x3B84, "IOMMU_IOAS_MAP": 0x3B85,
@@ -315,7 +315,7 @@ def _c_program(header, structs):
 
 @pytest.mark.parametrize("header", C_HEADERS)
 def test_c_header_layouts_match_reference(header, tmp_path):
-    """Every struct the header declares is one the reference (or the README)
+    """Every struct the header declares is one the reference (or docs/nodes.md)
     defines, and gcc lays it out as LAYOUTS says: sizeof, each field's
     offset and size, iommu_test_cmd's union members; every number it
     defines of the tables above has the reference's value."""

@@ -191,7 +191,7 @@ class _Dma:
     def _page_request(self, r, e):
         target = r.target
         if isinstance(target, SvaBond):
-            # The emulated kernel handler answers at once (README, driver side).
+            # The emulated kernel handler answers at once (docs/driver-side.md).
             target.driver.iopf(target, e.iova, self.access)
             return
         queue = target.fault
