@@ -1299,6 +1299,47 @@ static int kvm_vfio_file(int kvm_fd, const void *arg, int *ret)
     return 1;
 }
 
+/* ------------------------------------------- the legacy group's device fd */
+
+/* VFIO_GROUP_GET_DEVICE_FD returns a device fd as its result (reference
+ * vfio-device.md §10). The server cannot make an fd here: it answers with
+ * a placeholder and names the fd's node through IOMMUFS_FD_PATH, as for an
+ * fd field; the shim opens that node and returns the new fd instead. */
+#define IOFS_VFIO_GROUP_GET_DEVICE_FD 0x3b6aUL
+
+static int group_device_fd(int fd, int result)
+{
+    if (fd_kind(fd, NULL, NULL) != K_OTHER)
+        return result;
+    int saved = errno;
+    struct iommufs_fd_path p;
+    memset(&p, 0, sizeof(p));
+    p.size = sizeof(p);
+    if (REAL(ioctl)(fd, IOMMUFS_FD_PATH, &p) != 0) {
+        errno = saved;
+        return result;
+    }
+    p.path[sizeof(p.path) - 1] = 0;
+    if (strncmp(p.path, "fds/vfio-dev-", 13) != 0) {
+        errno = saved;
+        return result;
+    }
+    char path[PATH_BUF + sizeof(p.path)];
+    memcpy(path, g_root, g_root_len);
+    path[g_root_len] = '/';
+    strcpy(path + g_root_len + 1, p.path);
+    /* The kernel's device fd is O_RDWR | O_CLOEXEC. */
+    int nfd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC, 0);
+    if (nfd < 0)
+        return -1;
+    ino_t ino;
+    if (fd_kind(nfd, &ino, NULL) != K_NONE)
+        track(nfd, K_VFIO, 0, ino);
+    dbg("GET_DEVICE_FD on fd %d -> fd %d (%s)", fd, nfd, p.path);
+    errno = saved;
+    return nfd;
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...)
 {
     va_list ap;
@@ -1310,6 +1351,8 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     if (req == IOFS_KVM_SET_DEVICE_ATTR && g_root[0] && kvm_vfio_file(fd, arg, &kr))
         return kr;
     int r = REAL(ioctl)(fd, req, arg);
+    if (r >= 0 && req == IOFS_VFIO_GROUP_GET_DEVICE_FD && g_root[0])
+        return group_device_fd(fd, r);
     if (r < 0 || (req != IOMMU_FAULT_QUEUE_ALLOC && req != IOMMU_VEVENTQ_ALLOC && req != IOMMU_TEST_CMD))
         return r;
     return fd_returning(fd, req, arg, r);

@@ -32,6 +32,8 @@ class VfioFile(File):
     frame_offset = FRAME_OFFSET
     seekable = True
     transport_ioctls = TRANSPORT_IOCTLS
+    #: A device fd from VFIO_GROUP_GET_DEVICE_FD (core.vfio.group), not the cdev.
+    group_obtained = False
 
     def __init__(self, emulator, device, uid):
         self.emulator = emulator
@@ -104,6 +106,11 @@ def bind(vfile, caller, arg):
     cmd = read_struct(arg, "struct vfio_device_bind_iommufd *", sz, argsz)
     if cmd.iommufd < 0 or cmd.flags & ~uapi.VFIO_DEVICE_BIND_FLAG_TOKEN:
         raise UapiError(errno.EINVAL, "iommufd < 0 or unknown flags")
+    if vfile.group_obtained:
+        raise UapiError(errno.EINVAL, "a device fd from a VFIO group is bound already")
+    if vfile.device.group in vfile.emulator.open_groups:
+        # The legacy group node and the cdev exclude each other (§11.3).
+        raise UapiError(errno.EBUSY, f"/dev/vfio/{vfile.device.group} is open")
     if vfile.idev is not None:
         raise UapiError(errno.EINVAL, "already bound")
     if cmd.flags & uapi.VFIO_DEVICE_BIND_FLAG_TOKEN:
@@ -208,9 +215,10 @@ def vfio_ioctl(vfile, caller, cmd, arg):
         return bind(vfile, caller, arg)
     if vfile.idev is None:
         raise UapiError(errno.EINVAL, "not bound")
-    if cmd == uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
+    # On a group-obtained fd these two are not the core's: vfio-pci's ENOTTY.
+    if cmd == uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT and not vfile.group_obtained:
         return attach(vfile, caller, arg)
-    if cmd == uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT:
+    if cmd == uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT and not vfile.group_obtained:
         return detach(vfile, caller, arg)
     if cmd == uapi.VFIO_DEVICE_FEATURE:
         return feature(vfile, caller, arg)
