@@ -35,36 +35,65 @@ class IommuPort:
 
     def read(self, iova, length, pasid=None):
         buf = ffi.new("char[]", max(length, 1))
-        self._dma(READ, iova, length, pasid, buf)
+        self._dma(READ, [(iova, length)], pasid, buf)
         return ffi.buffer(buf, length)[:]
 
     def write(self, iova, data, pasid=None):
-        self._dma(WRITE, iova, len(data), pasid, ffi.from_buffer(data))
+        self._dma(WRITE, [(iova, len(data))], pasid, ffi.from_buffer(data))
 
-    def _dma(self, access, iova, length, pasid, local):
+    def read_spans(self, spans, pasid=None):
+        """Gather ``spans`` ([(iova, bytes)]) into one bytes object: every
+        span is translated first, then the bytes move in as few
+        process_vm_readv calls as the owners allow (a virtqueue chain of
+        4 KiB guest pages is one call, not one per page)."""
+        total = sum(n for _, n in spans)
+        buf = ffi.new("char[]", max(total, 1))
+        self._dma(READ, spans, pasid, buf)
+        return ffi.buffer(buf, total)[:]
+
+    def write_spans(self, spans, data, pasid=None):
+        """Scatter ``data`` over ``spans`` ([(iova, bytes)], their lengths
+        summing to len(data)), translated first, moved as :meth:`read_spans`."""
+        self._dma(WRITE, spans, pasid, ffi.from_buffer(data))
+
+    def _dma(self, access, spans, pasid, local):
         dev = self.device
-        if length == 0:
+        spans = [(a, n) for a, n in spans if n]
+        if not spans:
             return
+        first = spans[0][0]
         if pasid is not None and (dev.pasid_bits == 0 or pasid >> dev.pasid_bits):
-            raise DmaError(errno.EINVAL, iova, f"{dev.name} cannot emit PASID {pasid}")
+            raise DmaError(errno.EINVAL, first, f"{dev.name} cannot emit PASID {pasid}")
         if pasid is None:
             pasid = dev.default_pasid if dev.is_mdev else RID
-        if iova + length > 1 << 64:
-            raise DmaError(errno.EFAULT, iova, "IOVA range wraps")
-        try:
-            r = route(self.emulator, dev, pasid, iova)
-            pieces = r.target.dma_pieces(iova, length, access)
-        except DmaFault as e:
-            record_fault(dev, pasid, e.iova, access, e.errno)
-            raise DmaError(e.errno, e.iova) from None
+        # Translate every span before a byte moves: a fault anywhere leaves
+        # memory as it was (and A/D bits as the page table's own rule says).
+        pieces = []
+        r = None
+        for iova, length in spans:
+            if iova + length > 1 << 64:
+                raise DmaError(errno.EFAULT, iova, "IOVA range wraps")
+            try:
+                if r is None:
+                    r = route(self.emulator, dev, pasid, iova)
+                pieces.extend(r.target.dma_pieces(iova, length, access))
+            except DmaFault as e:
+                record_fault(dev, pasid, e.iova, access, e.errno)
+                raise DmaError(e.errno, e.iova) from None
         bound = dev.bound
         uid = bound.ctx.uid if bound is not None else 0
-        for owner, _ in pieces:
-            if uid not in (0, owner.uid):
-                record_fault(dev, pasid, iova, access, errno.EACCES)
-                raise DmaError(errno.EACCES, iova, f"memory of uid {owner.uid}")
-        moved = 0
+        # Consecutive pieces of one owner become one process_vm_* call.
+        merged = []
         for owner, osegs in pieces:
+            if uid not in (0, owner.uid):
+                record_fault(dev, pasid, first, access, errno.EACCES)
+                raise DmaError(errno.EACCES, first, f"memory of uid {owner.uid}")
+            if merged and merged[-1][0] is owner:
+                merged[-1][1].extend(osegs)
+            else:
+                merged.append((owner, list(osegs)))
+        moved = 0
+        for owner, osegs in merged:
             n = sum(ln for _, ln in osegs)
             csegs = ffi.new("struct iofs_seg[]", len(osegs))
             for i, (a, ln) in enumerate(osegs):
@@ -76,5 +105,5 @@ class IommuPort:
                 done = 0
             moved += done
             if done != n:
-                record_fault(dev, pasid, iova + moved, access, errno.EFAULT)
-                raise DmaError(errno.EFAULT, iova + moved, "owner memory unreachable")
+                record_fault(dev, pasid, first, access, errno.EFAULT)
+                raise DmaError(errno.EFAULT, first, "owner memory unreachable")
