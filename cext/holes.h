@@ -1,5 +1,5 @@
 /* The free IOVA space of an IOAS: the holes of (areas ∪ reserved ranges)
- * over [0, 2^64 - 1], for core/iova.py's FreeSpace.
+ * over [0, 2^64 - 1], for core/mm/iova.py's FreeSpace.
  *
  * A hole is an inclusive range [start, last] of IOVA (bytes). Holes are
  * disjoint and never adjacent (give() merges, take() splits). Each hole is

@@ -25,7 +25,7 @@ struct iofs_pt {
 };
 
 /* Process-wide, so a leak test sees tables of page tables it has lost. */
-static uint64_t live_tables, live_bytes;
+static uint64_t live_tables;
 
 static inline struct iofs_pt_hdr *hdr_of(uint64_t *t)
 {
@@ -67,7 +67,6 @@ static uint64_t *table_alloc(struct iofs_pt *pt, unsigned level)
     pt->tables++;
     pt->table_bytes += pt->table_bytes_each;
     __atomic_add_fetch(&live_tables, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&live_bytes, pt->table_bytes_each, __ATOMIC_RELAXED);
     return (uint64_t *)(p + IOFS_PT_HDR_BYTES);
 }
 
@@ -76,7 +75,6 @@ static void table_free(struct iofs_pt *pt, uint64_t *t)
     pt->tables--;
     pt->table_bytes -= pt->table_bytes_each;
     __atomic_sub_fetch(&live_tables, 1, __ATOMIC_RELAXED);
-    __atomic_sub_fetch(&live_bytes, pt->table_bytes_each, __ATOMIC_RELAXED);
     free(hdr_of(t));
 }
 
@@ -673,7 +671,3 @@ uint64_t iofs_pt_live_tables(void)
     return __atomic_load_n(&live_tables, __ATOMIC_RELAXED);
 }
 
-uint64_t iofs_pt_live_bytes(void)
-{
-    return __atomic_load_n(&live_bytes, __ATOMIC_RELAXED);
-}

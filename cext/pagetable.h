@@ -1,6 +1,7 @@
 /* I/O page tables for iommufs: one radix table per HWPT, translating an IOVA
  * to an "output address" (in iommufs, a virtual address in the client process
- * that owns the mapping), with accessed/dirty bits set as DMA happens.
+ * that owns the mapping, with a tag naming that process in bits 57-62:
+ * core/iommufd/hwpt.py), with accessed/dirty bits set as DMA happens.
  *
  * In-memory format (read directly by the Python reference walker, so it is
  * part of the contract):
@@ -160,5 +161,4 @@ int iofs_pt_set_table_limit(struct iofs_pt *pt, uint64_t max_tables);
 /* Tables and bytes held by all live page tables of this process, for leak
  * tests. */
 uint64_t iofs_pt_live_tables(void);
-uint64_t iofs_pt_live_bytes(void);
 #endif

@@ -48,11 +48,6 @@ def live_tables():
     return lib.iofs_pt_live_tables()
 
 
-def live_bytes():
-    """Bytes of those tables, headers included (malloc overhead excluded)."""
-    return lib.iofs_pt_live_bytes()
-
-
 class PageTable:
     """A radix I/O page table.
 

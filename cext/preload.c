@@ -2,14 +2,14 @@
  *
  * LD_PRELOAD'ed into a program (by `iommufs run`, or by hand with
  * IOMMUFS_ROOT naming a mount), it makes the nodes of an iommufs mount
- * behave like the kernel's /dev/iommu and /dev/vfio/devices/vfioN (README,
+ * behave like the kernel's /dev/iommu and /dev/vfio/devices/vfioN (docs/shim.md,
  * "The preload shim"):
  *
  *   - ioctls that return an fd (IOMMU_FAULT_QUEUE_ALLOC out_fault_fd,
  *     IOMMU_VEVENTQ_ALLOC out_veventq_fd, IOMMU_TEST_CMD CREATE_ACCESS
  *     out_access_fd): after the server's success, IOMMUFS_FD_PATH tells the
  *     node under fds/; the shim opens it and writes the fd number into the
- *     struct (README, "Ioctls that return file descriptors");
+ *     struct (docs/nodes.md, "Ioctls that return file descriptors");
  *   - close() of the last reference to an iommufd or VFIO device open file,
  *     or to a fault or access fd the shim handed out, sends
  *     IOMMUFS_SYNC_CLOSE first, so the teardown is finished when close()
@@ -70,7 +70,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #define HIDDEN __attribute__((visibility("hidden")))
 
-/* Device numbers reported for the nodes (README). The kernel gives
+/* Device numbers reported for the nodes (docs/nodes.md). The kernel gives
  * /dev/iommu a dynamic misc minor and vfio-dev a dynamic major: these are
  * fixed, plausible values. */
 #define IOMMU_MAJOR 10
@@ -1299,6 +1299,47 @@ static int kvm_vfio_file(int kvm_fd, const void *arg, int *ret)
     return 1;
 }
 
+/* ------------------------------------------- the legacy group's device fd */
+
+/* VFIO_GROUP_GET_DEVICE_FD returns a device fd as its result (reference
+ * vfio-device.md §10). The server cannot make an fd here: it answers with
+ * a placeholder and names the fd's node through IOMMUFS_FD_PATH, as for an
+ * fd field; the shim opens that node and returns the new fd instead. */
+#define IOFS_VFIO_GROUP_GET_DEVICE_FD 0x3b6aUL
+
+static int group_device_fd(int fd, int result)
+{
+    if (fd_kind(fd, NULL, NULL) != K_OTHER)
+        return result;
+    int saved = errno;
+    struct iommufs_fd_path p;
+    memset(&p, 0, sizeof(p));
+    p.size = sizeof(p);
+    if (REAL(ioctl)(fd, IOMMUFS_FD_PATH, &p) != 0) {
+        errno = saved;
+        return result;
+    }
+    p.path[sizeof(p.path) - 1] = 0;
+    if (strncmp(p.path, "fds/vfio-dev-", 13) != 0) {
+        errno = saved;
+        return result;
+    }
+    char path[PATH_BUF + sizeof(p.path)];
+    memcpy(path, g_root, g_root_len);
+    path[g_root_len] = '/';
+    strcpy(path + g_root_len + 1, p.path);
+    /* The kernel's device fd is O_RDWR | O_CLOEXEC. */
+    int nfd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC, 0);
+    if (nfd < 0)
+        return -1;
+    ino_t ino;
+    if (fd_kind(nfd, &ino, NULL) != K_NONE)
+        track(nfd, K_VFIO, 0, ino);
+    dbg("GET_DEVICE_FD on fd %d -> fd %d (%s)", fd, nfd, p.path);
+    errno = saved;
+    return nfd;
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...)
 {
     va_list ap;
@@ -1310,6 +1351,8 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     if (req == IOFS_KVM_SET_DEVICE_ATTR && g_root[0] && kvm_vfio_file(fd, arg, &kr))
         return kr;
     int r = REAL(ioctl)(fd, req, arg);
+    if (r >= 0 && req == IOFS_VFIO_GROUP_GET_DEVICE_FD && g_root[0])
+        return group_device_fd(fd, r);
     if (r < 0 || (req != IOMMU_FAULT_QUEUE_ALLOC && req != IOMMU_VEVENTQ_ALLOC && req != IOMMU_TEST_CMD))
         return r;
     return fd_returning(fd, req, arg, r);
@@ -1334,75 +1377,42 @@ static void fix_stat(struct stat *st)
 _Static_assert(sizeof(struct stat) == sizeof(struct stat64), "LP64 glibc");
 #define FIX(st, r) do { if ((r) == 0 && g_root[0]) { int e_ = errno; fix_stat((struct stat *)(st)); errno = e_; } } while (0)
 
-EXPORT int stat(const char *path, struct stat *st)
-{
-    ENSURE(stat);
-    char buf[PATH_BUF];
-    int r = REAL(stat)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
+/* Every stat entry point is the same hook: redirect the path (if it has
+ * one), call the real function, report our nodes as character devices.
+ * A macro, so that the list below is the only thing that differs. */
+#define STAT_HOOK(name, params, args)           \
+    EXPORT int name params                      \
+    {                                           \
+        ENSURE(name);                           \
+        char buf[PATH_BUF];                     \
+        (void)buf;                              \
+        int r = REAL(name) args;                \
+        FIX(st, r);                             \
+        return r;                               \
+    }
 
-EXPORT int stat64(const char *path, struct stat64 *st)
-{
-    ENSURE(stat64);
-    char buf[PATH_BUF];
-    int r = REAL(stat64)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
+STAT_HOOK(stat, (const char *path, struct stat *st), (redirect(path, buf), st))
+STAT_HOOK(stat64, (const char *path, struct stat64 *st), (redirect(path, buf), st))
+STAT_HOOK(lstat, (const char *path, struct stat *st), (redirect(path, buf), st))
+STAT_HOOK(lstat64, (const char *path, struct stat64 *st), (redirect(path, buf), st))
+STAT_HOOK(fstat, (int fd, struct stat *st), (fd, st))
+STAT_HOOK(fstat64, (int fd, struct stat64 *st), (fd, st))
+STAT_HOOK(fstatat, (int dirfd, const char *path, struct stat *st, int flags),
+          (dirfd, redirect(path, buf), st, flags))
+STAT_HOOK(fstatat64, (int dirfd, const char *path, struct stat64 *st, int flags),
+          (dirfd, redirect(path, buf), st, flags))
 
-EXPORT int lstat(const char *path, struct stat *st)
-{
-    ENSURE(lstat);
-    char buf[PATH_BUF];
-    int r = REAL(lstat)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int lstat64(const char *path, struct stat64 *st)
-{
-    ENSURE(lstat64);
-    char buf[PATH_BUF];
-    int r = REAL(lstat64)(redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstat(int fd, struct stat *st)
-{
-    ENSURE(fstat);
-    int r = REAL(fstat)(fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstat64(int fd, struct stat64 *st)
-{
-    ENSURE(fstat64);
-    int r = REAL(fstat64)(fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstatat(int dirfd, const char *path, struct stat *st, int flags)
-{
-    ENSURE(fstatat);
-    char buf[PATH_BUF];
-    int r = REAL(fstatat)(dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
-{
-    ENSURE(fstatat64);
-    char buf[PATH_BUF];
-    int r = REAL(fstatat64)(dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
-    return r;
-}
+/* The pre-2.33 glibc ABI: old binaries call these instead of stat & co. */
+STAT_HOOK(__xstat, (int ver, const char *path, struct stat *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__xstat64, (int ver, const char *path, struct stat64 *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__lxstat, (int ver, const char *path, struct stat *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__lxstat64, (int ver, const char *path, struct stat64 *st), (ver, redirect(path, buf), st))
+STAT_HOOK(__fxstat, (int ver, int fd, struct stat *st), (ver, fd, st))
+STAT_HOOK(__fxstat64, (int ver, int fd, struct stat64 *st), (ver, fd, st))
+STAT_HOOK(__fxstatat, (int ver, int dirfd, const char *path, struct stat *st, int flags),
+          (ver, dirfd, redirect(path, buf), st, flags))
+STAT_HOOK(__fxstatat64, (int ver, int dirfd, const char *path, struct stat64 *st, int flags),
+          (ver, dirfd, redirect(path, buf), st, flags))
 
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *sx)
 {
@@ -1420,76 +1430,5 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
         sx->stx_rdev_minor = k == K_IOMMU ? IOMMU_MINOR : minor;
     }
     errno = saved;
-    return r;
-}
-
-/* The pre-2.33 glibc ABI: old binaries call these instead of stat & co. */
-EXPORT int __xstat(int ver, const char *path, struct stat *st)
-{
-    ENSURE(__xstat);
-    char buf[PATH_BUF];
-    int r = REAL(__xstat)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __xstat64(int ver, const char *path, struct stat64 *st)
-{
-    ENSURE(__xstat64);
-    char buf[PATH_BUF];
-    int r = REAL(__xstat64)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __lxstat(int ver, const char *path, struct stat *st)
-{
-    ENSURE(__lxstat);
-    char buf[PATH_BUF];
-    int r = REAL(__lxstat)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __lxstat64(int ver, const char *path, struct stat64 *st)
-{
-    ENSURE(__lxstat64);
-    char buf[PATH_BUF];
-    int r = REAL(__lxstat64)(ver, redirect(path, buf), st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstat(int ver, int fd, struct stat *st)
-{
-    ENSURE(__fxstat);
-    int r = REAL(__fxstat)(ver, fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstat64(int ver, int fd, struct stat64 *st)
-{
-    ENSURE(__fxstat64);
-    int r = REAL(__fxstat64)(ver, fd, st);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int flags)
-{
-    ENSURE(__fxstatat);
-    char buf[PATH_BUF];
-    int r = REAL(__fxstatat)(ver, dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
-    return r;
-}
-
-EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st, int flags)
-{
-    ENSURE(__fxstatat64);
-    char buf[PATH_BUF];
-    int r = REAL(__fxstatat64)(ver, dirfd, redirect(path, buf), st, flags);
-    FIX(st, r);
     return r;
 }

@@ -1,13 +1,34 @@
 """The facade the transport drives: one :class:`Emulator` per mount.
 
-The transport (devfs) calls these methods with the core lock held, one thread
-at a time. Every method either returns its result or raises
-:class:`core.errors.UapiError`; nothing here does FUSE or trio I/O.
+The transport (devfs) builds its tree from :meth:`Emulator.nodes`, opens
+nodes with :meth:`Emulator.open` and then speaks the file protocol
+(core.files) to what it returned, with the core lock held, one thread at a
+time. Every call returns its result or raises core.errors.UapiError (or
+core's typed "not yet", core.files.NotYet); nothing here does FUSE or trio
+I/O.
 """
 import errno
+import os
+import re
+from functools import partial
 
-from .dispatch import iommufd_ioctl as _iommufd_ioctl
+from .devices import LiveDevice
 from .errors import UapiError
+from .files import Dir, InfoFile, Opener
+from .iommu.dma import DmaPort
+from .iommu.driver import DriverFile
+from .iommu.pasid import PasidSpace
+from .iommu.sva import SvaTable
+from .iommufd.context import Context
+from .iommufd.dispatch import IommufdFile
+from .topology import Topology
+from .vfio.cdev import VfioFile
+from .vfio.group import GroupFile
+
+
+def _natural(name):
+    # vfio2 before vfio10.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 class Watch:
@@ -21,25 +42,29 @@ class Watch:
 
 
 class Emulator:
-    """All emulated state of one mount: topology devices, contexts, VFIO files.
+    """All emulated state of one mount: its live devices, contexts, watches.
 
     ``topology``: a :class:`core.topology.Topology` (the built-in one when None).
     """
 
     def __init__(self, topology=None):
-        from .pasid import PasidSpace
-        from .sva import SvaTable
-        from .topology import Topology
-
         self.topology = topology or Topology.builtin()
-        self.devices = {d.name: d for d in self.topology.devices}
+        # The devices at run time (core.devices), by name; by RID and group as
+        # routing and DMA ownership see them (the selftest adds its mocks).
+        self.devices = {d.name: LiveDevice(d) for d in self.topology.devices}
+        self.by_rid = {rid: [self.devices[d.name] for d in ds]
+                       for rid, ds in self.topology.by_rid.items()}
+        self.groups = {g: [self.devices[d.name] for d in ds]
+                       for g, ds in self.topology.groups.items()}
         # The system-wide PASID space (ENQCMD devices, their SVA bonds; seed 003).
         self.global_pasids = PasidSpace(self.topology.iommu.pasid_bits, "global")
         self.sva = SvaTable(self)
+        self.contexts = set()    # core.iommufd.context.Context not yet destroyed (they add themselves)
         self.watches = {}        # fd -> Watch
         self.watch_gen = 0
-        # IOMMU_TEST_CMD SET_TEMP_MEMORY_LIMIT (core.selftest): global, as in the kernel.
+        # IOMMU_TEST_CMD SET_TEMP_MEMORY_LIMIT (core.iommufd.selftest): global, as in the kernel.
         self.test_memory_limit = 65536
+        self.open_groups = set()   # numbers of the groups whose vfio/N node is open (§10)
 
     # -- fds core wants to hear about -------------------------------------------
     def watch(self, fd, fn):
@@ -63,137 +88,81 @@ class Emulator:
             self.watch_gen += 1
             w.fn()
 
-    # -- nodes ---------------------------------------------------------------
-    def vfio_nodes(self):
-        """``{"vfio0": device, ...}``: one VFIO cdev node per topology device."""
-        return {d.vfio: d for d in self.topology.devices}
+    # -- the node table -------------------------------------------------------
+    def nodes(self):
+        """The static nodes of a mount, in the order their inode numbers are
+        given: ``[(path, core.files.Node), ...]`` (paths relative to the
+        root, directories before what they hold). Nodes of returned fds
+        (``fds/<prefix>-N``) come and go with their objects
+        (core.fds.ReturnedFd)."""
+        out = [("iommu", Opener(self._open_iommufd, Context)),
+               ("vfio", Dir()), ("vfio/devices", Dir()), ("devices", Dir()), ("fds", Dir())]
+        vfio = sorted(self.devices.values(), key=lambda d: _natural(d.vfio))
+        out += [(f"vfio/devices/{d.vfio}", Opener(partial(self._open_vfio, d), VfioFile))
+                for d in vfio]
+        for d in sorted(self.devices.values(), key=lambda d: _natural(d.name)):
+            out += [(f"devices/{d.name}", Dir()),
+                    (f"devices/{d.name}/dma", Opener(partial(self._open_dma, d), DmaPort)),
+                    (f"devices/{d.name}/info", Opener(partial(self._open_info, d), InfoFile, 0o444)),
+                    (f"devices/{d.name}/driver",
+                     Opener(partial(self._open_driver, d), DriverFile))]
+        # The legacy API (vfio-device.md §10): the container, an iommufd
+        # (CONFIG_IOMMUFD_VFIO_CONTAINER), and one node per IOMMU group.
+        # Last, so the inode numbers of the nodes above do not move.
+        out += [("vfio/vfio", Opener(self._open_iommufd, Context))]
+        out += [(f"vfio/{g}", Opener(partial(self._open_group, g), GroupFile))
+                for g in sorted(self.groups)]
+        return out
 
-    def device_info(self, device):
-        """The ``devices/<name>/info`` JSON document, as UTF-8 bytes."""
-        return device.info_json()
+    def node(self, path):
+        """The node at ``path`` of :meth:`nodes` (KeyError if none): for
+        tests and tools that open nodes without a mount."""
+        return dict(self.nodes())[path]
 
-    # -- /dev/iommu ----------------------------------------------------------
-    def open_iommufd(self, caller):
-        """open() of /dev/iommu: a new, empty Context owned by caller.uid."""
-        from .context import Context
+    def open(self, node, caller, flags=os.O_RDWR):
+        """open() of ``node`` (a core.files.Node) by ``caller`` with open
+        ``flags``: its new core.files.File, or UapiError (the node's rules:
+        EACCES ``info`` opened for writing; a returned fd's node: EACCES
+        another uid, ENOENT or EBADF once the fd is closed)."""
+        return node.open(caller, flags)
 
-        return Context(self, caller.uid)
+    def _open_iommufd(self, caller, flags):
+        # A new, empty Context owned by caller.uid.
+        return IommufdFile(Context(self, caller.uid))
 
-    def iommufd_ioctl(self, ctx, caller, cmd, arg):
-        """ioctl(iommufd, cmd, arg): the result (>= 0) or UapiError.
-
-        ``arg`` is a core.usermem.MemArg (real ioctl()) or FrameArg (frames).
-        A context is usable only by the uid that opened it (EACCES), and not
-        after a synchronous close (EBADF).
-        """
-        return _iommufd_ioctl(ctx, caller, cmd, arg)
-
-    def close_iommufd(self, ctx):
-        """close() of /dev/iommu: destroy every object of ctx leaf-first.
-
-        Idempotent: the synchronous close and the later FUSE release may both
-        call it.
-        """
-        ctx.close()
-
-    # -- /dev/vfio/devices/vfioN ----------------------------------------------
-    def open_vfio(self, device, caller):
-        """open() of a VFIO cdev node: an unbound VfioFile."""
-        from .vfio import VfioFile
-
+    def _open_vfio(self, device, caller, flags):
+        # Unbound until VFIO_DEVICE_BIND_IOMMUFD.
         return VfioFile(self, device, caller.uid)
 
-    def vfio_ioctl(self, vfile, caller, cmd, arg):
-        """ioctl(devfd, cmd, arg) on a VFIO cdev: result or UapiError (§11.3)."""
-        from .vfio import vfio_ioctl
+    def _open_group(self, number, caller, flags):
+        # One open at a time, and not while a device of it is bound through
+        # its cdev (vfio-device.md §10: EBUSY).
+        if number in self.open_groups:
+            raise UapiError(errno.EBUSY, f"group {number} is open")
+        for d in self.groups[number]:
+            if d.bound is not None and not getattr(d.bound, "group_obtained", False):
+                raise UapiError(errno.EBUSY, f"{d.name} is bound through its cdev")
+        self.open_groups.add(number)
+        return GroupFile(self, number, caller.uid)
 
-        return vfio_ioctl(vfile, caller, cmd, arg)
-
-    def close_vfio(self, vfile):
-        """close() of the device fd: detach everything and unbind. Idempotent."""
-        vfile.close()
-
-    # -- devices/<name>/driver -------------------------------------------------
-    def open_driver(self, device, caller):
-        """open() of a device's driver node: a new core.driver.DriverFile."""
-        from .driver import DriverFile
-
+    def _open_driver(self, device, caller, flags):
         return DriverFile(self, device, caller.uid)
 
-    def driver_ioctl(self, dfile, caller, cmd, arg):
-        """ioctl on a driver node (core.driver): result or UapiError."""
-        from .driver import driver_ioctl
+    def _open_dma(self, device, caller, flags):
+        return DmaPort(self, device)
 
-        return driver_ioctl(dfile, caller, cmd, arg)
-
-    def driver_read(self, dfile, caller, count):
-        """read() of ``count`` bytes of a driver node: its pending events
-        (bytes). EACCES another uid; EINVAL ``count`` below one record."""
-        dfile.check_caller(caller)
-        return dfile.read_events(count)
-
-    def close_driver(self, dfile):
-        """close() of a driver node: unbind its bonds, free its PASIDs."""
-        dfile.close()
-
-    # -- fault fds (fds/fault-N) -----------------------------------------------
-    def open_fault(self, ffile, caller):
-        """open() of a fault fd's node (core.fault.FaultFile): ENOENT once
-        the fd is closed; EACCES for another uid."""
-        ffile.check_caller(caller)
-        ffile.opened()
-
-    def fault_read(self, ffile, caller, count):
-        """read() of the fault fd (reference §10.1): bytes of whole groups."""
-        ffile.check_caller(caller)
-        return ffile.queue.read(count)
-
-    def fault_write(self, ffile, caller, data):
-        """write() of page responses (reference §10.1): bytes consumed."""
-        ffile.check_caller(caller)
-        return ffile.queue.write(data)
-
-    def fault_readable(self, ffile):
-        """poll(): True while fault groups wait to be read."""
-        return not ffile.closed and ffile.queue.readable()
-
-    def release_fault(self, ffile):
-        """The last close of one open of the node."""
-        ffile.released()
-
-    # -- access fds (fds/access-N, IOMMU_TEST_CMD CREATE_ACCESS) ------------------
-    def open_access(self, afile, caller):
-        """open() of an access fd's node (core.selftest.AccessFile): ENOENT
-        once the fd is closed; EACCES for another uid."""
-        if caller.uid != afile.uid:
-            raise UapiError(errno.EACCES, f"access fd of uid {afile.uid}")
-        afile.opened()
-
-    def release_access(self, afile):
-        """The last close of one open of the node: the last one destroys the
-        access (its pins released)."""
-        afile.released()
-
-    # -- devices/<name>/dma ----------------------------------------------------
-    def dma(self, device, caller, request):
-        """One IODM request frame (bytes) -> its reply frame (bytes).
-
-        Frame errors and translation faults are statuses inside the reply
-        (DESIGN.md, the emulated device); this never raises.
-        """
-        from .dma import dma_frame
-
-        return dma_frame(self, device, caller, request)
+    def _open_info(self, device, caller, flags):
+        # Root would pass the kernel's mode check: refuse writers here.
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise UapiError(errno.EACCES, "info is read-only")
+        return InfoFile(device.info_json())
 
     def shutdown(self):
         """Unmount: close every context still open (releases pidfds)."""
-        from .context import Context
-
-        for ctx in list(Context.live(self)):
+        for ctx in list(self.contexts):
             ctx.close()
+        for d in self.devices.values():
+            d.shutdown()
         self.watches.clear()
         self.watch_gen += 1
 
-
-def not_implemented(cmd):
-    raise UapiError(errno.ENOTTY, f"cmd {cmd:#x}")

@@ -1,17 +1,21 @@
 """The emulated PCI topology (DESIGN.md, "The emulated device").
 
-A topology is TOML (README, "Topology format"): one ``[iommu]`` table with the
+A topology is TOML (docs/topology.md): one ``[iommu]`` table with the
 IOMMU model, then ``[[device]]`` entries (PCI functions) and ``[[mdev]]``
 entries (mediated devices: a parent's RID plus a default PASID, seed 004).
 Devices behind a PCIe-to-PCI bridge name the bridge in ``alias``: they issue
 DMA with the bridge's RID and so form one group (seed 001).
 """
-import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from .pci.models import identity_of
 
 BUILTIN = """
-# The built-in topology: one device of each kind the seeds talk about.
+# The built-in topology: one device of each model, and the shapes the seeds
+# talk about (PASID, PRI, ENQCMD, a bridge, an mdev). A device's vendor and
+# device IDs are its model's unless the entry gives others.
 [iommu]
 address_width = 48            # IOVA bits: 48 (4-level) or 57 (5-level)
 page_sizes = [4096, 2097152, 1073741824]
@@ -20,14 +24,12 @@ pasid_bits = 20               # PASID width of the IOMMU: the system-wide (ENQCM
 
 [[device]]                    # a plain device: no PASID, no PRI
 name = "0000:00:03.0"
-vendor = 0x1af4
-device = 0x1041
+model = "virtio-blk"          # disk: a 64 MiB scratch image unless `disk = "PATH"`
 dirty_tracking = true
 
 [[device]]                    # an accelerator: PASID, PRI, ATS, ENQCMD (global PASIDs)
 name = "0000:00:04.0"
-vendor = 0x8086
-device = 0x0b25
+model = "dma-engine"
 pasid_bits = 20
 pasid_exec = true             # PCI PASID capability: Execute and Privileged Mode permitted
 pasid_priv = true
@@ -38,22 +40,19 @@ dirty_tracking = true
 
 [[device]]                    # a PASID device whose driver allocates PASIDs from its own space
 name = "0000:00:05.0"
-vendor = 0x15b3
-device = 0x101d
+model = "virtio-rng"
 pasid_bits = 8
 pri = true
 ats = true
 
 [[device]]                    # two conventional PCI devices behind a PCIe-to-PCI bridge
 name = "0000:01:00.0"
-vendor = 0x8086
-device = 0x100e
+model = "dma-engine"
 alias = "0000:00:1e.0"
 
 [[device]]
 name = "0000:01:01.0"
-vendor = 0x8086
-device = 0x100e
+model = "dma-engine"
 alias = "0000:00:1e.0"
 
 [[mdev]]                      # a mediated device carved out of the accelerator
@@ -61,6 +60,9 @@ name = "mdev0"
 parent = "0000:00:04.0"
 default_pasid = 1
 """
+
+#: Device models (core/pci/models), by the topology's ``model`` name.
+MODELS = ("virtio-blk", "virtio-rng", "dma-engine")
 
 
 def parse_bdf(bdf):
@@ -79,7 +81,7 @@ def parse_bdf(bdf):
     return (b << 8) | (d << 3) | f
 
 
-@dataclass
+@dataclass(frozen=True)
 class IommuModel:
     """The IOMMU in front of the devices: IOVA width (bits), page sizes (bytes),
     and device-imposed reserved IOVA ranges (inclusive pairs)."""
@@ -121,7 +123,7 @@ class IommuModel:
         return (self.address_width, tuple(self.page_sizes))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Device:
     """One emulated PCI function or mdev.
 
@@ -146,14 +148,13 @@ class Device:
     parent: str = None
     default_pasid: int = None
     iommu: IommuModel = field(default_factory=IommuModel)
+    model: str = "dma-engine"         # the PCI device behind the VFIO node (core/pci/models)
+    disk: str = None                  # virtio-blk: the image file (None: a scratch image)
+    readonly: bool = False            # virtio-blk: VIRTIO_BLK_F_RO
+    pcie: bool = True                 # a PCI Express function (conventional behind a bridge)
+    class_code: int = 0xFF0000
     group: int = 0
     group_members: tuple = ()         # names of every device of the group, this one included
-    # Runtime state, owned by core.vfio / core.device / core.pasid / core.sva:
-    bound: object = None              # the BoundDevice while bound to a context
-    fault_log: list = field(default_factory=list)
-    pasids: object = None             # the PasidSpace PASIDs are allocated from (core.pasid)
-    sva_bonds: dict = field(default_factory=dict)   # PASID -> SvaBond (core.sva)
-    prg_next: int = 0                 # the last page request group index used (core.dma)
 
     @property
     def is_mdev(self):
@@ -165,62 +166,12 @@ class Device:
         NONE) and its devices are PCI functions (§9.2)."""
         return 0, b"", True
 
-    def set_dev_pasid(self, pasid, hwpt):
-        """The IOMMU driver's step of a PASID attach, replace (``hwpt``: the
-        new HwptPaging) or detach (``hwpt`` None: the blocked domain), run
-        after the core's checks (§8). May raise UapiError to refuse the
-        change, which then leaves the old attachment in place. The emulated
-        PCI IOMMU accepts every change; the selftest mock device overrides
-        this (core.selftest: PASID 1024)."""
-
-    def info(self):
-        """The ``info`` document (DESIGN.md): a dict ready for JSON."""
-        d = {
-            "name": self.name,
-            "vfio": self.vfio,
-            "rid": self.rid,
-            "bdf": self.alias or (self.parent if self.is_mdev else self.name),
-            "group": self.group,
-            "group_members": list(self.group_members),
-            "vendor": self.vendor,
-            "device": self.device_id,
-            "pasid_bits": self.pasid_bits,
-            "pasid_exec": self.pasid_exec,
-            "pasid_priv": self.pasid_priv,
-            "pri": self.pri,
-            "ats": self.ats,
-            "enqcmd": self.enqcmd,
-            "dirty_tracking": self.dirty_tracking,
-            "address_width": self.iommu.address_width,
-            "page_sizes": list(self.iommu.page_sizes),
-            "faults": len(self.fault_log),
-            "last_fault": self.fault_log[-1] if self.fault_log else None,
-        }
-        if self.is_mdev:
-            d["parent"] = self.parent
-            d["default_pasid"] = self.default_pasid
-        # What the IOMMU routes for this device now (core.routing), for people
-        # debugging a setup: the DEVICE id, the HWPT per RID/PASID, the bonds.
-        idev = self.bound
-        d["dev_id"] = idev.id if idev is not None else None
-        d["attached"] = {} if idev is None else {
-            ("rid" if p is None else f"pasid {p}"): h.id for p, h in sorted(
-                idev.attachments.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
-        d["sva_bonds"] = [{"handle": b.handle, "pasid": b.pasid, "pid": b.mm.tgid, "mm_exited": b.dead}
-                          for _, b in sorted(self.sva_bonds.items())]
-        if self.pasids is not None:
-            d["pasids_allocated"] = sorted(self.pasids.used)
-        return d
-
-    def info_json(self):
-        return (json.dumps(self.info(), indent=1) + "\n").encode()
-
 
 class Topology:
-    """A parsed topology: ``devices`` in declaration order (vfio0, vfio1, ...),
-    ``groups``: group number -> [Device] (devices sharing a RID);
-    ``by_rid``: RID -> [Device] (every device whose DMA carries that RID:
-    a group's members, a parent and its mdevs)."""
+    """A parsed topology, frozen: ``devices`` in declaration order (vfio0,
+    vfio1, ...), ``groups``: group number -> (Device, ...) (devices sharing
+    a RID); ``by_rid``: RID -> (Device, ...) (every device whose DMA
+    carries that RID: a group's members, a parent and its mdevs)."""
 
     def __init__(self, doc):
         iommu_doc = doc.get("iommu", {})
@@ -235,7 +186,7 @@ class Topology:
         if not 0 <= iommu.pasid_bits <= 20:
             raise ValueError("iommu.pasid_bits must be 0..20")
         self.iommu = iommu
-        self.devices = []
+        devices = []
         names = set()
         for i, d in enumerate(doc.get("device", [])):
             name = d["name"]
@@ -245,9 +196,21 @@ class Topology:
                 raise ValueError(f"{name}: pasid_bits must be 0..{iommu.pasid_bits} (the IOMMU's)")
             if d.get("enqcmd") and not pasid_bits:
                 raise ValueError(f"{name}: enqcmd needs pasid_bits")
-            self.devices.append(Device(
-                name=name, vfio=f"vfio{len(self.devices)}", rid=rid,
-                vendor=int(d.get("vendor", 0)), device_id=int(d.get("device", 0)),
+            model = d.get("model", "dma-engine")
+            if model not in MODELS:
+                raise ValueError(f"{name}: model must be one of {', '.join(MODELS)}")
+            if model != "virtio-blk" and ("disk" in d or "readonly" in d):
+                raise ValueError(f"{name}: disk and readonly are virtio-blk's")
+            vendor, device_id, class_code = identity_of(model)
+            # Behind a PCIe-to-PCI bridge a function is conventional PCI.
+            pcie = bool(d.get("pcie", not d.get("alias")))
+            if not pcie and (pasid_bits or d.get("pri") or d.get("ats")):
+                raise ValueError(f"{name}: PASID, PRI and ATS need a PCI Express function")
+            devices.append(Device(
+                name=name, vfio=f"vfio{len(devices)}", rid=rid,
+                vendor=int(d.get("vendor", vendor)), device_id=int(d.get("device", device_id)),
+                model=model, disk=d.get("disk"), readonly=bool(d.get("readonly", False)),
+                pcie=pcie, class_code=class_code,
                 pasid_bits=pasid_bits, pri=bool(d.get("pri", False)),
                 pasid_exec=bool(d.get("pasid_exec", False)) and pasid_bits > 0,
                 pasid_priv=bool(d.get("pasid_priv", False)) and pasid_bits > 0,
@@ -257,7 +220,7 @@ class Topology:
             if name in names:
                 raise ValueError(f"duplicate device {name}")
             names.add(name)
-        by_name = {d.name: d for d in self.devices}
+        by_name = {d.name: d for d in devices}
         for m in doc.get("mdev", []):
             parent = by_name.get(m["parent"])
             if parent is None:
@@ -267,28 +230,31 @@ class Topology:
             pasid = int(m["default_pasid"])
             if not 0 < pasid < (1 << parent.pasid_bits):
                 raise ValueError(f"mdev {m['name']}: default_pasid out of range")
-            self.devices.append(Device(
-                name=m["name"], vfio=f"vfio{len(self.devices)}", rid=parent.rid,
-                vendor=parent.vendor, device_id=parent.device_id,
+            devices.append(Device(
+                name=m["name"], vfio=f"vfio{len(devices)}", rid=parent.rid,
+                vendor=parent.vendor, device_id=parent.device_id, model=parent.model,
+                disk=parent.disk, readonly=parent.readonly, class_code=parent.class_code,
                 pasid_bits=0, pri=parent.pri, ats=parent.ats,
                 dirty_tracking=parent.dirty_tracking, parent=parent.name,
                 default_pasid=pasid, iommu=iommu))
         # Devices that DMA with one RID cannot be told apart: one group per RID
         # (an mdev is isolated by its PASID, so it gets a group of its own).
-        self.groups = {}
-        rid_group = {}
+        group_of, members, rid_group = {}, {}, {}
+        for d in devices:
+            g = len(members) if d.is_mdev else rid_group.setdefault(d.rid, len(members))
+            group_of[d.name] = g
+            members.setdefault(g, []).append(d.name)
+        # Frozen from here on: runtime state lives in core.devices.LiveDevice.
+        self.devices = tuple(replace(d, group=group_of[d.name],
+                                     group_members=tuple(members[group_of[d.name]]))
+                             for d in devices)
+        by_name = {d.name: d for d in self.devices}
+        self.groups = MappingProxyType({g: tuple(by_name[n] for n in names)
+                                        for g, names in members.items()})
+        by_rid = {}
         for d in self.devices:
-            if d.is_mdev:
-                d.group = len(self.groups)
-            else:
-                d.group = rid_group.setdefault(d.rid, len(self.groups))
-            self.groups.setdefault(d.group, []).append(d)
-        for members in self.groups.values():
-            for d in members:
-                d.group_members = tuple(m.name for m in members)
-        self.by_rid = {}
-        for d in self.devices:
-            self.by_rid.setdefault(d.rid, []).append(d)
+            by_rid.setdefault(d.rid, []).append(d)
+        self.by_rid = MappingProxyType({rid: tuple(ds) for rid, ds in by_rid.items()})
 
     @classmethod
     def builtin(cls):

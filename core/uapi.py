@@ -141,6 +141,20 @@ ffi.cdef(
         uint32_t argsz; uint32_t flags; uint32_t num_regions; uint32_t num_irqs;
         uint32_t cap_offset; uint32_t pad;
     };
+    /* The VFIO device half (vfio-device.md §2.3-§2.6). */
+    struct vfio_region_info {
+        uint32_t argsz; uint32_t flags; uint32_t index; uint32_t cap_offset;
+        uint64_t size; uint64_t offset;
+    };
+    struct vfio_irq_info { uint32_t argsz; uint32_t flags; uint32_t index; uint32_t count; };
+    struct vfio_irq_set {
+        uint32_t argsz; uint32_t flags; uint32_t index; uint32_t start; uint32_t count;
+    };
+    struct vfio_pci_dependent_device {
+        uint32_t devid; uint16_t segment; uint8_t bus; uint8_t devfn;
+    };
+    struct vfio_pci_hot_reset_info { uint32_t argsz; uint32_t flags; uint32_t count; };
+    struct vfio_pci_hot_reset { uint32_t argsz; uint32_t flags; uint32_t count; };
 
     /* VFIO type1 compatibility on /dev/iommu (reference §11.4). */
     struct vfio_info_cap_header { uint16_t id; uint16_t version; uint32_t next; };
@@ -206,6 +220,9 @@ VFIO_DEVICE_GET_REGION_INFO = _io(VFIO_BASE + 8)
 VFIO_DEVICE_GET_IRQ_INFO = _io(VFIO_BASE + 9)
 VFIO_DEVICE_SET_IRQS = _io(VFIO_BASE + 10)
 VFIO_DEVICE_RESET = _io(VFIO_BASE + 11)
+VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(VFIO_BASE + 12)
+VFIO_DEVICE_PCI_HOT_RESET = _io(VFIO_BASE + 13)
+VFIO_DEVICE_IOEVENTFD = _io(VFIO_BASE + 16)
 VFIO_IOMMU_GET_INFO = _io(VFIO_BASE + 12)
 VFIO_IOMMU_MAP_DMA = _io(VFIO_BASE + 13)
 VFIO_IOMMU_UNMAP_DMA = _io(VFIO_BASE + 14)
@@ -216,6 +233,28 @@ VFIO_IOMMU_DIRTY_PAGES = _io(VFIO_BASE + 17)
 VFIO_DEVICE_BIND_IOMMUFD = _io(VFIO_BASE + 18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(VFIO_BASE + 19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(VFIO_BASE + 20)
+
+# vfio-device.md §1.4.
+VFIO_REGION_INFO_FLAG_READ = 1
+VFIO_REGION_INFO_FLAG_WRITE = 2
+VFIO_REGION_INFO_FLAG_MMAP = 4
+VFIO_IRQ_INFO_EVENTFD = 1
+VFIO_IRQ_INFO_MASKABLE = 2
+VFIO_IRQ_INFO_AUTOMASKED = 4
+VFIO_IRQ_INFO_NORESIZE = 8
+VFIO_IRQ_SET_DATA_NONE = 1
+VFIO_IRQ_SET_DATA_BOOL = 2
+VFIO_IRQ_SET_DATA_EVENTFD = 4
+VFIO_IRQ_SET_ACTION_MASK = 8
+VFIO_IRQ_SET_ACTION_UNMASK = 0x10
+VFIO_IRQ_SET_ACTION_TRIGGER = 0x20
+VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX = 0, 1, 2
+VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX = 3, 4
+VFIO_PCI_CONFIG_REGION_INDEX = 7
+VFIO_PCI_HOT_RESET_FLAG_DEV_ID = 1
+VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 2
+VFIO_PCI_DEVID_OWNED = 0
+VFIO_PCI_DEVID_NOT_OWNED = 0xFFFFFFFF
 
 # §6 flags and enums.
 IOMMU_IOAS_MAP_FIXED_IOVA = 1
@@ -328,42 +367,20 @@ MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0
 MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
 MOCK_FLAGS_DEVICE_PASID = 1 << 2
 
-# Test ops whose ``id`` (offset 8) is an fd number of the caller: an access fd.
-TEST_OPS_ACCESS_FD = frozenset((IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, IOMMU_TEST_OP_ACCESS_PAGES,
-                                IOMMU_TEST_OP_ACCESS_RW, IOMMU_TEST_OP_ACCESS_REPLACE_IOAS))
-
-
-def fd_fields(cmd, head):
-    """The fd numbers an ioctl argument passes in, as the kernel would fget
-    them: ``[(offset, kind), ...]`` with kind "iommufd" (an open /dev/iommu)
-    or "access" (an IOMMU_TEST_CMD access fd). ``head``: the argument's
-    leading bytes (at least 12 to see any field; fewer: none is readable,
-    and the ioctl itself reports EFAULT). Only VFIO_DEVICE_BIND_IOMMUFD
-    (``iommufd`` at 8, §11.2) and the IOMMU_TEST_CMD access ops (``id`` at
-    8, §12) take fds so far."""
-    if len(head) < 12:
-        return []
-    if cmd == VFIO_DEVICE_BIND_IOMMUFD:
-        return [(8, "iommufd")]
-    if cmd == IOMMU_TEST_CMD and int.from_bytes(head[4:8], "little") in TEST_OPS_ACCESS_FD:
-        return [(8, "access")]
-    return []
-
-
 U64_MAX = (1 << 64) - 1
 # ULONG_MAX on LP64: the kernel's EOVERFLOW bound for iova/length (§7).
 ULONG_MAX = U64_MAX
 # The host page size: pinning granule of the kernel and of this emulator.
 PAGE_SIZE = 4096
 
-# The project's own ioctls on its nodes (README, "Private ioctls"). _IO encoded,
+# The project's own ioctls on its nodes (docs/nodes.md, "Private ioctls"). _IO encoded,
 # type 0xF5, so that FUSE hands the raw pointer over like it does for ';'.
 IOMMUFS_TYPE = 0xF5
 IOMMUFS_NULL = (IOMMUFS_TYPE << 8) | 0x00
 IOMMUFS_SYNC_CLOSE = (IOMMUFS_TYPE << 8) | 0x01
 IOMMUFS_WHOAMI = (IOMMUFS_TYPE << 8) | 0x02
 IOMMUFS_FD_PATH = (IOMMUFS_TYPE << 8) | 0x03
-# The driver side of a device (devices/<name>/driver, README "The driver side").
+# The driver side of a device (devices/<name>/driver, docs/driver-side.md).
 IOMMUFS_PASID_ALLOC = (IOMMUFS_TYPE << 8) | 0x10
 IOMMUFS_PASID_FREE = (IOMMUFS_TYPE << 8) | 0x11
 IOMMUFS_SVA_BIND = (IOMMUFS_TYPE << 8) | 0x12

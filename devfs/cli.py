@@ -30,8 +30,10 @@ import importlib
 import logging
 import os
 import signal
-import subprocess
 import sys
+
+from .mount import fusermount as _fusermount
+from .mount import spawn_server, umount
 
 log = logging.getLogger("iommufs.devfs")
 
@@ -50,10 +52,6 @@ def _factory(spec):
         return real_emulator
     mod, _, name = spec.partition(":")
     return getattr(importlib.import_module(mod), name or "Emulator")
-
-
-def _fusermount(*args):
-    return subprocess.run(["fusermount3", *args], capture_output=True, text=True)
 
 
 def clean_stale(mountpoint):
@@ -173,45 +171,6 @@ async def _serve_until_unmounted(emulator, mnt, debug, ready_fd):
             nursery.start_soon(stop_on_signal)
 
 
-def spawn_server(mountpoint, topology=None, debug=False, emulator=None, log=None, env=None,
-                 preexec_fn=None):
-    """Start ``iommufs mount MOUNTPOINT --foreground`` detached (its own
-    session, so a terminal's ^C does not reach it) and wait until it says ready.
-
-    Returns ``(proc, None)`` once the mount is usable, or ``(proc, reason)``
-    (a str) after the server exited without mounting. ``env``: its
-    environment (default: this one); ``log``: a file path for its output.
-    """
-    r, w = os.pipe()
-    cmd = [sys.executable, "-m", "devfs.cli", "mount", mountpoint, "--foreground",
-           "--ready-fd", str(w)]
-    if topology:
-        cmd += ["--topology", topology]
-    if debug:
-        cmd.append("--debug")
-    if emulator:
-        cmd += ["--emulator", emulator]
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    env = dict(os.environ if env is None else env)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                pass_fds=(w,), start_new_session=True, env=env,
-                                preexec_fn=preexec_fn)
-    finally:
-        os.close(w)
-        if log:
-            out.close()
-    with os.fdopen(r, "rb") as f:
-        msg = f.readline()   # one line; EOF if the child exits first
-    text = msg.decode(errors="replace").strip()
-    if text == "ready":
-        return proc, None
-    proc.wait()
-    return proc, text or f"server exited with {proc.returncode}"
-
-
 def _background(args):
     """Start ``mount --foreground`` detached and wait until it says ready."""
     proc, err = spawn_server(args.mountpoint, args.topology, args.debug, args.emulator, args.log)
@@ -220,17 +179,6 @@ def _background(args):
         return 0
     print(f"iommufs: mount failed: {err}", file=sys.stderr)
     return 1
-
-
-def umount(mountpoint):
-    """Unmount ``mountpoint``: 0 on success, else fusermount3's status."""
-    r = _fusermount("-u", mountpoint)
-    if r.returncode != 0:
-        r2 = _fusermount("-u", "-z", mountpoint)
-        if r2.returncode != 0:
-            print(f"iommufs: {r.stderr.strip() or r2.stderr.strip()}", file=sys.stderr)
-            return r2.returncode
-    return 0
 
 
 def main(argv=None):

@@ -47,19 +47,15 @@ way: a reply longer than ``max_read - 4096`` bytes needs a page-aligned read
 buffer, else the first READ is too small for it (ERANGE).
 """
 import errno
-import struct
 import threading
 
-MAGIC = b"IOFS"
-DMA_MAGIC = b"IODM"
-REQUEST = struct.Struct("<4sIII")
-REPLY = struct.Struct("<4siII")
-HEADER_SIZE = 16
-CMD_CLOSE = 0
-DMA_HEADER_SIZE = 32
-DMA_OP_WRITE = 2
+from core import wire
 
-assert REQUEST.size == REPLY.size == HEADER_SIZE
+MAGIC = wire.IOFS_MAGIC
+REQUEST = wire.IOFS_REQUEST
+REPLY = wire.IOFS_REPLY
+HEADER_SIZE = wire.IOFS_HEADER_SIZE
+CMD_CLOSE = wire.IOFS_CMD_CLOSE
 
 
 class FrameError(Exception):
@@ -86,10 +82,9 @@ def check_dma_whole(data, max_write):
     else about the frame is core's to judge."""
     n = len(data)
     check_size(n, max_write)
-    if n >= DMA_HEADER_SIZE and data[:4] == DMA_MAGIC:
-        op, length = int.from_bytes(data[4:8], "little"), int.from_bytes(data[24:28], "little")
-        if op == DMA_OP_WRITE and n < DMA_HEADER_SIZE + length:
-            raise FrameError(errno.EINVAL, f"DMA frame of {n} bytes, its header says {DMA_HEADER_SIZE + length}")
+    whole = wire.iodm_announced_size(data)
+    if whole is not None and n < whole:
+        raise FrameError(errno.EINVAL, f"DMA frame of {n} bytes, its header says {whole}")
 
 
 def parse_request(data, max_write):
@@ -128,17 +123,20 @@ _BUSY = object()   # the loop thread is serving this thread's write right now
 
 
 class Pending:
-    """A request of one thread still being served after its write() returned
-    (deferred to trio). ``event`` (a trio.Event, set from the trio thread)
-    fires when the reply is in the slot; a read that finds a Pending waits
-    for it."""
+    """A request of one thread still being served after its write() returned.
+    A read that finds it parks: ``waiters`` (functions) are called by
+    :meth:`wake`, on whichever thread put the reply in the slot."""
 
-    __slots__ = ("event",)
+    __slots__ = ("waiters",)
 
     def __init__(self):
-        import trio
+        self.waiters = []
 
-        self.event = trio.Event()
+    def wake(self):
+        """The reply is in the slot: run the waiters (once)."""
+        waiters, self.waiters = self.waiters, []
+        for fn in waiters:
+            fn()
 
 
 class ReplySlots:
@@ -205,6 +203,17 @@ class ReplySlots:
                 raise FrameError(errno.ERANGE, f"reply of {len(reply)} bytes, read of {size}")
             del self._slots[tid]
             return reply
+
+    def wait(self, tid, fn):
+        """Call ``fn()`` when ``tid``'s Pending is replaced by its reply
+        (:meth:`Pending.wake`). False, and ``fn`` not kept, if the slot
+        holds no Pending any more (take it now)."""
+        with self._lock:
+            p = self._slots.get(tid)
+            if not isinstance(p, Pending):
+                return False
+            p.waiters.append(fn)
+            return True
 
     def holds(self, tid):
         """True when ``tid`` has a request in flight or a reply to read."""

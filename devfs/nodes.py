@@ -6,96 +6,67 @@
     /iommu                    file 0666   the iommufd (/dev/iommu)
     /vfio/devices/vfioN       file 0666   one VFIO cdev per topology device
     /devices/<name>/dma       file 0666   the device's DMA engine
-    /devices/<name>/info      file 0444   JSON from emulator.device_info(), read
-                                          at open (it changes: fault counters)
+    /devices/<name>/info      file 0444   the device's JSON, read as it was at
+                                          open (it changes: fault counters)
     /devices/<name>/driver    file 0666   the device's driver side (PASIDs, SVA)
     /fds                      dir  0755   nodes of fds that ioctls return
     /fds/fault-N              file 0600   a fault fd (IOMMU_FAULT_QUEUE_ALLOC), owned by its uid
     /fds/access-N             file 0600   an access fd (IOMMU_TEST_CMD CREATE_ACCESS), owned by its uid
 
-The static tree is built once from the emulator, so its inode numbers are
-stable for the life of a mount (and, for a given topology, from one mount to
-the next): they are assigned in a fixed order (root, iommu, vfio,
-vfio/devices, devices, fds, then the vfio nodes in numeric order, then each
+The static tree is built once from core's node table
+(core.emulator.Emulator.nodes), so its inode numbers are stable for the
+life of a mount (and, for a given topology, from one mount to the next):
+they are assigned in a fixed order (root, iommu, vfio, vfio/devices,
+devices, fds, then the vfio nodes in numeric order, then each
 device's directory, dma, info and driver in name order). Nodes under ``fds/``
 come and go with the objects behind them (:meth:`Tree.add_dynamic`); their
 inode numbers and names are never reused within a mount. This module knows
-nothing of FUSE.
+nothing of FUSE, nor what any node is: opening one is core's (its
+``target``).
 """
-import re
 import stat
 
-# Kinds: what an open of the node becomes (devfs.server).
-DIR = "dir"
-IOMMU = "iommu"
-VFIO = "vfio"
-DMA = "dma"
-INFO = "info"
-DRIVER = "driver"
-FAULT = "fault"
-ACCESS = "access"
-# The kinds of nodes under fds/, by the name core's returned objects give
-# (their ``node_kind``); the name is also the node's prefix.
-FD_KINDS = {FAULT: FAULT, ACCESS: ACCESS}
+from core.files import Dir
 
 ROOT_INO = 1      # FUSE_ROOT_ID
-IOMMU_INO = 2     # fixed: the fd resolution of BIND checks st_ino against it
-
-_MODES = {
-    DIR: stat.S_IFDIR | 0o755,
-    IOMMU: stat.S_IFREG | 0o666,
-    VFIO: stat.S_IFREG | 0o666,
-    DMA: stat.S_IFREG | 0o666,
-    INFO: stat.S_IFREG | 0o444,
-    DRIVER: stat.S_IFREG | 0o666,
-    FAULT: stat.S_IFREG | 0o600,
-    ACCESS: stat.S_IFREG | 0o600,
-}
 
 
 class Node:
-    """One inode: ``ino``, ``name``, ``kind`` (DIR, IOMMU, VFIO, DMA, INFO),
-    ``mode`` (st_mode), ``parent`` (ino), ``children`` (name -> Node, dirs
-    only), ``device`` (the emulator's device object for VFIO/DMA/INFO/DRIVER),
-    ``uid`` (owner), ``obj`` (what a dynamic node stands for, e.g. a core
-    FaultFile), ``dynamic`` (under ``fds/``: the kernel must not cache it).
+    """One inode: ``ino``, ``name``, ``mode`` (st_mode), ``parent`` (ino),
+    ``children`` (name -> Node, dirs only), ``target`` (core's node: what
+    opening it asks, a core.files.Node; None for directories), ``uid``
+    (owner), ``dynamic`` (under ``fds/``: the kernel must not cache it).
 
     st_size is 0 for every file, as in procfs: nodes are direct_io, so reads
     always reach the server and never stop at a cached size."""
 
-    __slots__ = ("ino", "name", "kind", "mode", "parent", "children", "device", "uid",
-                 "obj", "dynamic")
+    __slots__ = ("ino", "name", "mode", "parent", "children", "target", "uid", "dynamic")
 
-    def __init__(self, ino, name, kind, parent, device=None, uid=0, obj=None, dynamic=False):
+    def __init__(self, ino, name, parent, target=None, mode=0o755, is_dir=False, uid=0,
+                 dynamic=False):
         self.ino = ino
         self.name = name
-        self.kind = kind
-        self.mode = _MODES[kind]
+        self.mode = (stat.S_IFDIR if is_dir else stat.S_IFREG) | mode
         self.parent = parent
-        self.children = {} if kind == DIR else None
-        self.device = device
+        self.children = {} if is_dir else None
+        self.target = target
         self.uid = uid
-        self.obj = obj
         self.dynamic = dynamic
 
     @property
     def is_dir(self):
-        return self.kind == DIR
+        return self.children is not None
 
     def __repr__(self):
-        return f"<Node {self.ino} {self.kind} {self.name!r}>"
-
-
-def _natural(name):
-    # vfio2 before vfio10.
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+        return f"<Node {self.ino} {self.name!r}>"
 
 
 class Tree:
     """All nodes of one mount, by inode number.
 
-    ``Tree.build(emulator)`` asks the emulator for ``vfio_nodes()`` (node name
-    -> device). Device directories are named ``device.name``.
+    ``Tree.build(emulator)`` takes core's node table (``emulator.nodes()``:
+    ``[(path, core node)]`` in inode order); a core node whose ``open`` is
+    a directory's (core.files.Dir) is a directory.
     """
 
     def __init__(self):
@@ -104,19 +75,21 @@ class Tree:
         self._serial = 0
         self.fds = None
 
-    def _add(self, name, kind, parent, **kw):
-        node = Node(self._next_ino, name, kind, parent.ino if parent else ROOT_INO, **kw)
+    def _add(self, name, parent, **kw):
+        node = Node(self._next_ino, name, parent.ino if parent else ROOT_INO, **kw)
         self._next_ino += 1
         self.nodes[node.ino] = node
         if parent is not None:
             parent.children[name] = node
         return node
 
-    def add_dynamic(self, prefix, kind, obj, uid):
-        """A new node ``fds/<prefix>-<n>`` (n counts up per mount) of ``kind``
-        for ``obj``, owned by ``uid``. Returns the Node."""
+    def add_dynamic(self, target, uid):
+        """A new node ``fds/<prefix>-<n>`` (n counts up per mount) for
+        ``target`` (a core.fds.ReturnedFd: its ``node_kind`` is the prefix),
+        owned by ``uid``. Returns the Node."""
         self._serial += 1
-        return self._add(f"{prefix}-{self._serial}", kind, self.fds, uid=uid, obj=obj, dynamic=True)
+        return self._add(f"{target.node_kind}-{self._serial}", self.fds, target=target,
+                         mode=target.mode, uid=uid, dynamic=True)
 
     def remove(self, node):
         """Drop a dynamic node (absent: no-op)."""
@@ -127,25 +100,17 @@ class Tree:
     def build(cls, emulator):
         """The tree for ``emulator`` (called once, with the core lock held)."""
         t = cls()
-        root = t._add("", DIR, None)
-        t._add("iommu", IOMMU, root)
-        vfio = t._add("vfio", DIR, root)
-        vdevs = t._add("devices", DIR, vfio)
-        devices = t._add("devices", DIR, root)
-        t.fds = t._add("fds", DIR, root, dynamic=True)
-        assert t.nodes[IOMMU_INO].kind == IOMMU
-        vfio_nodes = emulator.vfio_nodes()
-        for name in sorted(vfio_nodes, key=_natural):
-            t._add(name, VFIO, vdevs, device=vfio_nodes[name])
-        by_name = {}
-        for dev in vfio_nodes.values():
-            by_name.setdefault(dev.name, dev)
-        for name in sorted(by_name, key=_natural):
-            dev = by_name[name]
-            d = t._add(name, DIR, devices, device=dev)
-            t._add("dma", DMA, d, device=dev)
-            t._add("info", INFO, d, device=dev)
-            t._add("driver", DRIVER, d, device=dev)
+        root = t._add("", None, is_dir=True)
+        by_path = {"": root}
+        for path, target in emulator.nodes():
+            parent_path, _, name = path.rpartition("/")
+            parent = by_path[parent_path]
+            if isinstance(target, Dir):
+                node = t._add(name, parent, mode=target.mode, is_dir=True, dynamic=path == "fds")
+            else:
+                node = t._add(name, parent, target=target, mode=target.mode)
+            by_path[path] = node
+        t.fds = by_path["fds"]
         return t
 
     def get(self, ino):

@@ -9,7 +9,8 @@ the emulated nodes:
 
 - ``/dev/iommu`` is a bind mount of ``<mnt>/iommu``;
 - ``/dev/vfio/devices/vfioN`` are bind mounts of ``<mnt>/vfio/devices/vfioN``
-  (one per topology device); ``/dev/vfio`` holds nothing else;
+  (one per topology device); ``/dev/vfio/vfio`` (the legacy container) and
+  ``/dev/vfio/N`` (one per IOMMU group) of ``<mnt>/vfio/``;
 - everything else is the host's ``/dev`` as it was when the program started.
 
 How that ``/dev`` is built (the host's ``/dev`` is never written): the child
@@ -66,6 +67,7 @@ import tempfile
 import cext
 
 from . import sysfs
+from .mount import spawn_server, umount
 
 SHIM_NAME = "libiommufs-preload.so"
 HOST_DIR = ".iommufs-host"
@@ -243,6 +245,10 @@ def build_dev(mnt, nodes, dev="/dev"):
     os.makedirs(vdir, 0o755)
     for n in nodes:
         _place(os.path.join(mnt, "vfio", "devices", n), os.path.join(vdir, n))
+    # The legacy API (vfio-device.md §10): /dev/vfio/vfio and /dev/vfio/N.
+    for n in sorted(os.listdir(os.path.join(mnt, "vfio"))):
+        if n == "vfio" or n.isdigit():
+            _place(os.path.join(mnt, "vfio", n), os.path.join(dev, "vfio", n))
 
 
 def _user_namespace():
@@ -321,8 +327,6 @@ def _server_preexec():
 
 
 def _start_own_mount(topology, log, shim):
-    from .cli import spawn_server
-
     if os.geteuid() != 0:
         raise RunError("only root can mount an iommufs: run as root or pass --mount")
     mnt = os.path.realpath(tempfile.mkdtemp(prefix="iommufs-run-"))
@@ -335,8 +339,6 @@ def _start_own_mount(topology, log, shim):
 
 
 def _stop_own_mount(mnt, proc):
-    from .cli import umount
-
     umount(mnt)
     try:
         proc.wait(10)

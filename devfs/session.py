@@ -17,6 +17,9 @@ How the pieces fit (DESIGN.md, Transport; fuse-notes §11)::
                             core calls; the task replies when done.
                             Session.spawn(): background work of a frame whose
                             write() already returned (the read waits instead).
+                          Session.park(): a request answered later by any
+                            thread (a read waiting for its frame's reply),
+                            with no trio task.
 
 - The common path never touches trio: a trio wake-up per request would cost
   about 20 µs, three times the request (fuse-notes §11).
@@ -36,7 +39,8 @@ completes. libfuse holds a reference on the request while the interrupt
 callback runs, so replying from a task on another thread at the same moment
 is safe; our claim makes sure only one of them replies.
 
-Shutdown (:meth:`Session.run` cancelled, or the mount went away): stop the
+Shutdown (:meth:`Session.run` cancelled, the mount went away, or it was
+detached by a lazy unmount while files were open): stop the
 loop thread (exit flag + a real-time signal that makes its read() return
 EINTR), answer waiting deferred requests ENOTCONN,
 wait for committing ones, close every open file in core, unmount, destroy.
@@ -44,6 +48,7 @@ wait for committing ones, close every open file in core, unmount, destroy.
 import errno
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -62,7 +67,8 @@ WAITING, COMMITTING, DONE = 0, 1, 2
 
 
 class Deferred:
-    """A request whose reply comes later, from trio (or EINTR on interrupt).
+    """A request whose reply comes later, from trio or from the thread that
+    has the answer (:meth:`Session.park`), or EINTR on interrupt.
 
     States: WAITING (interruptible), COMMITTING (core is running the call;
     an INTERRUPT is only noted), DONE (replied). Transitions happen under the
@@ -230,6 +236,17 @@ def mount_dev(mountpoint):
     return info and info[0]
 
 
+def _attached(dev):
+    """True while a mount of device ``dev`` is in this mount namespace (by
+    its mountinfo major:minor, wherever it is mounted)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}".encode()
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            return any(line.split()[2] == want for line in f)
+    except (OSError, IndexError):
+        return True
+
+
 def mount_fstype(mountpoint):
     """Filesystem type of the mount at ``mountpoint`` (e.g. "fuse.iommufs"), or None."""
     info = _mountinfo(mountpoint)
@@ -287,7 +304,6 @@ class Session:
         self._deferred = {}
         self._jobs = {}
         self._ids = 0
-        self._fd_events = {}
         server.port = self
 
     # -- lifecycle -------------------------------------------------------------------
@@ -341,12 +357,43 @@ class Session:
                 self._nursery = nursery
                 self._thread.start()
                 task_status.started(self)
+                nursery.start_soon(self._watch_detach)
                 await self._loop_ended.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
                 await self._teardown()
+
+    async def _watch_detach(self):
+        """End the session once the mount is detached from the namespace.
+
+        A lazy unmount (``fusermount3 -u -z``: what ``iommufs umount`` does
+        while files are still open, since a plain unmount is EBUSY then)
+        detaches the mount at once but keeps the connection, and so this
+        server, until the last client closes its file, which may be never.
+        A user's unmount must end the server: the teardown closes
+        /dev/fuse, and files still open get ENOTCONN, as when a server dies.
+
+        /proc/self/mountinfo reports a change of the namespace's mounts as
+        EPOLLPRI (and is always EPOLLIN): an epoll of its own that asks only
+        for EPOLLPRI is readable exactly then, which trio can wait for.
+        """
+        dev = self.server.st_dev
+        if dev is None:
+            return
+        mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        ep = select.epoll()
+        try:
+            ep.register(mounts, select.EPOLLPRI)
+            while _attached(dev):
+                await trio.lowlevel.wait_readable(ep.fileno())
+                ep.poll(0)
+        finally:
+            ep.close()
+            os.close(mounts)
+        log.info("the mount was detached (lazy unmount): stopping")
+        self._loop_ended.set()
 
     def _loop_main(self):
         try:
@@ -427,6 +474,18 @@ class Session:
             d.fail(errno.ENOTCONN)
             _discard(discard)
         return DEFERRED
+
+    def park(self, req):
+        """Answer ``req`` later from any thread, with no trio task: the
+        returned Deferred is replied through ``enter_commit()`` then
+        ``finish()`` by whoever has the answer; an INTERRUPT answers EINTR
+        meanwhile, and shutdown ENOTCONN."""
+        with self._dlock:
+            self._ids += 1
+            d = Deferred(self, req, self._ids)
+            self._deferred[d.id] = d
+        lib.fuse_req_interrupt_func(req, lib.iofs_interrupt, ffi.cast("void *", d.id))
+        return d
 
     def _spawn(self, d, work, discard=None):
         if d.state == DONE:
@@ -521,23 +580,6 @@ class Session:
         lib.fuse_reply_err(req, errno.EINTR)
         self._call_soon(_cancel, d)
 
-    async def wait_readable(self, fd):
-        """Wait until ``fd`` is readable; any number of tasks may wait for
-        the same fd (trio allows one waiter per fd: one watcher fans out)."""
-        ev = self._fd_events.get(fd)
-        if ev is None:
-            ev = self._fd_events[fd] = trio.Event()
-            self._nursery.start_soon(self._watch_fd, fd, ev)
-        await ev.wait()
-
-    async def _watch_fd(self, fd, ev):
-        try:
-            await trio.lowlevel.wait_readable(fd)
-        finally:
-            if self._fd_events.get(fd) is ev:
-                del self._fd_events[fd]
-            ev.set()
-
     # -- replies and poll handles ------------------------------------------------------
     def _send(self, req, kind, value):
         if kind == "ioctl":
@@ -621,7 +663,8 @@ def iofs_open(req, ino, fi):
         fh = s.server.open(req, ino, fi.flags)
         fi.fh = fh
         fi.direct_io = 1
-        fi.nonseekable = 1
+        # Offsets mean regions on a VFIO node (index << 40): seekable there.
+        fi.nonseekable = 0 if s.server.seekable(fh) else 1
         fi.keep_cache = 0
     except BaseException as exc:
         _reply_error(req, exc)
@@ -648,7 +691,7 @@ def iofs_read(req, ino, size, off, fi):
 @ffi.def_extern()
 def iofs_write(req, ino, buf, size, off, fi):
     try:
-        n = _session_of(req).server.write(req, fi.fh, ffi.buffer(buf, size)[:])
+        n = _session_of(req).server.write(req, fi.fh, ffi.buffer(buf, size)[:], off)
     except BaseException as exc:
         _reply_error(req, exc)
         return

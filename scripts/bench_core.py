@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from cext._native import ffi as nffi, lib as nlib  # noqa: E402
 from core import uapi  # noqa: E402
-from core.dma import REQ  # noqa: E402
-from core.usermem import MemArg  # noqa: E402
+from core.iommu.dma import REQ  # noqa: E402
+from core.mm.usermem import MemArg  # noqa: E402
 
 from corekit import Kit, addr, new  # noqa: E402
 
@@ -35,11 +35,11 @@ def map_rate(kit, ioas, va, first_iova, count):
     c = new("iommu_ioas_map", flags=uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
             | uapi.IOMMU_IOAS_MAP_WRITEABLE, ioas_id=ioas, user_va=va, length=PAGE)
     arg = MemArg(kit.caller.mem, addr(c))
-    emu, ctx, caller = kit.emu, kit.ctx, kit.caller
+    ioctl, caller = kit.iommufd.ioctl, kit.caller
     t0 = time.perf_counter()
     for i in range(count):
         c.iova = first_iova + 2 * i * PAGE       # a gap between areas: no merging anywhere
-        emu.iommufd_ioctl(ctx, caller, uapi.IOMMU_IOAS_MAP, arg)
+        ioctl(caller, uapi.IOMMU_IOAS_MAP, arg)
     return (time.perf_counter() - t0) / count * 1e6
 
 
@@ -70,7 +70,7 @@ def bench_dma():
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     va = int(child.stdout.readline())
     kit = Kit()
-    from core.usermem import OwnerTable  # noqa: F401
+    from core.mm.usermem import OwnerTable  # noqa: F401
     ioas = kit.ioas()
     vf, dev_id = kit.bind("0000:00:03.0")
     kit.attach(vf, ioas)
@@ -80,14 +80,14 @@ def bench_dma():
     owner_caller = Caller(child.pid, os.getuid(), os.getgid())
     c = new("iommu_ioas_map", flags=uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
             | uapi.IOMMU_IOAS_MAP_WRITEABLE, ioas_id=ioas, user_va=va, length=size, iova=1 << 30)
-    kit.emu.iommufd_ioctl(kit.ctx, owner_caller, uapi.IOMMU_IOAS_MAP, MemArg(kit.caller.mem, addr(c)))
+    kit.iommufd.ioctl(owner_caller, uapi.IOMMU_IOAS_MAP, MemArg(kit.caller.mem, addr(c)))
     data = os.urandom(size)
     req = REQ.pack(b"IODM", 2, 0, 0, 1 << 30, size, 0) + data
-    dev = kit.emu.devices["0000:00:03.0"]
+    port = kit.emu.open(kit.emu.node("devices/0000:00:03.0/dma"), kit.caller)
     n = 400
     t0 = time.perf_counter()
     for _ in range(n):
-        kit.emu.dma(dev, kit.caller, req)
+        port.request(kit.caller, req)
     t_dma = (time.perf_counter() - t0) / n
     local = nffi.from_buffer(data)
     t0 = time.perf_counter()

@@ -7,7 +7,10 @@ from one run, for a fault handler waiting with epoll, poll and select:
 - full fault round trip: DMA written (t0) -> handler reads, maps the page and
   answers SUCCESS -> the device's DMA reply says done (t2);
 - each as a ratio to a plain ioctl round trip (IOMMUFS_NULL, and
-  IOMMU_OPTION GET) measured in the same run.
+  IOMMU_OPTION GET) measured in the same run;
+- the round trip as a ratio to the same round trip served by the C floor
+  server (scripts/floor_llsrv.c: the same FUSE requests, notification and
+  copies, no rule), measured in the same run: goal <= 1.5.
 
 The client is C (tests/c/bench_fault_client.c: a handler process and a
 forked device process), so the figures are the emulator's, not a Python client's.
@@ -29,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-from bench_transport import stop, wait_mounted  # noqa: E402
+from bench_transport import build_floor, stop, wait_mounted  # noqa: E402
 
 DEVICE, VFIO = "0000:00:04.0", "vfio1"       # the built-in topology's PRI accelerator
 
@@ -50,7 +53,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="iommufs-bench-")
     mnt = os.path.join(tmp, "mnt")
     os.mkdir(mnt)
-    proc = None
+    proc = fproc = None
+    fmnt = os.path.join(tmp, "floor")
+    os.mkdir(fmnt)
     try:
         cli = os.path.join(tmp, "bench_fault_client")
         subprocess.run(["gcc", "-O2", "-Wall", "-I", os.path.join(ROOT, "tests", "c"), "-o", cli,
@@ -61,6 +66,11 @@ def main():
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                                 stderr=subprocess.DEVNULL)
         wait_mounted(mnt, proc)
+        fcmd = [build_floor(tmp), fmnt]
+        if args.cpu != "all":
+            fcmd = ["taskset", "-c", args.cpu] + fcmd
+        fproc = subprocess.Popen(fcmd)
+        wait_mounted(fmnt, fproc)
         base = run(cli, args.cpu, mnt, "ioctl", 20000)
         null, option = base["null"][0], base["option"][0]
         where = "pinned to CPU " + args.cpu if args.cpu != "all" else "unpinned"
@@ -70,15 +80,19 @@ def main():
         rows = []
         for mode in ("epoll", "poll", "select"):
             r = run(cli, args.cpu, mnt, mode, args.n)
-            (wm, wp), (rm, rp) = r["wake"], r["roundtrip"]
-            rows.append((mode, wm, rm))
+            f = run(cli, args.cpu, fmnt, mode, args.n)
+            (wm, wp), (rm, rp), fm = r["wake"], r["roundtrip"], f["roundtrip"][0]
+            rows.append((mode, wm, rm, fm))
             print(f"  {mode:6} wake latency  {wm:8.2f} (p90 {wp:8.2f})   fault round trip "
-                  f"{rm:8.2f} (p90 {rp:8.2f})")
+                  f"{rm:8.2f} (p90 {rp:8.2f})   C floor's {fm:8.2f}")
         print("ratios (median)")
-        for mode, wm, rm in rows:
+        for mode, wm, rm, fm in rows:
             print(f"  {mode:6} wake / null ioctl {wm / null:6.2f}   round trip / null ioctl "
-                  f"{rm / null:6.2f}   round trip / IOMMU_OPTION {rm / option:6.2f}")
+                  f"{rm / null:6.2f}   round trip / IOMMU_OPTION {rm / option:6.2f}   "
+                  f"round trip / C floor's {rm / fm:5.2f} (goal <= 1.5)")
     finally:
+        if fproc is not None:
+            stop(fmnt, fproc)
         if proc is not None:
             stop(mnt, proc)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -169,12 +169,16 @@ def start_server(path=None, emulator=None, args=(), timeout=20.0):
 
 
 def stop_server(m, timeout=10.0, remove=True):
-    """Unmount and stop ``m``: fusermount3 -u, then -u -z, then SIGKILL.
+    """Unmount and stop ``m``: fusermount3 -u (-u -z if files are open),
+    then -u -z again, then SIGKILL.
 
     Returns the server's exit status.
     """
     if m.proc.poll() is None:
-        subprocess.run(["fusermount3", "-u", m.path], capture_output=True)
+        if subprocess.run(["fusermount3", "-u", m.path], capture_output=True).returncode != 0:
+            # Files still open (EBUSY): detach it, as ``iommufs umount``
+            # does; the server sees the mount go and ends.
+            subprocess.run(["fusermount3", "-u", "-z", m.path], capture_output=True)
         try:
             m.proc.wait(timeout / 2)
         except subprocess.TimeoutExpired:

@@ -12,7 +12,7 @@ from core.caller import Caller
 from core.emulator import Emulator
 from core.errors import UapiError
 from core.uapi import ffi
-from core.usermem import FrameArg, MemArg
+from core.mm.usermem import FrameArg, MemArg
 
 
 def new(struct_name, **fields):
@@ -28,6 +28,16 @@ def addr(cdata):
     return int(ffi.cast("uintptr_t", cdata))
 
 
+def open_node(emu, path, caller):
+    """Open the node at ``path`` (core's node table) as ``caller``: its File."""
+    return emu.open(emu.node(path), caller)
+
+
+def dma_request(emu, device, caller, request):
+    """One IODM request (bytes) on ``device``'s dma node -> its reply."""
+    return open_node(emu, f"devices/{device.name}/dma", caller).request(caller, request)
+
+
 class Kit:
     """An Emulator with the built-in topology and one context, plus calls.
 
@@ -38,22 +48,31 @@ class Kit:
     def __init__(self, topology=None):
         self.emu = Emulator(topology)
         self.caller = Caller(threading.get_native_id(), os.getuid(), os.getgid())
-        self.ctx = self.emu.open_iommufd(self.caller)
         self.files = []
+        self.new_context()
+
+    def open_iommufd(self):
+        """A new open of /dev/iommu (core.iommufd.dispatch.IommufdFile: ``ctx``)."""
+        return open_node(self.emu, "iommu", self.caller)
+
+    def new_context(self):
+        """Make a new open of /dev/iommu the kit's ``iommufd`` / ``ctx``."""
+        self.iommufd = self.open_iommufd()
+        self.ctx = self.iommufd.ctx
 
     def ioctl(self, cmd, cdata=None):
-        return self.emu.iommufd_ioctl(self.ctx, self.caller, cmd, MemArg(self.caller.mem, addr(cdata) if cdata is not None else 0))
+        return self.iommufd.ioctl(self.caller, cmd, MemArg(self.caller.mem, addr(cdata) if cdata is not None else 0))
 
     def ioctl_int(self, cmd, value):
         """ioctl(iommufd, cmd, value) for an integer argument (VFIO_CHECK_EXTENSION)."""
-        return self.emu.iommufd_ioctl(self.ctx, self.caller, cmd, MemArg(self.caller.mem, value))
+        return self.iommufd.ioctl(self.caller, cmd, MemArg(self.caller.mem, value))
 
     def frame(self, cmd, data):
         """The call as a request frame carrying ``data`` (bytes): returns
         ``(result or -errno, the reply's argument bytes)``."""
         arg = FrameArg(data)
         try:
-            r = self.emu.iommufd_ioctl(self.ctx, self.caller, cmd, arg)
+            r = self.iommufd.ioctl(self.caller, cmd, arg)
         except UapiError as e:
             r = -e.errno
         return r, bytes(arg.buf)
@@ -67,13 +86,13 @@ class Kit:
 
     # -- VFIO ---------------------------------------------------------------
     def open_vfio(self, name):
-        vf = self.emu.open_vfio(self.emu.devices[name], self.caller)
+        vf = open_node(self.emu, f"vfio/devices/{self.emu.devices[name].vfio}", self.caller)
         self.files.append(vf)
         return vf
 
     def vfio(self, vf, cmd, cdata, ctx=None):
         caller = Caller(self.caller.tid, self.caller.uid, self.caller.gid, fds={7: ctx or self.ctx})
-        return self.emu.vfio_ioctl(vf, caller, cmd, MemArg(caller.mem, addr(cdata)))
+        return vf.ioctl(caller, cmd, MemArg(caller.mem, addr(cdata)))
 
     def vfio_err(self, vf, cmd, cdata, ctx=None):
         try:
@@ -121,5 +140,5 @@ class Kit:
 
     def close(self):
         for vf in self.files:
-            self.emu.close_vfio(vf)
-        self.emu.close_iommufd(self.ctx)
+            vf.release()
+        self.iommufd.release()

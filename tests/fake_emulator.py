@@ -1,4 +1,5 @@
-"""A fake core.emulator.Emulator for transport tests (same method names).
+"""A fake core.emulator.Emulator for transport tests (the same node table
+and file protocol, core.files).
 
 It lets tests see exactly what the transport hands to core, with nothing of
 core's rules in the way. Commands (on ``iommu`` and VFIO nodes), all ``_IO``
@@ -12,8 +13,8 @@ numbers of type 0x3b like the real ones; every struct starts with a u32 size:
 - FAKE_ERRNO    {u32 size, u32 err}: raises UapiError(err).
 - FAKE_SUM      {u32 size, u32 len, u64 ptr, u64 sum}: sum of ``len`` bytes
   at ``ptr`` in the caller's memory (a pointer field), returns 0.
-- FAKE_BLOCK    blocks (the deferred path: raises an exception carrying
-  ``wait_fd``) until FAKE_UNBLOCK, then returns 42. This is the test-only
+- FAKE_BLOCK    blocks (the deferred path: raises a core.files.Wait)
+  until FAKE_UNBLOCK, then returns 42. This is the test-only
   deferred path of the transport tests.
 - FAKE_UNBLOCK  releases every FAKE_BLOCK waiter; returns 0.
 - FAKE_CRASH    raises RuntimeError (the transport must answer EIO and live on).
@@ -21,7 +22,7 @@ numbers of type 0x3b like the real ones; every struct starts with a u32 size:
   ``ctx_id`` was closed (and how many times close_* ran), returns 0.
 - VFIO_DEVICE_BIND_IOMMUFD (0x3b76) on a VFIO node: {u32 argsz, u32 flags,
   s32 iommufd, u32 out_devid}: out_devid = id of the context behind
-  ``iommufd`` (via Caller.iommufd: EBADF / EBADFD as resolved by devfs).
+  ``iommufd`` (via Caller.fd: EBADF / EBADFD as resolved by devfs).
 
 ``dma`` frames are echoed: reply = b"IODM" + status 0 + len + the request.
 """
@@ -32,6 +33,8 @@ import struct
 import threading
 
 from core.errors import UapiError
+from core.files import (IOCTL_FRAMES, REQUEST_FRAMES, TRANSPORT_IOCTLS, Dir, File, InfoFile,
+                        Opener, Wait)
 
 
 def _io(nr):
@@ -49,12 +52,8 @@ FAKE_CLOSED = _io(0xC7)
 BIND = 0x3B76
 
 
-class WouldBlock(Exception):
-    """What a core call raises to say "retry when ``wait_fd`` is readable"."""
-
-    def __init__(self, fd):
-        super().__init__(fd)
-        self.wait_fd = fd
+class WouldBlock(Wait):
+    """What a core call raises to say "retry when ``fd`` is readable"."""
 
 
 class Device:
@@ -70,12 +69,57 @@ class Ctx:
         self.closes = 0
 
 
-class VFile:
-    def __init__(self, device, uid):
+class IommuFile(File):
+    frames = IOCTL_FRAMES
+    transport_ioctls = TRANSPORT_IOCTLS
+
+    def __init__(self, emu, ctx):
+        self.emu = emu
+        self.ctx = ctx
+
+    def ioctl(self, caller, cmd, arg):
+        return self.emu.iommufd_ioctl(self.ctx, caller, cmd, arg)
+
+    def release(self):
+        self.emu._enter()
+        self.ctx.closes += 1
+        self.emu._leave()
+
+    def fget(self):
+        return self.ctx
+
+
+class VFile(File):
+    frames = IOCTL_FRAMES
+    transport_ioctls = TRANSPORT_IOCTLS
+
+    def __init__(self, emu, device, uid):
+        self.emu = emu
         self.device = device
         self.uid = uid
         self.closes = 0
         self.bound = None
+
+    def ioctl(self, caller, cmd, arg):
+        return self.emu.vfio_ioctl(self, caller, cmd, arg)
+
+    def release(self):
+        self.closes += 1
+
+
+class Port(File):
+    frames = REQUEST_FRAMES
+
+    def __init__(self, emu, device):
+        self.emu = emu
+        self.device = device
+
+    def request(self, caller, data):
+        return self.emu.dma(self.device, caller, data)
+
+    @staticmethod
+    def failure(err):
+        return b"IODM" + struct.pack("<iIIQ", -err, 0, 0, 0)
 
 
 class FakeEmulator:
@@ -106,36 +150,43 @@ class FakeEmulator:
         with self.guard:
             self.inside -= 1
 
-    def vfio_nodes(self):
-        return dict(self.devices)
+    def nodes(self):
+        out = [("iommu", Opener(self._open_iommufd, Ctx)),
+               ("vfio", Dir()), ("vfio/devices", Dir()), ("devices", Dir()), ("fds", Dir())]
+        out += [(f"vfio/devices/{n}", Opener(lambda c, f, d=d: VFile(self, d, c.uid), VFile))
+                for n, d in self.devices.items()]
+        for d in sorted(self.devices.values(), key=lambda d: d.name):
+            out += [(f"devices/{d.name}", Dir()),
+                    (f"devices/{d.name}/dma", Opener(lambda c, f, d=d: Port(self, d), Port)),
+                    (f"devices/{d.name}/info", Opener(lambda c, f, d=d: self._open_info(d, f),
+                                                      InfoFile, 0o444)),
+                    (f"devices/{d.name}/driver", Opener(self._no_driver, File))]
+        return out
 
-    def device_info(self, device):
+    def open(self, node, caller, flags=os.O_RDWR):
+        return node.open(caller, flags)
+
+    def _open_info(self, device, flags):
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise UapiError(errno.EACCES, "info is read-only")
         self._enter()
         try:
-            return json.dumps({"name": device.name, "vfio": device.vfio}).encode()
+            return InfoFile(json.dumps({"name": device.name, "vfio": device.vfio}).encode())
         finally:
             self._leave()
 
-    def open_iommufd(self, caller):
+    def _no_driver(self, caller, flags):
+        raise UapiError(errno.ENODEV, "the fake has no driver side")
+
+    def _open_iommufd(self, caller, flags):
         self._enter()
         try:
             ctx = Ctx(self.next_id, caller.uid)
             self.next_id += 1
             self.contexts[ctx.id] = ctx
-            return ctx
+            return IommuFile(self, ctx)
         finally:
             self._leave()
-
-    def close_iommufd(self, ctx):
-        self._enter()
-        ctx.closes += 1
-        self._leave()
-
-    def open_vfio(self, device, caller):
-        return VFile(device, caller.uid)
-
-    def close_vfio(self, vfile):
-        vfile.closes += 1
 
     def iommufd_ioctl(self, ctx, caller, cmd, arg):
         self._enter()
@@ -153,7 +204,7 @@ class FakeEmulator:
                 raise UapiError(errno.EACCES, "other uid")
             if cmd == BIND:
                 argsz, flags, fd = struct.unpack("<IIi", arg.read(0, 12))
-                ctx = caller.iommufd(fd)
+                ctx = caller.fd(fd, Ctx)
                 vfile.bound = ctx
                 arg.write(12, struct.pack("<I", ctx.id))
                 return 0

@@ -974,7 +974,8 @@ class Worker:
 # The minimum sizes (offsetofend of the last mandatory field) of the
 # tables the server applies, so that "minimum - 1" and "minimum" are drawn.
 def _min_sizes():
-    from core import dispatch, driver
+    from core.iommu import driver
+    from core.iommufd import dispatch
 
     out = {}
     for op in list(dispatch.OPS.values()) + list(driver.DRIVER.ops.values()):

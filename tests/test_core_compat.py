@@ -15,13 +15,13 @@ import struct
 import pytest
 
 from core import uapi
-from core.dma import REPLY, REQ
+from core.iommu.dma import REPLY, REQ
 from core.errors import UapiError
 from core.uapi import ffi
-from core.usermem import MemArg
+from core.mm.usermem import MemArg
 from devfs.client import Buffer
 
-from corekit import Kit, new
+from corekit import Kit, dma_request, new
 
 PLAIN = "0000:00:03.0"
 PAGE = 4096
@@ -76,7 +76,7 @@ def unmap_dma(kit, iova, size, flags=0):
 def dma(kit, op, iova, data=b"", length=None):
     """One DMA of the plain device -> (status, data read)."""
     n = len(data) if length is None else length
-    rep = kit.emu.dma(kit.emu.devices[PLAIN], kit.caller, REQ.pack(b"IODM", op, 0, 0, iova, n, 0) + data)
+    rep = dma_request(kit.emu, kit.emu.devices[PLAIN], kit.caller, REQ.pack(b"IODM", op, 0, 0, iova, n, 0) + data)
     _magic, status, _moved, _res, _fault = REPLY.unpack_from(rep)
     return status, rep[REPLY.size:]
 
@@ -107,7 +107,7 @@ def ro_call(kit, cmd, cdata):
     """The call with ``cdata``'s bytes in a read-only page -> 0 or errno."""
     ro = ReadOnly(ffi.buffer(cdata)[:])
     try:
-        kit.emu.iommufd_ioctl(kit.ctx, kit.caller, cmd, MemArg(kit.caller.mem, ro.va))
+        kit.iommufd.ioctl(kit.caller, cmd, MemArg(kit.caller.mem, ro.va))
     except UapiError as e:
         return e.errno
     return 0
@@ -122,7 +122,7 @@ class FakeDomain:
         if not coherent:
             self.enforce_cache_coherency = False
 
-    def map(self, iova, user_va, length, prot, huge):
+    def map(self, iova, user_va, length, prot, huge, owner=None):
         pass
 
     def unmap(self, iova, length):

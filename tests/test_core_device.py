@@ -9,12 +9,12 @@ import struct
 import pytest
 
 from core import uapi
-from core.dma import REQ, REPLY
+from core.iommu.dma import REQ, REPLY
 from core.topology import Topology, parse_bdf
 from core.uapi import ffi
 from devfs.client import Buffer
 
-from corekit import Kit, addr, new
+from corekit import Kit, addr, dma_request, new
 
 PLAIN = "0000:00:03.0"
 ACCEL = "0000:00:04.0"
@@ -32,7 +32,7 @@ def kit():
 def dma(kit, name, op, iova, length=0, data=b"", pasid=None):
     flags = 1 if pasid is not None else 0
     req = REQ.pack(b"IODM", op, flags, pasid or 0, iova, length, 0) + data
-    rep = kit.emu.dma(kit.emu.devices[name], kit.caller, req)
+    rep = dma_request(kit.emu, kit.emu.devices[name], kit.caller, req)
     magic, status, moved, _, fault = REPLY.unpack_from(rep)
     assert magic == b"IODM"
     return status, moved, fault, rep[REPLY.size:]
@@ -92,15 +92,15 @@ def test_bind_rules_in_order(kit):
 
 
 def test_bind_unreadable_is_efault_and_unbind_on_close(kit):
-    from core.usermem import MemArg
+    from core.mm.usermem import MemArg
     from core.errors import UapiError
 
     vf = kit.open_vfio(PLAIN)
     with pytest.raises(UapiError) as e:
-        kit.emu.vfio_ioctl(vf, kit.caller, uapi.VFIO_DEVICE_BIND_IOMMUFD, MemArg(kit.caller.mem, 8))
+        vf.ioctl(kit.caller, uapi.VFIO_DEVICE_BIND_IOMMUFD, MemArg(kit.caller.mem, 8))
     assert e.value.errno == errno.EFAULT
     vf, dev_id = kit.bind(PLAIN)
-    kit.emu.close_vfio(vf)
+    vf.release()
     assert kit.emu.devices[PLAIN].bound is None
     assert kit.destroy_err(dev_id) == errno.ENOENT
     vf, dev_id2 = kit.bind(PLAIN)          # the device can be bound again
@@ -109,13 +109,13 @@ def test_bind_unreadable_is_efault_and_unbind_on_close(kit):
 
 def test_vfio_other_uid_is_eacces(kit):
     from core.caller import Caller
-    from core.usermem import MemArg
+    from core.mm.usermem import MemArg
     from core.errors import UapiError
 
     vf = kit.open_vfio(PLAIN)
     other = Caller(kit.caller.tid, kit.caller.uid + 1, 0)
     with pytest.raises(UapiError) as e:
-        kit.emu.vfio_ioctl(vf, other, uapi.VFIO_DEVICE_GET_INFO, MemArg(other.mem, 8))
+        vf.ioctl(other, uapi.VFIO_DEVICE_GET_INFO, MemArg(other.mem, 8))
     assert e.value.errno == errno.EACCES
 
 
@@ -124,10 +124,16 @@ def test_get_info(kit):
     info = new("vfio_device_info", cap_offset=0x55, pad=0x77)
     kit.vfio(vf, uapi.VFIO_DEVICE_GET_INFO, info)
     assert (info.flags, info.num_regions, info.num_irqs, info.cap_offset) == (3, 9, 5, 0)
-    assert info.pad == 0x77                      # only the 20-byte minimum is written
-    info.argsz = 19
+    assert info.pad == 0                         # min(argsz, 24) bytes written (vfio-device.md §3.1)
+    info.argsz, info.pad, info.cap_offset = 20, 0x77, 0x55
+    kit.vfio(vf, uapi.VFIO_DEVICE_GET_INFO, info)
+    assert (info.cap_offset, info.pad) == (0, 0x77)   # a 20-byte caller gets 20 bytes
+    info.argsz = 16
+    kit.vfio(vf, uapi.VFIO_DEVICE_GET_INFO, info)
+    assert info.cap_offset == 0                  # 16 bytes: up to num_irqs
+    info.argsz = 15
     assert kit.vfio_err(vf, uapi.VFIO_DEVICE_GET_INFO, info) == errno.EINVAL
-    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_RESET, info) == errno.ENOTTY
+    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_IOEVENTFD, info) == errno.ENOTTY
 
 
 # -- ATTACH / DETACH (§8, §11.3) -----------------------------------------------------
@@ -332,7 +338,7 @@ def test_dma_lands_in_memory_and_faults_are_reported(kit):
     REQ.pack(b"IODM", 1, 0, 0, 0, 1 << 30, 0),
 ])
 def test_dma_bad_frames_are_einval(kit, frame):
-    rep = kit.emu.dma(kit.emu.devices[PLAIN], kit.caller, frame)
+    rep = dma_request(kit.emu, kit.emu.devices[PLAIN], kit.caller, frame)
     assert REPLY.unpack_from(rep)[1] == -errno.EINVAL
 
 
@@ -342,10 +348,10 @@ def test_close_with_device_bound_keeps_context_until_unbind(kit):
     kit.attach(vf, ioas)
     buf = Buffer(MB)
     kit.map(ioas, buf.va, MB, iova=0x100000)
-    kit.emu.close_iommufd(kit.ctx)
+    kit.iommufd.release()
     assert dma(kit, PLAIN, 2, 0x100000, 3, b"yes")[0] == 0   # the bound device keeps it alive
     assert buf[0:3] == b"yes"
-    kit.emu.close_vfio(vf)
+    vf.release()
     assert kit.ctx.closed and not kit.ctx.objects and len(kit.ctx.owners) == 0
     assert kit.emu.devices[PLAIN].bound is None
 

@@ -3,7 +3,7 @@
 Reference §10.1 (fault queue fd: read, write, poll, cookies, ESPIPE/EINVAL
 rules), §9.1 (FAULT_ID_VALID), §8 (detach/replace answer pending faults),
 seed 004 (fault routing {RID, PASID} -> device cookie). A DMA from a PRI
-device raises core.dma.DmaWait; the test plays the transport: it answers
+device raises core.iommu.dma.DmaWait; the test plays the transport: it answers
 through the queue and calls ``resume()``.
 """
 import errno
@@ -13,13 +13,13 @@ import struct
 import pytest
 
 from core import uapi
-from core.dma import REPLY, REQ, DmaWait
+from core.iommu.dma import REPLY, REQ, DmaWait
 from core.errors import UapiError
-from core.fault import RECORD
+from core.iommufd.fault import RECORD
 from core.topology import Topology
 from devfs.client import Buffer
 
-from corekit import Kit, new
+from corekit import Kit, dma_request, new, open_node
 
 PLAIN, ACCEL, LOCAL = "0000:00:03.0", "0000:00:04.0", "0000:00:05.0"
 BR0 = "0000:01:00.0"
@@ -49,7 +49,7 @@ def status(rep):
 def write_dma(kit, name, iova, data, **kw):
     """A DMA write: its reply, or the DmaWait it raised."""
     try:
-        return status(kit.emu.dma(kit.emu.devices[name], kit.caller, frame(2, iova, len(data), data, **kw)))
+        return status(dma_request(kit.emu, kit.emu.devices[name], kit.caller, frame(2, iova, len(data), data, **kw)))
     except DmaWait as w:
         return w
 
@@ -68,7 +68,7 @@ class Setup:
         kit.caller.returned.clear()
         kit.ioctl(uapi.IOMMU_FAULT_QUEUE_ALLOC, c)
         self.fault_id = c.out_fault_id
-        assert c.out_fault_fd == 0xFFFFFFFF               # -1: the fd is a node (README)
+        assert c.out_fault_fd == 0xFFFFFFFF               # -1: the fd is a node (docs/nodes.md)
         self.ffile = kit.caller.returned.pop()
         self.ffile.opened()                               # the client opens the node
         self.q = self.ffile.queue
@@ -109,7 +109,7 @@ def test_hwpt_holds_the_fault_object(kit):
     s = Setup(kit)
     s.ffile.released()
     assert kit.destroy_err(s.fault_id) == errno.EBUSY     # the HWPT uses it
-    kit.emu.close_vfio(s.vf)
+    s.vf.release()
     kit.destroy(s.hwpt)
     kit.destroy(s.fault_id)
     c = new("iommu_hwpt_alloc", dev_id=kit.bind(ACCEL)[1], pt_id=s.ioas, fault_id=s.fault_id,
@@ -289,7 +289,7 @@ def test_fault_of_an_mdev_reaches_the_mdev_cookie(kit):
     w2 = write_dma(kit, ACCEL, 0xC01000, b"q", pasid=1)    # the parent, same TLPs
     (rec2,) = s.read()
     assert rec2["dev_id"] == s.dev_id
-    kit.emu.close_vfio(s.vf)                               # unbind: detach answers them
+    s.vf.release()                               # unbind: detach answers them
     assert w.group.done == w2.group.done == uapi.IOMMU_PAGE_RESP_INVALID
 
 
@@ -304,15 +304,15 @@ def test_group_member_without_pri_fails_at_once():
 
 
 def test_sva_fault_is_reported_to_the_bond_driver(kit):
-    from core.driver import EVENT
+    from core.iommu.driver import EVENT
 
-    d = kit.emu.open_driver(kit.emu.devices[ACCEL], kit.caller)
+    d = open_node(kit.emu, f"devices/{ACCEL}/driver", kit.caller)
     bond = kit.emu.sva.bind(d, kit.caller, 0)
     d.bonds[bond.handle] = bond
     assert write_dma(kit, ACCEL, 16, b"x", pasid=bond.pasid)[0] == -errno.EFAULT
-    data = kit.emu.driver_read(d, kit.caller, 64)
+    data = d.read(kit.caller, 64, 0)
     assert EVENT.unpack_from(data) == (uapi.IOMMUFS_EVENT_IOPF, bond.handle, bond.pasid, os.getpid(), 16, 2, 0)
-    kit.emu.close_driver(d)
+    d.release()
 
 
 def test_pri_device_topology_flags():

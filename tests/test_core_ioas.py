@@ -13,13 +13,15 @@ import threading
 
 import pytest
 
-from core import dispatch, uapi
+from core.iommufd import dispatch, ucmd
+
+from core import uapi
 from core.caller import Caller
-from core.context import Context, Obj
+from core.iommufd.context import Context, Obj
 from core.errors import UapiError
-from core.ioas import PROT_READ, PROT_WRITE, Ioas
+from core.iommufd.ioas import PROT_READ, PROT_WRITE, Ioas
 from core.uapi import ffi
-from core.usermem import FrameArg, MemArg
+from core.mm.usermem import FrameArg, MemArg
 
 U64_MAX = (1 << 64) - 1
 PAGE = 4096
@@ -175,7 +177,7 @@ class Env:
 
 
 class FakeDomain:
-    """The domain interface of core.ioas, recording what is mapped."""
+    """The domain interface of core.iommufd.ioas, recording what is mapped."""
 
     def __init__(self, page_size=PAGE, aperture=None, fail_at=None):
         self.page_size = page_size
@@ -185,7 +187,7 @@ class FakeDomain:
         self.calls = 0
         self.fail_at = fail_at
 
-    def map(self, iova, user_va, length, prot, huge):
+    def map(self, iova, user_va, length, prot, huge, owner=None):
         self.calls += 1
         if self.fail_at is not None and self.calls >= self.fail_at:
             raise OSError(errno.ENOMEM, "fake table full")
@@ -292,7 +294,7 @@ def test_short_struct_is_zero_filled_and_written_back_short(env, monkeypatch):
         cmd.out_hwpt_id = 0xABCD
         cmd.data_uptr = 0x1122334455667788  # beyond the caller's 24 bytes
 
-    op = dispatch.Op(0x3B9F, "iommu_hwpt_alloc", "__reserved", handler, "struct")
+    op = ucmd.Op(0x3B9F, "iommu_hwpt_alloc", "__reserved", handler, "struct")
     monkeypatch.setitem(dispatch.OPS, 0x9F, op)
     blob = ffi.new("char[]", 48)
     poke(addr(blob), struct.pack("<6I", 24, 0, 0, 0, 0, 0) + b"\x5a" * 24)

@@ -2,7 +2,7 @@
 
 PASID attach rules (reference §8, §11.3), PASID spaces (seed 003), routing
 by {RID, PASID}, groups and RID aliases (seed 001), mdevs (seed 004), SVA
-bonds (seed 002) and the driver node's commands (README, "The driver side").
+bonds (seed 002) and the driver node's commands (docs/driver-side.md).
 Every routing claim is proven by DMA bytes landing (or not) in real memory.
 """
 import errno
@@ -16,15 +16,16 @@ import pytest
 
 from core import uapi
 from core.caller import Caller
-from core.dma import REPLY, REQ
-from core.driver import EVENT
+from core.iommu.dma import REPLY, REQ
+from core.iommu.driver import EVENT
+from core.emulator import Emulator
 from core.errors import UapiError
-from core.pasid import PasidSpace
+from core.iommu.pasid import PasidSpace
 from core.topology import Topology
-from core.usermem import MemArg
+from core.mm.usermem import MemArg
 from devfs.client import Buffer
 
-from corekit import Kit, addr, new
+from corekit import Kit, addr, dma_request, new, open_node
 
 PLAIN = "0000:00:03.0"
 ACCEL = "0000:00:04.0"
@@ -71,7 +72,7 @@ def multi():
 def dma(kit, name, op, iova, length=0, data=b"", pasid=None, caller=None):
     flags = 1 if pasid is not None else 0
     req = REQ.pack(b"IODM", op, flags, pasid or 0, iova, length, 0) + data
-    rep = kit.emu.dma(kit.emu.devices[name], caller or kit.caller, req)
+    rep = dma_request(kit.emu, kit.emu.devices[name], caller or kit.caller, req)
     magic, status, moved, _, fault = REPLY.unpack_from(rep)
     assert magic == b"IODM"
     return status, rep[REPLY.size:]
@@ -87,10 +88,10 @@ class Driver:
     def __init__(self, kit, name, caller=None):
         self.kit = kit
         self.caller = caller or kit.caller
-        self.f = kit.emu.open_driver(kit.emu.devices[name], self.caller)
+        self.f = open_node(kit.emu, f"devices/{name}/driver", self.caller)
 
     def call(self, cmd, c):
-        return self.kit.emu.driver_ioctl(self.f, self.caller, cmd, MemArg(self.caller.mem, addr(c)))
+        return self.f.ioctl(self.caller, cmd, MemArg(self.caller.mem, addr(c)))
 
     def err(self, cmd, c):
         with pytest.raises(UapiError) as e:
@@ -116,11 +117,11 @@ class Driver:
         return c.out_pasid
 
     def events(self, count=1024):
-        data = self.kit.emu.driver_read(self.f, self.caller, count)
+        data = self.f.read(self.caller, count, 0)
         return [EVENT.unpack_from(data, i) for i in range(0, len(data), EVENT.size)]
 
     def close(self):
-        self.kit.emu.close_driver(self.f)
+        self.f.release()
 
 
 # -- PasidSpace ------------------------------------------------------------------------
@@ -176,14 +177,14 @@ def test_driver_rules(kit):
     raw[0:4] = (32).to_bytes(4, "little")
     raw[28:29] = b"\1"
     with pytest.raises(UapiError) as e:
-        kit.emu.driver_ioctl(d.f, kit.caller, uapi.IOMMUFS_SVA_BIND, MemArg(kit.caller.mem, raw.va))
+        d.f.ioctl(kit.caller, uapi.IOMMUFS_SVA_BIND, MemArg(kit.caller.mem, raw.va))
     assert e.value.errno == errno.E2BIG
     assert d.err(0xF51F, big) == errno.ENOTTY
     assert d.err(uapi.IOMMUFS_SVA_UNBIND, new("iommufs_sva", handle=9)) == errno.ENOENT
     assert d.err(uapi.IOMMUFS_SVA_GET_PASID, new("iommufs_sva", handle=9)) == errno.ENOENT
     other = Caller(kit.caller.tid, kit.caller.uid + 1, 0)
     with pytest.raises(UapiError) as e:
-        kit.emu.driver_ioctl(d.f, other, uapi.IOMMUFS_PASID_ALLOC, MemArg(other.mem, addr(c)))
+        d.f.ioctl(other, uapi.IOMMUFS_PASID_ALLOC, MemArg(other.mem, addr(c)))
     assert e.value.errno == errno.EACCES
 
 
@@ -308,18 +309,17 @@ def test_group_dma_carries_the_alias_rid(kit):
 
 def test_group_is_owned_by_one_context(kit):
     vf0, d0 = kit.bind(BR0)
-    other = kit.emu.open_iommufd(kit.caller)
+    other = kit.open_iommufd()
     vf1 = kit.open_vfio(BR1)
     b = new("vfio_device_bind_iommufd", iommufd=7)
-    assert kit.vfio_err(vf1, uapi.VFIO_DEVICE_BIND_IOMMUFD, b, ctx=other) == errno.EBUSY
+    assert kit.vfio_err(vf1, uapi.VFIO_DEVICE_BIND_IOMMUFD, b, ctx=other.ctx) == errno.EBUSY
     kit.vfio(vf1, uapi.VFIO_DEVICE_BIND_IOMMUFD, b)            # the same context: fine
     assert b.out_devid == d0 + 1
-    kit.emu.close_iommufd(other)
+    other.release()
 
 
 def test_group_members_in_info():
-    t = Topology.builtin()
-    by = {d.name: d for d in t.devices}
+    by = Emulator(Topology.builtin()).devices     # the info document is a live device's
     assert by[BR0].info()["group_members"] == [BR0, BR1] == by[BR1].info()["group_members"]
     assert by[PLAIN].info()["group_members"] == [PLAIN]
     assert by["mdev0"].info()["group_members"] == ["mdev0"]
@@ -463,7 +463,7 @@ def test_mm_exit_event_then_dma_fails_and_unbind_still_works(kit):
         kit.emu.fire_watch(kit.emu.watches[pidfd])            # what the transport does
         assert changed == [1]
         with pytest.raises(UapiError) as e:
-            kit.emu.driver_read(d.f, kit.caller, 31)
+            d.f.read(kit.caller, 31, 0)
         assert e.value.errno == errno.EINVAL
         assert d.events() == [(uapi.IOMMUFS_EVENT_MM_EXIT, handle, pasid, child.pid, 0, 0, 0)]
         assert d.events() == []

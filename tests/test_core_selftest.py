@@ -17,9 +17,9 @@ import pytest
 from core import uapi
 from core.caller import Caller
 from core.errors import UapiError
-from core.selftest import AccessFile
+from core.iommufd.selftest import AccessFile
 from core.uapi import ffi
-from core.usermem import MemArg
+from core.mm.usermem import MemArg
 from devfs.client import Buffer
 
 from corekit import Kit, addr, new
@@ -57,7 +57,7 @@ class ST(Kit):
 
     def run(self, c, fds=None):
         caller = Caller(self.caller.tid, self.caller.uid, self.caller.gid, fds=fds)
-        self.emu.iommufd_ioctl(self.ctx, caller, uapi.IOMMU_TEST_CMD, MemArg(caller.mem, addr(c)))
+        self.iommufd.ioctl(caller, uapi.IOMMU_TEST_CMD, MemArg(caller.mem, addr(c)))
         return caller
 
     def test_err(self, op, id=0, fds=None, **members):
@@ -134,7 +134,7 @@ class ST(Kit):
     def fault_queue(self):
         c = new("iommu_fault_alloc")
         caller = Caller(self.caller.tid, self.caller.uid, self.caller.gid)
-        self.emu.iommufd_ioctl(self.ctx, caller, uapi.IOMMU_FAULT_QUEUE_ALLOC, MemArg(caller.mem, addr(c)))
+        self.iommufd.ioctl(caller, uapi.IOMMU_FAULT_QUEUE_ALLOC, MemArg(caller.mem, addr(c)))
         return c.out_fault_id, caller.returned[0]
 
 
@@ -226,16 +226,16 @@ def test_only_responding_ops_write_the_struct_back(st):
     c = st.cmd(uapi.IOMMU_TEST_OP_ADD_RESERVED, ioas, add_reserved={"start": 0x20000, "length": 0x1000})
     page[0:72] = ffi.buffer(c)[:]
     _mprotect(page.va, PAGE, mmap.PROT_READ)
-    st.emu.iommufd_ioctl(st.ctx, st.caller, uapi.IOMMU_TEST_CMD, MemArg(st.caller.mem, page.va))
+    st.iommufd.ioctl(st.caller, uapi.IOMMU_TEST_CMD, MemArg(st.caller.mem, page.va))
     _mprotect(page.va, PAGE, mmap.PROT_READ | mmap.PROT_WRITE)
     c = st.cmd(uapi.IOMMU_TEST_OP_MOCK_DOMAIN, ioas)
     page[0:72] = ffi.buffer(c)[:]
     _mprotect(page.va, PAGE, mmap.PROT_READ)
     with pytest.raises(UapiError) as e:
-        st.emu.iommufd_ioctl(st.ctx, st.caller, uapi.IOMMU_TEST_CMD, MemArg(st.caller.mem, page.va))
+        st.iommufd.ioctl(st.caller, uapi.IOMMU_TEST_CMD, MemArg(st.caller.mem, page.va))
     assert e.value.errno == errno.EFAULT
     assert list(st.ctx.objects) == [ioas] and st.ioas() == ioas + 1
-    assert not [d for d in st.emu.topology.by_rid.values() if d[0].name.startswith("mock")]
+    assert not [d for d in st.emu.by_rid.values() if d[0].name.startswith("mock")]
     _mprotect(page.va, PAGE, mmap.PROT_READ | mmap.PROT_WRITE)
     page.close()
 
@@ -287,7 +287,7 @@ def test_mock_domain_ids_geometry_and_destroy(st):
     st.destroy(stdev2)
     assert list(st.ctx.objects) == [ioas]                 # the auto HWPT went with its last device
     assert st.iova_ranges(ioas) == ([(0, 2 ** 64 - 1)], 1)
-    assert not any(d.name.startswith("mock") for ds in st.emu.topology.by_rid.values() for d in ds)
+    assert not any(d.name.startswith("mock") for ds in st.emu.by_rid.values() for d in ds)
     st.destroy(ioas)
 
 
@@ -412,8 +412,8 @@ def test_md_check_refs_counts_pins_per_distinct_pages(st, buf):
     assert st.refs(buf.va, n * PAGE) == [2] + [0] * (n - 1)   # the copy still holds page 0
     st.unmap(ioas, cp.dst_iova, PAGE)
     assert st.refs(buf.va, n * PAGE) == [1] + [0] * (n - 1)
-    st.emu.close_iommufd(st.ctx)
-    st.ctx = st.emu.open_iommufd(st.caller)
+    st.iommufd.release()
+    st.new_context()
     assert st.refs(buf.va, n * PAGE) == [0] * n
 
 
@@ -666,16 +666,16 @@ def test_trigger_iopf_reaches_the_fault_queue(st):
     hwpt = _fault_hwpt(st, idev, ioas, fault_id)
     st.test(uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev, mock_domain_replace={"pt_id": hwpt})
     st.test(trig, trigger_iopf=iopf)
-    rec = st.emu.fault_read(ffile, st.caller, 80)
+    rec = ffile.read(st.caller, 80)
     flags, dev_id, pasid, grpid, perm, _, addr_, length, cookie = struct.unpack("<IIIIIIQII", rec)
     assert (flags, dev_id, pasid, grpid, perm, addr_, length, cookie) == (
         uapi.IOMMU_PGFAULT_FLAGS_LAST_PAGE, idev, 0, 2, R_W, 0xDEADBEAF, 0, 1)
-    assert st.emu.fault_write(ffile, st.caller, struct.pack("<II", cookie, 0)) == 8
+    assert ffile.write(st.caller, struct.pack("<II", cookie, 0)) == 8
     # A PASID with a route: PASID_VALID; one without (PASID 1): dropped.
     st.test(uapi.IOMMU_TEST_OP_PASID_ATTACH, stdev, pasid_attach={"pasid": 5, "pt_id": hwpt})
     st.test(trig, trigger_iopf=dict(iopf, pasid=1))
     st.test(trig, trigger_iopf=dict(iopf, pasid=5, grpid=7))
-    rec = st.emu.fault_read(ffile, st.caller, 80)
+    rec = ffile.read(st.caller, 80)
     assert len(rec) == 40
     flags, dev_id, pasid, grpid, *_ , cookie = struct.unpack("<IIIIIIQII", rec)
     assert (flags, dev_id, pasid, grpid, cookie) == (
@@ -683,7 +683,7 @@ def test_trigger_iopf_reaches_the_fault_queue(st):
     # Detaching answers what is pending; the cookie is gone.
     st.test(uapi.IOMMU_TEST_OP_PASID_DETACH, stdev, pasid_detach={"pasid": 5})
     with pytest.raises(UapiError) as e:
-        st.emu.fault_write(ffile, st.caller, struct.pack("<II", cookie, 0))
+        ffile.write(st.caller, struct.pack("<II", cookie, 0))
     assert e.value.errno == errno.EINVAL
 
 
@@ -790,18 +790,18 @@ def test_close_tears_everything_down(st, buf):
     st.map(ioas, buf.va, 4 * PAGE)
     afile = st.create_access(ioas)
     opened = st.create_access(ioas)
-    st.emu.open_access(opened, st.caller)
+    opened_file = st.emu.open(opened, st.caller)
     st.access_pages(afile, st.ctx.objects[ioas].areas.peekitem(0)[1].iova, PAGE)
     assert st.refs(buf.va, 2 * PAGE) == [1, 1]
     ctx = st.ctx
-    st.emu.close_iommufd(ctx)
+    st.iommufd.release()
     assert not ctx.closed and not afile.closed   # the open access fd holds the context
-    st.ctx = st.emu.open_iommufd(st.caller)      # MD_CHECK_REFS sees every context's pins
+    st.new_context()      # MD_CHECK_REFS sees every context's pins
     assert st.refs(buf.va, 2 * PAGE) == [1, 1]
-    st.emu.release_access(opened)
+    opened_file.release()
     assert ctx.closed and opened.closed and afile.closed and not ctx.objects
     assert st.refs(buf.va, 2 * PAGE) == [0, 0]
-    assert not any(d.name.startswith("mock") for ds in st.emu.topology.by_rid.values() for d in ds)
+    assert not any(d.name.startswith("mock") for ds in st.emu.by_rid.values() for d in ds)
 
 
 # -- GET_HW_INFO of a mock device (§9.2) -------------------------------------------------------

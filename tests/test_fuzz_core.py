@@ -27,8 +27,9 @@ from core import uapi  # noqa: F401
 from core.caller import Caller
 from core.errors import UapiError
 from core.uapi import ffi
-from core.usermem import FrameArg, MemArg
-from corekit import Kit, addr
+from core.files import NotYet
+from core.mm.usermem import FrameArg, MemArg
+from corekit import Kit, addr, dma_request, open_node
 from fuzzkit import (DMA_REQ, INT_CMDS, KERNEL, LAST_PAGES, NONCANONICAL, PAGE, STRUCTS,
                      TEST_OPS, VFIO_STRUCTS, Memory, IOMMU_CMDS, DRIVER_CMDS, VFIO_CMDS)
 
@@ -113,19 +114,17 @@ def argument(data, cmd):
 
 def call(fn, *args):
     """Run one core call: its result, or the errno it raised. A request
-    that would wait (a PRI fault: an exception with ``wait_fd``) is
+    that would wait (core.files.NotYet: a PRI fault, fds to resolve) is
     abandoned, as devfs does when the caller gives up."""
     try:
         return fn(*args)
     except UapiError as e:
         assert e.errno > 0, e
         return -e.errno
-    except Exception as e:
-        if hasattr(e, "wait_fd"):
-            if getattr(e, "abandon", None):
-                e.abandon()
-            return -errno.EINTR
-        raise
+    except NotYet as e:
+        if getattr(e, "abandon", None):
+            e.abandon()
+        return -errno.EINTR
 
 
 def as_arg(data, kit, raw):
@@ -167,7 +166,7 @@ def test_core_answers_every_call_with_a_result_or_an_errno(data):
     kit.attach(vf, ioas)
     kit.map(ioas, m.ram, m.ram_len, iova=0x100000)
     pri, pri_id = kit.bind("0000:00:05.0")
-    drv = kit.emu.open_driver(kit.emu.devices["0000:00:05.0"], kit.caller)
+    drv = open_node(kit.emu, "devices/0000:00:05.0/driver", kit.caller)
     devices = [kit.emu.devices[n] for n in ("0000:00:03.0", "0000:00:05.0", "mdev0")]
     # fd 7 of this caller is the context, for BIND's iommufd (corekit's convention).
     vcaller = Caller(kit.caller.tid, kit.caller.uid, kit.caller.gid, fds={7: kit.ctx})
@@ -183,7 +182,7 @@ def test_core_answers_every_call_with_a_result_or_an_errno(data):
                 body = bytes(min(length, 2 * PAGE)) if op == 2 else b""
                 req = DMA_REQ.pack(b"IODM", op, flags, data.draw(st.sampled_from((0, 1, 2, 255))),
                                    iova, length, 0) + body
-                rep = call(kit.emu.dma, data.draw(st.sampled_from(devices)), kit.caller, req)
+                rep = call(dma_request, kit.emu, data.draw(st.sampled_from(devices)), kit.caller, req)
                 assert isinstance(rep, (bytes, bytearray, int)), rep
                 if isinstance(rep, (bytes, bytearray)):
                     assert rep[:4] == b"IODM" and len(rep) >= 24
@@ -195,15 +194,15 @@ def test_core_answers_every_call_with_a_result_or_an_errno(data):
             else:
                 arg = as_arg(data, kit, argument(data, cmd))
             if kind == "iommu":
-                r = call(kit.emu.iommufd_ioctl, kit.ctx, kit.caller, cmd, arg)
+                r = call(kit.iommufd.ioctl, kit.caller, cmd, arg)
             elif kind == "vfio":
                 target = data.draw(st.sampled_from((vf, pri)))
-                r = call(kit.emu.vfio_ioctl, target, vcaller, cmd, arg)
+                r = call(target.ioctl, vcaller, cmd, arg)
             else:
-                r = call(kit.emu.driver_ioctl, drv, kit.caller, cmd, arg)
+                r = call(drv.ioctl, kit.caller, cmd, arg)
             assert isinstance(r, int), r
     finally:
-        kit.emu.close_driver(drv)
+        drv.release()
         kit.close()
     for d in devices:
         info = d.info()

@@ -194,7 +194,6 @@ def test_other_uid_cannot_close_a_fault_fd(mount):
             assert got == {hex(uapi.IOMMUFS_SYNC_CLOSE): -errno.EACCES,
                            hex(uapi.IOMMUFS_FD_PATH): -errno.ENOTTY,
                            hex(uapi.IOMMUFS_WHOAMI): -errno.ENOTTY}, got
-            assert _as_other_uid(lambda: _errno_of_ioctl(fq.fd, uapi.IOMMUFS_NULL)) == -errno.EACCES
             # Still open: the FAULT object is busy while its fd lives.
             with pytest.raises(OSError) as e:
                 fd.destroy(fault_id)

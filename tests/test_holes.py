@@ -1,4 +1,4 @@
-"""Tests of the free IOVA space in C (cext/holes.c) through core.iova.FreeSpace.
+"""Tests of the free IOVA space in C (cext/holes.c) through core.mm.iova.FreeSpace.
 
 The holes are held against a naive model (the used ranges, merged, and their
 gaps), after every step, together with the structure's own invariant check
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from cext._native import ffi, lib
-from core.iova import U64_MAX, FreeSpace, holes, merge, subtract
+from core.mm.iova import U64_MAX, FreeSpace, holes, merge, subtract
 
 PAGE = 4096
 

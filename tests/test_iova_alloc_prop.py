@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import core.ioas as ioas_mod
+import core.iommufd.ioas as ioas_mod
 from core.caller import Caller
-from core.context import Context
+from core.iommufd.context import Context
 from core.errors import UapiError
-from core.ioas import PROT_READ, PROT_WRITE, Ioas
+from core.iommufd.ioas import PROT_READ, PROT_WRITE, Ioas
 
 U64_MAX = (1 << 64) - 1
 PAGE = 4096
@@ -258,7 +258,7 @@ class Dom:
             self.aperture = aperture
         self.maps = {}
 
-    def map(self, iova, user_va, length, prot, huge):
+    def map(self, iova, user_va, length, prot, huge, owner=None):
         assert not any(i <= iova + length - 1 and iova <= i + n - 1 for i, n in self.maps.items())
         self.maps[iova] = length
 

@@ -1,7 +1,7 @@
 """Struct layouts and numbers against the reference's tables: every struct's
 sizeof and every field's offset and size (reference §5, §11.2, §11.4, §12,
-and the project's own structs of the README), and the ioctl numbers (§2,
-§11.1, §12, README "Private ioctls").
+and the project's own structs of docs/nodes.md), and the ioctl numbers (§2,
+§11.1, §12, docs/nodes.md "Private ioctls").
 
 One table, LAYOUTS, and every declaration of these structs in the project
 held against it:
@@ -83,7 +83,7 @@ LAYOUTS = {
                                  ("type", 12, 4), ("veventq_depth", 16, 4),
                                  ("out_veventq_id", 20, 4), ("out_veventq_fd", 24, 4),
                                  ("__reserved", 28, 4)]),
-    # The project's own (README: "Ioctls that return file descriptors", "The
+    # The project's own (docs/nodes.md: "Ioctls that return file descriptors", "The
     # driver side", "Frames", "Device DMA"); a flexible array member has size None.
     "iommufs_fd_path": (264, [("size", 0, 4), ("index", 4, 4), ("path", 8, 256)]),
     "iommufs_pasid": (16, [("size", 0, 4), ("flags", 4, 4), ("pasid", 8, 4), ("__reserved", 12, 4)]),
@@ -157,24 +157,23 @@ def _cffi_type(name):
 # Layouts core and the Python client hold as struct.Struct formats (no
 # padding, "<"), field names in format order.
 def _struct_formats():
-    from core import compat, dma, driver, fault, ioas
-    from devfs import client, frames
+    from core.vfio import compat
+    from core.iommu import driver
+    from core.iommufd import fault, ioas
+    from core import wire
+    from devfs import client
 
     return [
-        ("core.fault.RECORD", fault.RECORD, "iommu_hwpt_pgfault"),
-        ("core.fault.RESPONSE", fault.RESPONSE, "iommu_hwpt_page_response"),
-        ("core.driver.EVENT", driver.EVENT, "iommufs_drv_event"),
-        ("core.dma.REQ", dma.REQ, "iommufs_dma_request"),
-        ("core.dma.REPLY", dma.REPLY, "iommufs_dma_reply"),
-        ("core.compat._CAP_HEADER", compat._CAP_HEADER, "vfio_info_cap_header"),
-        ("core.compat._RANGE", compat._RANGE, "vfio_iova_range"),
-        ("core.ioas._RANGE", ioas._RANGE, "iommu_iova_range"),
-        ("devfs.frames.REQUEST", frames.REQUEST, "iommufs_frame_request"),
-        ("devfs.frames.REPLY", frames.REPLY, "iommufs_frame_reply"),
-        ("devfs.client.FRAME_HDR", client.FRAME_HDR, "iommufs_frame_request"),
-        ("devfs.client.REPLY_HDR", client.REPLY_HDR, "iommufs_frame_reply"),
-        ("devfs.client.DMA_REQ", client.DMA_REQ, "iommufs_dma_request"),
-        ("devfs.client.DMA_REPLY", client.DMA_REPLY, "iommufs_dma_reply"),
+        ("core.iommufd.fault.RECORD", fault.RECORD, "iommu_hwpt_pgfault"),
+        ("core.iommufd.fault.RESPONSE", fault.RESPONSE, "iommu_hwpt_page_response"),
+        ("core.iommu.driver.EVENT", driver.EVENT, "iommufs_drv_event"),
+        ("core.wire.IODM_REQUEST", wire.IODM_REQUEST, "iommufs_dma_request"),
+        ("core.wire.IODM_REPLY", wire.IODM_REPLY, "iommufs_dma_reply"),
+        ("core.wire.IOFS_REQUEST", wire.IOFS_REQUEST, "iommufs_frame_request"),
+        ("core.wire.IOFS_REPLY", wire.IOFS_REPLY, "iommufs_frame_reply"),
+        ("core.vfio.compat._CAP_HEADER", compat._CAP_HEADER, "vfio_info_cap_header"),
+        ("core.vfio.compat._RANGE", compat._RANGE, "vfio_iova_range"),
+        ("core.iommufd.ioas._RANGE", ioas._RANGE, "iommu_iova_range"),
         ("devfs.client.PGFAULT", client.PGFAULT, "iommu_hwpt_pgfault"),
     ]
 
@@ -216,7 +215,7 @@ def test_struct_formats_match_reference(where, st, name):
 
 # -- numbers -------------------------------------------------------------------------------
 
-# §2, §11.1 and README "Private ioctls".
+# §2, §11.1 and docs/nodes.md "Private ioctls".
 IOCTL_NUMBERS = {
     "IOMMU_DESTROY": 0x3B80, "IOMMU_IOAS_ALLOC": 0x3B81, "IOMMU_IOAS_ALLOW_IOVAS": 0x3B82,
     "IOMMU_IOAS_COPY": 0x3B83, "IOMMU_IOAS_IOVA_RANGES": 0x3B84, "IOMMU_IOAS_MAP": 0x3B85,
@@ -268,7 +267,7 @@ def test_vfio_compat_values_match_reference():
 
 def test_dispatch_minimum_sizes_match_reference():
     """The "min" column of reference §2 for the implemented ioctls."""
-    from core.dispatch import OPS
+    from core.iommufd.dispatch import OPS
 
     want = {0x80: 8, 0x81: 12, 0x82: 24, 0x83: 40, 0x84: 32, 0x85: 40, 0x86: 24, 0x87: 24,
             0x88: 12, 0x89: 24, 0x8A: 32, 0x8E: 16, 0xA0: 68}
@@ -316,7 +315,7 @@ def _c_program(header, structs):
 
 @pytest.mark.parametrize("header", C_HEADERS)
 def test_c_header_layouts_match_reference(header, tmp_path):
-    """Every struct the header declares is one the reference (or the README)
+    """Every struct the header declares is one the reference (or docs/nodes.md)
     defines, and gcc lays it out as LAYOUTS says: sizeof, each field's
     offset and size, iommu_test_cmd's union members; every number it
     defines of the tables above has the reference's value."""

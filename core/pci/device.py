@@ -367,6 +367,45 @@ class PciDevice:
         self.counters["dma_writes"] += 1
         self.counters["dma_bytes_written"] += len(data)
 
+    def dma_read_spans(self, spans, pasid=None):
+        """Model DMA gathering ``spans`` ([(iova, bytes)], e.g. the readable
+        buffers of a virtqueue chain) into one bytes object; errors as
+        dma_read. A port with ``read_spans`` moves them in one go."""
+        if not spans:
+            return b""
+        self._dma_gate(spans[0][0])
+        try:
+            if hasattr(self.dma_port, "read_spans"):
+                data = self.dma_port.read_spans(spans, pasid=pasid)
+            else:
+                data = b"".join(self.dma_port.read(a, n, pasid=pasid) for a, n in spans)
+        except DmaError:
+            self.counters["dma_faults"] += 1
+            raise
+        self.counters["dma_reads"] += 1
+        self.counters["dma_bytes_read"] += len(data)
+        return data
+
+    def dma_write_spans(self, spans, data, pasid=None):
+        """Model DMA scattering ``data`` over ``spans`` ([(iova, bytes)]
+        summing to len(data)); errors as dma_read."""
+        if not spans:
+            return
+        self._dma_gate(spans[0][0])
+        try:
+            if hasattr(self.dma_port, "write_spans"):
+                self.dma_port.write_spans(spans, bytes(data), pasid=pasid)
+            else:
+                done = 0
+                for a, n in spans:
+                    self.dma_port.write(a, bytes(data[done:done + n]), pasid=pasid)
+                    done += n
+        except DmaError:
+            self.counters["dma_faults"] += 1
+            raise
+        self.counters["dma_writes"] += 1
+        self.counters["dma_bytes_written"] += len(data)
+
     def msix_raise(self, vector):
         """Send MSI-X ``vector`` (see Irqs.msix_raise)."""
         self.irqs.msix_raise(vector)

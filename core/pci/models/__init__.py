@@ -19,3 +19,13 @@ MODELS = {"virtio-blk": _blk, "virtio-rng": VirtioRng, "dma-engine": DmaEngine}
 def make_model(kind, **params):
     """A new model of topology kind ``kind`` (see MODELS)."""
     return MODELS[kind](**params)
+
+
+def identity_of(kind):
+    """``(vendor, device, class_code)`` a model of ``kind`` shows in config
+    space (the topology's default IDs for it). KeyError for an unknown kind."""
+    if kind == "dma-engine":
+        i = DmaEngine.identity
+        return i.vendor, i.device, i.class_code
+    cls = {"virtio-blk": VirtioBlk, "virtio-rng": VirtioRng}[kind]
+    return 0x1AF4, 0x1040 + cls.virtio_id, cls.class_code

@@ -2,16 +2,28 @@
 
 A paging HWPT is a domain of one IOAS: it holds a C radix page table
 (cext.pagetable) that mirrors the IOAS's areas, translating IOVA to the
-owner's virtual address. Devices attach to HWPTs (core.device).
+owner's virtual address. Devices attach to HWPTs (core.iommufd.device).
+
+The output address of an entry carries, above any user virtual address
+(bit 57 up: user space ends below 2**56 even with 5-level paging), a small
+tag naming the process that owns the mapping, so a DMA learns the owner of
+each translated segment from the translation itself. Tag 0 is "look it up
+in the IOAS": a HWPT with more owning processes than tags.
 """
 import errno
 
-from cext.pagetable import PageTable
+from cext.pagetable import PTE_READ, PTE_WRITE, IOPageFault, PageTable
 
-from . import uapi
+from .. import uapi
+from ..errors import DmaFault, UapiError
 from .context import Obj
-from .dispatch import ioctl
-from .errors import UapiError
+from .fault import FaultQueue
+from .ioas import Ioas
+from .ucmd import ioctl
+
+_TAG_SHIFT = 57
+_VA_MASK = (1 << _TAG_SHIFT) - 1
+_TAGS = 64              # tags 1..63: bit 63 stays clear
 
 PAGING_FLAGS = (uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
                 | uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID | uapi.IOMMU_HWPT_ALLOC_PASID)
@@ -27,7 +39,7 @@ class HwptPaging(Obj):
     tracking and PASID routing use them); ``auto``: created by attaching a
     device to an IOAS id, destroyed when its last device leaves (§4).
     ``page_size``: smallest page in bytes and ``aperture``: inclusive IOVA
-    range it translates (the domain interface of core.ioas).
+    range it translates (the domain interface of core.iommufd.ioas).
     """
 
     kind = "HWPT_PAGING"
@@ -44,19 +56,42 @@ class HwptPaging(Obj):
                             max_leaf_level=iommu.max_leaf_level)
         self.fault = None
         self.in_ioas = False
+        self._tag_of = {}                  # Owner -> tag
+        self._owner_of = [None] * _TAGS    # tag -> Owner
 
     @property
     def pasid_compat(self):
         return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_PASID)
 
-    @property
-    def nest_parent(self):
-        return bool(self.flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    # -- the domain interface used by core.iommufd.ioas --------------------------------
+    def map(self, iova, user_va, length, prot, huge, owner=None):
+        """Install [iova, iova+length) -> user_va of ``owner`` (a
+        core.mm.usermem.Owner) with ``prot`` (READ=1, WRITE=2)."""
+        self.pt.map(iova, self._tag(owner) << _TAG_SHIFT | user_va, length, prot, huge=huge)
 
-    # -- the domain interface used by core.ioas --------------------------------
-    def map(self, iova, user_va, length, prot, huge):
-        """Install [iova, iova+length) -> user_va with ``prot`` (READ=1, WRITE=2)."""
-        self.pt.map(iova, user_va, length, prot, huge=huge)
+    def _tag(self, owner):
+        tag = self._tag_of.get(owner)
+        if tag is not None or owner is None:
+            return tag or 0
+        free = [t for t in range(1, _TAGS) if self._owner_of[t] is None]
+        if not free:
+            # Owners with no area left in the IOAS have no entry left either.
+            live = {a.owner for a in self.ioas.areas.values()} | {owner}
+            for t in range(1, _TAGS):
+                if self._owner_of[t] not in live:
+                    del self._tag_of[self._owner_of[t]]
+                    self._owner_of[t] = None
+            free = [t for t in range(1, _TAGS) if self._owner_of[t] is None]
+            if not free:
+                return 0
+        self._tag_of[owner] = free[0]
+        self._owner_of[free[0]] = owner
+        return free[0]
+
+    def untag(self, addr):
+        """An output address of the page table -> ``(owner or None, va)``
+        (None: tag 0, look the owner up in the IOAS)."""
+        return self._owner_of[addr >> _TAG_SHIFT], addr & _VA_MASK
 
     def unmap(self, iova, length):
         """Remove the translations of [iova, iova+length); returns bytes removed."""
@@ -64,23 +99,32 @@ class HwptPaging(Obj):
 
     def dma_pieces(self, iova, length, access):
         """Translate IOVA ``[iova, iova+length)`` for ``access`` (READ=1,
-        WRITE=2) through the page table, then cut it where the owning area
-        changes: ``[(owner, [(va, len)])]`` (core.usermem.Owner, bytes).
+        WRITE=2) through the page table, cut where the owner changes (the
+        translation's tag says): ``[(owner, [(va, len)])]``
+        (core.mm.usermem.Owner, bytes).
         A/D bits are set only if all of it translates. Raises
-        core.dma.DmaFault EFAULT (no translation) / EACCES (permission) with
+        core.errors.DmaFault EFAULT (no translation) / EACCES (permission) with
         the first failing IOVA."""
-        from .dma import DmaFault
-
         try:
             segs = self.pt.translate_range(iova, length, access)
         except OSError as e:
             raise DmaFault(e.errno, getattr(e, "iova", iova)) from None
         pieces = []
         pos = iova
-        ioas = self.ioas
+        owner_of = self._owner_of
         for addr, n in segs:
+            owner = owner_of[addr >> _TAG_SHIFT]
+            if owner is not None:
+                va = addr & _VA_MASK
+                if pieces and pieces[-1][0] is owner:
+                    pieces[-1][1].append((va, n))
+                else:
+                    pieces.append((owner, [(va, n)]))
+                pos += n
+                continue
+            # Tag 0: segments may span areas of several owners.
             while n:
-                area = ioas.area_at(pos)
+                area = self.ioas.area_at(pos)
                 take = min(n, area.iova + area.length - pos)
                 if pieces and pieces[-1][0] is area.owner:
                     pieces[-1][1].append((addr, take))
@@ -95,8 +139,6 @@ class HwptPaging(Obj):
         """The pages (IOVA, page_size aligned) of ``[iova, iova+length)``
         that do not translate for ``access``: what a PRI device asks for in
         one page request group. Sets no A/D bit."""
-        from cext.pagetable import PTE_READ, PTE_WRITE, IOPageFault
-
         need = (PTE_WRITE if access & 2 else 0) | (PTE_READ if access & 1 else 0)
         ps = self.page_size
         out = []
@@ -164,14 +206,12 @@ def hwpt_alloc(ctx, caller, cmd):
     mismatch, unknown pt_id or one that is neither IOAS nor paging HWPT;
     ENOENT: unknown dev_id, or FAULT_ID_VALID with an unknown fault_id.
     """
-    from .device import BoundDevice
-    from .ioas import Ioas
-
     if cmd.__reserved or cmd.__reserved2:
         raise UapiError(errno.EOPNOTSUPP, "__reserved")
     if (cmd.data_type == uapi.IOMMU_HWPT_DATA_NONE) != (cmd.data_len == 0):
         raise UapiError(errno.EINVAL, "data_type/data_len mismatch")
-    idev = ctx.get(cmd.dev_id, BoundDevice)
+    # By kind: core.iommufd.device builds on this module (its auto domains).
+    idev = ctx.get_kind(cmd.dev_id, "DEVICE")
     pt = ctx.find(cmd.pt_id)
     if pt is None:
         raise UapiError(errno.EINVAL, f"pt_id {cmd.pt_id} unknown")
@@ -198,7 +238,5 @@ def hwpt_alloc(ctx, caller, cmd):
     else:
         raise UapiError(errno.EINVAL, f"pt_id {cmd.pt_id} is a {pt.kind}")
     if cmd.flags & uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID:
-        from .fault import FaultQueue
-
         hwpt.fault = ctx.get(cmd.fault_id, FaultQueue).get()
     cmd.out_hwpt_id = hwpt.id

@@ -11,7 +11,7 @@ RID plus the mdev's default PASID, seed 004). Routing is therefore by
 - a PCI function's attachment at ``pasid`` (None = the RID) occupies that key
   of its RID; an mdev's RID attachment occupies its parent's RID at the mdev's
   default PASID;
-- an SVA bond occupies its PASID on the device's RID (core.sva).
+- an SVA bond occupies its PASID on the device's RID (core.iommu.sva).
 
 A route names the translation (a paging HWPT or an SVA bond) and the DEVICE
 object the IOMMU reports I/O page faults against (seed 004: "the fault
@@ -45,17 +45,17 @@ def wire_pasid(device, pasid):
     return pasid
 
 
-def routes_of(topology, rid):
+def routes_of(emulator, rid):
     """Every route of ``rid``: a list of ``(wire_pasid, Route)``, in
     topology order (so the first-declared member of a group owns a shared
     key in fault reports)."""
-    return [kr for dev in topology.by_rid.get(rid, ()) for kr in routes_of_device(dev)]
+    return [kr for dev in emulator.by_rid.get(rid, ()) for kr in routes_of_device(dev)]
 
 
-def find(topology, rid, pasid):
+def find(emulator, rid, pasid):
     """The Route DMA with ``rid`` and ``pasid`` (None: no PASID) reaches, or
     None when nothing is attached at that key."""
-    for dev in topology.by_rid.get(rid, ()):
+    for dev in emulator.by_rid.get(rid, ()):
         idev = dev.bound
         if idev is not None:
             if dev.is_mdev:
@@ -72,7 +72,7 @@ def find(topology, rid, pasid):
     return None
 
 
-def occupant(topology, device, pasid, own_attachment=False):
+def occupant(emulator, device, pasid, own_attachment=False):
     """Who holds the key ``device``'s attachment at ``pasid`` takes on the
     wire: a Route, or None. The device's own attachment at ``pasid`` counts
     only with ``own_attachment`` (an SVA bond or a PASID allocation must
@@ -80,7 +80,7 @@ def occupant(topology, device, pasid, own_attachment=False):
     construction and are returned too: the caller tells them apart (they
     must share the HWPT rather than be refused)."""
     key = wire_pasid(device, pasid)
-    for dev in topology.by_rid.get(device.rid, ()):
+    for dev in emulator.by_rid.get(device.rid, ()):
         for k, route in routes_of_device(dev):
             if k != key:
                 continue

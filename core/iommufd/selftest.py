@@ -10,17 +10,17 @@ against that interface run here with the kernel's results and errnos.
   (:data:`MOCK_IOMMU`: 2 KiB pages with 1 MiB huge leaves, aperture
   ``[MOCK_APERTURE_START, MOCK_APERTURE_LAST]``, 20-bit PASIDs, no reserved
   window), with a RID of its own that no topology device uses, registered in
-  the topology's RID table for as long as it lives (core.routing finds it
+  the emulator's RID table for as long as it lives (core.iommu.routing finds it
   like any device). MOCK_DOMAIN binds one (a normal DEVICE object) and
   attaches it; the SELFTEST object it returns (:class:`SelftestDevice`,
   "stdev") owns it: IOMMU_DESTROY of the stdev detaches, unbinds and deletes
   the device.
-- **Accesses**: CREATE_ACCESS makes an ACCESS object (core.access) on an
+- **Accesses**: CREATE_ACCESS makes an ACCESS object (core.iommufd.access) on an
   IOAS and returns an fd for it (:class:`AccessFile`, the kernel's
   ``selftest_access``): later ops name the access by that fd number in
   ``id``, the transport resolves it (``caller.fds``), and closing the fd
   destroys the access. The file keeps the pins ACCESS_PAGES made, by item id.
-- **Pin counts**: MD_CHECK_REFS compares core.pins' model of FOLL_PIN counts.
+- **Pin counts**: MD_CHECK_REFS compares core.mm.pins' model of FOLL_PIN counts.
 
 Only the ops a program needs without nesting, dirty tracking, vIOMMU or
 dma-buf are implemented; the others (and unknown ops) answer EOPNOTSUPP.
@@ -32,29 +32,31 @@ import itertools
 import struct
 from dataclasses import dataclass
 
-# Object modules by name: this module is imported by core.dispatch while
-# they may still be initializing; their classes are looked up at call time.
+from cext.pagetable import IOPageFault
+
+from .. import uapi
+from ..devices import LiveDevice
+from ..errors import UapiError
+from ..fds import ReturnedFd
+from ..files import NULL, SYNC_CLOSE, WHOAMI
+from ..iommu import routing
+from ..iommu.routing import RID
+from ..mm.iova import PAGE_SIZE, U64_MAX
+from ..mm.pins import first_refs_mismatch
+from ..topology import Device, IommuModel
 from . import access as _access
 from . import device as _device
 from . import fault as _fault
 from . import hwpt as _hwpt
 from . import ioas as _ioas
-from . import routing, uapi
 from .context import Obj
-from .dispatch import ioctl, write_struct
-from .errors import UapiError
-from .fds import ReturnedFd
-from .iova import PAGE_SIZE, U64_MAX
-from .pins import first_refs_mismatch
-from .routing import RID
-from .topology import Device, IommuModel
+from .ucmd import ioctl, write_struct
 
 # ACCESS_PAGES and ACCESS_RW refuse more than this (the kernel's guard
 # against huge allocations): ENOMEM.
 ACCESS_MAX = 16 << 20
 # The memory-limit knob's floor: one batch element (an unsigned long + u32).
 MEMORY_LIMIT_MIN = 12
-MEMORY_LIMIT_DEFAULT = 65536
 # Mock devices take RIDs from here up, skipping RIDs the topology uses.
 MOCK_RID_FIRST = 0xFE00
 
@@ -66,7 +68,7 @@ ACCESS_RW_FLAGS = (uapi.MOCK_ACCESS_RW_WRITE | uapi.MOCK_ACCESS_RW_SLOW_PATH
 _reserved_keys = itertools.count(1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MockIommuModel(IommuModel):
     """The selftest's mock IOMMU (§12 constants): 2 KiB pages and 1 MiB
     leaves, a 31-bit IOVA space of which the aperture
@@ -89,15 +91,12 @@ class MockIommuModel(IommuModel):
 MOCK_IOMMU = MockIommuModel()
 
 
-@dataclass
+@dataclass(frozen=True)
 class MockDevice(Device):
     """A device of the mock IOMMU. ``dev_flags``: MOCK_FLAGS_DEVICE_*
-    (NO_DIRTY: no dirty tracking; PASID: 20-bit PASIDs);
-    ``pasid_1024_fake_error``: the rigged failure of PASID 1024 (see
-    :meth:`set_dev_pasid`)."""
+    (NO_DIRTY: no dirty tracking; PASID: 20-bit PASIDs)."""
 
     dev_flags: int = 0
-    pasid_1024_fake_error: bool = False
 
     def hw_info(self):
         """GET_HW_INFO of the mock driver (§9.2): type 0xfeedbeef, data
@@ -105,6 +104,15 @@ class MockDevice(Device):
         0xdeadbeef}``; not a PCI device."""
         return (uapi.IOMMU_HW_INFO_TYPE_SELFTEST,
                 struct.pack("<II", 0, uapi.IOMMU_HW_INFO_SELFTEST_REGVAL), False)
+
+
+class MockLive(LiveDevice):
+    """A mock device at run time; ``pasid_1024_fake_error``: the rigged
+    failure of PASID 1024 (see :meth:`set_dev_pasid`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.pasid_1024_fake_error = False
 
     def set_dev_pasid(self, pasid, hwpt):
         """The mock driver's PASID step. PASID 1024
@@ -125,9 +133,9 @@ class MockDevice(Device):
 
 def _new_mock(emulator, dev_flags):
     """A mock device with the lowest free RID from MOCK_RID_FIRST up (then
-    downward below it), registered in the topology's RID table. ENOMEM when
+    downward below it), registered in the emulator's RID table. ENOMEM when
     no RID is free."""
-    by_rid = emulator.topology.by_rid
+    by_rid = emulator.by_rid
     rid = next((r for r in itertools.chain(range(MOCK_RID_FIRST, 0x10000),
                                            range(MOCK_RID_FIRST - 1, 0, -1))
                 if r not in by_rid), None)
@@ -137,10 +145,11 @@ def _new_mock(emulator, dev_flags):
         name=f"mock-{rid:04x}", vfio="", rid=rid,
         pasid_bits=uapi.MOCK_PASID_WIDTH if dev_flags & uapi.MOCK_FLAGS_DEVICE_PASID else 0,
         dirty_tracking=not dev_flags & uapi.MOCK_FLAGS_DEVICE_NO_DIRTY,
-        iommu=MOCK_IOMMU, group=0x10000 + rid, dev_flags=dev_flags)
-    dev.group_members = (dev.name,)
-    by_rid[rid] = [dev]
-    return dev
+        iommu=MOCK_IOMMU, group=0x10000 + rid, group_members=(f"mock-{rid:04x}",),
+        dev_flags=dev_flags)
+    live = MockLive(dev)
+    by_rid[rid] = [live]
+    return live
 
 
 class SelftestDevice(Obj):
@@ -165,20 +174,22 @@ class SelftestDevice(Obj):
                 idev.destroy()
         mock, self.mock = self.mock, None
         if mock is not None:
-            by_rid = self.ctx.emulator.topology.by_rid
+            by_rid = self.ctx.emulator.by_rid
             if any(d is mock for d in by_rid.get(mock.rid, ())):
                 del by_rid[mock.rid]
 
 
 class AccessFile(ReturnedFd):
     """The fd of CREATE_ACCESS (the kernel's ``selftest_access``): its
-    ``access`` (core.access.Access) and the pins ACCESS_PAGES made
+    ``access`` (core.iommufd.access.Access) and the pins ACCESS_PAGES made
     (``items``: item id -> Pin; ids count up from 0 per fd). Closing the fd
     unpins everything and destroys the access. Lifetime and node:
     core.fds.ReturnedFd; a closed access fd used as ``id`` is EBADFD."""
 
     node_kind = "access"
     closed_errno = errno.EBADFD
+    # WHOAMI: an access fd is passed back in as IOMMU_TEST_CMD's ``id``.
+    transport_ioctls = frozenset((NULL, SYNC_CLOSE, WHOAMI))
 
     def __init__(self, access, uid):
         super().__init__(access.ctx, uid)
@@ -209,7 +220,10 @@ def _access_file(caller, fd):
     """The AccessFile behind the caller's fd ``fd`` (resolved by the
     transport into ``caller.fds``). The kernel answers EBADFD both for an
     fd that is not open and for one that is not an access fd."""
-    got = caller.fds.get(fd)
+    try:
+        got = caller.fd(fd, AccessFile)
+    except UapiError:
+        got = None
     if not isinstance(got, AccessFile):
         raise UapiError(errno.EBADFD, f"fd {fd} is not an access fd")
     got.check_caller(caller)
@@ -308,8 +322,6 @@ def _md_check_map(ctx, caller, cmd):
 def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     """The byte offset of the first IOVA of ``[iova, iova+length)`` that
     does not translate to ``uptr`` + offset in process ``tgid``, or None."""
-    from cext.pagetable import IOPageFault
-
     limit = length
     try:
         segs = hwpt.pt.translate_range(iova, length, 0)
@@ -321,7 +333,7 @@ def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     bad = limit if limit < length else None
     pos = 0
     for addr, n in segs:
-        if addr != uptr + pos:
+        if hwpt.untag(addr)[1] != uptr + pos:
             bad = pos if bad is None else min(bad, pos)
             break
         pos += n
@@ -336,7 +348,7 @@ def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
 def _md_check_refs(ctx, caller, cmd):
     """MD_CHECK_REFS: EINVAL length or uptr not page-aligned, or
     uptr+length wraps; then page by page: EFAULT not readable, EIO its pin
-    count (core.pins) is not ``refs``."""
+    count (core.mm.pins) is not ``refs``."""
     c = cmd.check_refs
     if c.length % PAGE_SIZE or c.uptr % PAGE_SIZE or c.uptr + c.length > U64_MAX:
         raise UapiError(errno.EINVAL, "check_refs not page-aligned")
@@ -486,7 +498,7 @@ def _trigger_iopf(ctx, caller, cmd):
     idev = ctx.get(t.dev_id, _device.BoundDevice)
     dev = idev.device
     key = _pasid_key(t.pasid)
-    route = routing.find(ctx.emulator.topology, dev.rid, routing.wire_pasid(dev, key))
+    route = routing.find(ctx.emulator, dev.rid, routing.wire_pasid(dev, key))
     if route is None or route.idev is None:
         return
     queue = getattr(route.target, "fault", None)

@@ -4,7 +4,7 @@ An :class:`Ioas` maps ranges of IOVA to ranges of a client's virtual memory
 (:class:`Area`). It knows nothing of page tables: every paging HWPT made on it
 is a *domain* that mirrors its areas (see :meth:`Ioas.add_domain` for the
 interface a domain offers). Interval arithmetic and the automatic-IOVA
-allocator live in :mod:`core.iova`.
+allocator live in :mod:`core.mm.iova`.
 
 Handlers here: IOMMU_IOAS_ALLOC, IOMMU_IOAS_IOVA_RANGES,
 IOMMU_IOAS_ALLOW_IOVAS, IOMMU_IOAS_MAP, IOMMU_IOAS_COPY, IOMMU_IOAS_UNMAP,
@@ -21,14 +21,14 @@ import struct
 
 from sortedcontainers import SortedDict
 
-from . import uapi
+from .. import uapi
+from ..errors import UapiError
+from ..mm.iova import (PAGE_SIZE, U64_MAX, FreeSpace, Reserved, alloc_iova, holes,
+                       intersects, merge, subtract)
+from ..mm.usermem import check_access
+from ..uapi import ffi
 from .context import Obj
-from .dispatch import ioctl, respond_anyway
-from .errors import UapiError
-from .iova import (PAGE_SIZE, U64_MAX, FreeSpace, Reserved, alloc_iova, holes,
-                   intersects, merge, subtract)
-from .uapi import ffi
-from .usermem import check_access
+from .ucmd import ioctl, respond_anyway
 
 ULONG_MAX = uapi.ULONG_MAX
 
@@ -43,10 +43,6 @@ _RW = uapi.IOMMU_IOAS_MAP_WRITEABLE | uapi.IOMMU_IOAS_MAP_READABLE
 _RANGE = struct.Struct("<QQ")
 # iommu_iova_range arrays are read this many entries per process_vm_readv.
 _RANGE_BATCH = 256
-
-
-def _err(code, detail):
-    return UapiError(code, detail)
 
 
 def map_prot(flags):
@@ -107,7 +103,7 @@ class Area:
     virtual addresses ``[user_va, user_va+length)``.
 
     - ``prot``: PROT_READ (1) | PROT_WRITE (2), as the page tables want;
-    - ``owner``: the :class:`core.usermem.Owner` whose memory this is (one
+    - ``owner``: the :class:`core.mm.usermem.Owner` whose memory this is (one
       reference, taken through ``ctx.owners``);
     - ``pages``: the :class:`Pages` it was cut from; ``writeable_source``
       tells whether that memory was registered writable;
@@ -158,18 +154,19 @@ class Ioas(Obj):
     """An I/O address space (reference §7).
 
     State: ``areas`` (SortedDict iova -> :class:`Area`, non-overlapping),
-    ``reserved`` (:class:`core.iova.Reserved`, by owner key), ``allowed``
+    ``reserved`` (:class:`core.mm.iova.Reserved`, by owner key), ``allowed``
     (sorted inclusive ranges of IOMMU_IOAS_ALLOW_IOVAS), ``domains`` (in the
     order they were added), ``disable_large_pages`` (IOMMU_OPTION
     HUGE_PAGES=0) and ``iova_alignment`` (bytes; 1 with no domain, else the
     largest domain page size; at least PAGE_SIZE with large pages disabled
     or a pinning in-kernel access attached). ``accesses``: the in-kernel
-    accesses attached (core.access.Access); ``access_pins``: area -> how
+    accesses attached (core.iommufd.access.Access); ``access_pins``: area -> how
     many access pins hold it (the kernel's ``num_accesses``; such an area
     is unmapped only after its accesses let go, and never split).
 
     **Domain interface** (implemented by paging HWPTs): ``page_size`` (bytes,
-    a power of two), ``map(iova, user_va, length, prot, huge)``,
+    a power of two), ``map(iova, user_va, length, prot, huge, owner=)``
+    (``owner``: the area's core.mm.usermem.Owner),
     ``unmap(iova, length)``, and optionally ``aperture = (start, last)``: the
     IOVA the domain can translate; everything outside is reserved while the
     domain is in the IOAS, as the kernel does with a domain's geometry (§7
@@ -228,7 +225,7 @@ class Ioas(Obj):
         mask = align - 1
         for area in self.areas.values():
             if area.iova & mask or area.length & mask or (area.user_va % PAGE_SIZE) & mask:
-                raise _err(errno.EADDRINUSE, f"{area!r} is not aligned to {align:#x}")
+                raise UapiError(errno.EADDRINUSE, f"{area!r} is not aligned to {align:#x}")
 
     def _recalc_alignment(self):
         new = PAGE_SIZE if self.disable_large_pages else 1
@@ -266,13 +263,13 @@ class Ioas(Obj):
         try:
             for d in domains:
                 for area in areas:
-                    d.map(area.iova, area.user_va, area.length, area.prot, huge)
+                    d.map(area.iova, area.user_va, area.length, area.prot, huge, owner=area.owner)
                     done.append((d, area))
         except BaseException as e:
             for d, area in reversed(done):
                 d.unmap(area.iova, area.length)
             if isinstance(e, OSError) and e.errno:
-                raise _err(e.errno, f"domain map: {e}") from e
+                raise UapiError(e.errno, f"domain map: {e}") from e
             raise
 
     def add_domain(self, domain):
@@ -286,10 +283,10 @@ class Ioas(Obj):
         Pinning); an error of ``domain.map``. On failure nothing changed.
         """
         if domain in self.domains:
-            raise _err(errno.EEXIST, "domain already in the IOAS")
+            raise UapiError(errno.EEXIST, "domain already in the IOAS")
         new_align = max(domain.page_size, self.iova_alignment)
         if new_align > PAGE_SIZE:
-            raise _err(errno.EINVAL, f"domain page size {domain.page_size:#x} > PAGE_SIZE")
+            raise UapiError(errno.EINVAL, f"domain page size {domain.page_size:#x} > PAGE_SIZE")
         if new_align != self.iova_alignment:
             self._check_alignment(new_align)
         key = ("domain", id(domain))
@@ -332,7 +329,7 @@ class Ioas(Obj):
         # Fewer domains can only lower the alignment: this cannot fail.
         self._recalc_alignment()
 
-    # -- in-kernel accesses (core.access) ----------------------------------------------
+    # -- in-kernel accesses (core.iommufd.access) ----------------------------------------------
     def add_access(self, access):
         """Attach an in-kernel access (the kernel's iopt_add_access): the
         alignment becomes at least ``access.iova_alignment`` (PAGE_SIZE for
@@ -364,7 +361,7 @@ class Ioas(Obj):
         for a in list(self.accesses):
             a.unmap(area.iova, area.length)
         if area in self.access_pins:
-            raise _err(errno.EDEADLOCK, f"{area!r} is still pinned by an access")
+            raise UapiError(errno.EDEADLOCK, f"{area!r} is still pinned by an access")
 
     # -- reserved and allowed ranges ------------------------------------------------
     def add_reserved(self, key, ranges):
@@ -378,9 +375,9 @@ class Ioas(Obj):
         ranges = [(int(s), int(l)) for s, l in ranges]
         for s, l in ranges:
             if s > l or s < 0 or l > U64_MAX:
-                raise _err(errno.EINVAL, f"bad reserved range {s:#x}..{l:#x}")
+                raise UapiError(errno.EINVAL, f"bad reserved range {s:#x}..{l:#x}")
             if self._first_area(s, l) is not None or self._allowed_intersects(s, l):
-                raise _err(errno.EADDRINUSE, f"reserved {s:#x}..{l:#x} is in use")
+                raise UapiError(errno.EADDRINUSE, f"reserved {s:#x}..{l:#x} is in use")
         if not ranges:
             return
         self.reserved.add(key, ranges)
@@ -405,7 +402,7 @@ class Ioas(Obj):
         ranges = sorted(ranges)
         for s, l in ranges:
             if self.reserved.intersects(s, l):
-                raise _err(errno.EADDRINUSE, f"allowed {s:#x}..{l:#x} is reserved")
+                raise UapiError(errno.EADDRINUSE, f"allowed {s:#x}..{l:#x} is reserved")
         self.allowed = ranges
         self._allowed_starts = [s for s, _ in ranges]
         self._allowed_lasts = [l for _, l in ranges]
@@ -418,26 +415,26 @@ class Ioas(Obj):
     # -- map / copy / unmap -----------------------------------------------------------
     def _check_fixed(self, iova, length):
         if iova & (self.iova_alignment - 1):
-            raise _err(errno.EINVAL, f"IOVA {iova:#x} not aligned to {self.iova_alignment:#x}")
+            raise UapiError(errno.EINVAL, f"IOVA {iova:#x} not aligned to {self.iova_alignment:#x}")
         last = iova + length - 1
         if last > U64_MAX:
-            raise _err(errno.EOVERFLOW, "iova + length overflows")
+            raise UapiError(errno.EOVERFLOW, "iova + length overflows")
         hole = self.free.containing(iova)
         if hole is not None and hole[1] >= last:
             return  # inside one hole: neither reserved nor mapped
         if self.reserved.intersects(iova, last):
-            raise _err(errno.EINVAL, f"{iova:#x}..{last:#x} meets a reserved range")
+            raise UapiError(errno.EINVAL, f"{iova:#x}..{last:#x} meets a reserved range")
         if self._first_area(iova, last) is not None:
-            raise _err(errno.EEXIST, f"{iova:#x}..{last:#x} is already mapped")
+            raise UapiError(errno.EEXIST, f"{iova:#x}..{last:#x} is already mapped")
 
     def _alloc(self, addr, length):
         iova, why = alloc_iova(self.free, self.allowed, length, addr, self.iova_alignment)
         if why == "overflow":
-            raise _err(errno.EOVERFLOW, f"length {length:#x} too large to allocate")
+            raise UapiError(errno.EOVERFLOW, f"length {length:#x} too large to allocate")
         if why == "align":
-            raise _err(errno.EINVAL, f"allocation alignment below {self.iova_alignment:#x}")
+            raise UapiError(errno.EINVAL, f"allocation alignment below {self.iova_alignment:#x}")
         if why == "nospace":
-            raise _err(errno.ENOSPC, f"no free IOVA for {length:#x} bytes")
+            raise UapiError(errno.ENOSPC, f"no free IOVA for {length:#x} bytes")
         return iova
 
     def _map_pieces(self, pieces, length, iova, fixed, prot):
@@ -446,7 +443,7 @@ class Ioas(Obj):
         then publish the areas. Returns the IOVA."""
         align = self.iova_alignment
         if length & (align - 1) or not length:
-            raise _err(errno.EINVAL, f"length {length:#x} not a multiple of {align:#x}")
+            raise UapiError(errno.EINVAL, f"length {length:#x} not a multiple of {align:#x}")
         if fixed:
             self._check_fixed(iova, length)
         else:
@@ -456,9 +453,9 @@ class Ioas(Obj):
         cur = iova
         for p in pieces:
             if prot & PROT_WRITE and not p.pages.writable:
-                raise _err(errno.EPERM, "WRITEABLE on memory registered read-only")
+                raise UapiError(errno.EPERM, "WRITEABLE on memory registered read-only")
             if (p.user_va % PAGE_SIZE) & (align - 1):
-                raise _err(errno.EINVAL, f"page offset of {p.user_va:#x} not a multiple of {align:#x}")
+                raise UapiError(errno.EINVAL, f"page offset of {p.user_va:#x} not a multiple of {align:#x}")
             new.append(Area(cur, p.length, p.user_va, prot, p.owner, p.pages))
             cur += p.length
         if self.domains:
@@ -487,9 +484,9 @@ class Ioas(Obj):
         memory not mappable when the IOAS has a domain.
         """
         if user_va + length > U64_MAX:
-            raise _err(errno.EOVERFLOW, "user_va + length overflows")
+            raise UapiError(errno.EOVERFLOW, "user_va + length overflows")
         if length == 0 or length > U64_MAX - PAGE_SIZE:
-            raise _err(errno.EINVAL, f"length {length:#x}")
+            raise UapiError(errno.EINVAL, f"length {length:#x}")
         pages = Pages(bool(prot & PROT_WRITE))
         return self._map_pieces([_Piece(pages, user_va, owner, length)], length, iova, fixed, prot)
 
@@ -501,16 +498,16 @@ class Ioas(Obj):
         EINVAL length 0; EOVERFLOW iova+length wraps; ENOENT a hole.
         """
         if length == 0:
-            raise _err(errno.EINVAL, "length 0")
+            raise UapiError(errno.EINVAL, "length 0")
         last = iova + length - 1
         if last > U64_MAX:
-            raise _err(errno.EOVERFLOW, "src_iova + length overflows")
+            raise UapiError(errno.EOVERFLOW, "src_iova + length overflows")
         area = self.area_at(iova)
         pieces = []
         cur = iova
         while True:
             if area is None:
-                raise _err(errno.ENOENT, f"IOVA {cur:#x} is not mapped")
+                raise UapiError(errno.ENOENT, f"IOVA {cur:#x} is not mapped")
             end = min(last, area.last)
             pieces.append(_Piece(area.pages, area.user_va + (cur - area.iova), area.owner, end - cur + 1))
             if end == last:
@@ -539,9 +536,9 @@ class Ioas(Obj):
         total = 0
         for area in self.areas_in(start, last):
             if area.locks:
-                raise _err(errno.EBUSY, f"{area!r} is locked")
+                raise UapiError(errno.EBUSY, f"{area!r} is locked")
             if area.iova < start or area.last > last:
-                raise _err(errno.ENOENT, f"{area!r} is not inside {start:#x}..{last:#x}")
+                raise UapiError(errno.ENOENT, f"{area!r} is not inside {start:#x}..{last:#x}")
             if self.access_pins and area in self.access_pins:
                 self._notify_unmap(area)
             self._remove_area(area)
@@ -557,10 +554,10 @@ class Ioas(Obj):
         before the failing one stay unmapped, as in the kernel.
         """
         if length == 0:
-            raise _err(errno.EINVAL, "length 0")
+            raise UapiError(errno.EINVAL, "length 0")
         last = iova + length - 1
         if last > U64_MAX:
-            raise _err(errno.EOVERFLOW, "iova + length overflows")
+            raise UapiError(errno.EOVERFLOW, "iova + length overflows")
         return self._unmap_range(iova, last)
 
     def unmap_all(self):
@@ -592,11 +589,11 @@ class Ioas(Obj):
         off = iova + 1 - area.iova
         mask = self.iova_alignment - 1
         if (iova + 1) & mask or ((area.user_va + off) % PAGE_SIZE) & mask:
-            raise _err(errno.EINVAL, f"cut of {area!r} at {iova + 1:#x} is not aligned to {mask + 1:#x}")
+            raise UapiError(errno.EINVAL, f"cut of {area!r} at {iova + 1:#x} is not aligned to {mask + 1:#x}")
         if area.locks or area in self.access_pins:
-            raise _err(errno.EINVAL, f"{area!r} is used by an in-kernel access")
+            raise UapiError(errno.EINVAL, f"{area!r} is used by an in-kernel access")
         if area.pinned and self.domains and not self.disable_large_pages:
-            raise _err(errno.EINVAL, f"{area!r} may be mapped with huge pages")
+            raise UapiError(errno.EINVAL, f"{area!r} may be mapped with huge pages")
         pieces = (Area(area.iova, off, area.user_va, area.prot, area.owner, area.pages),
                   Area(iova + 1, area.length - off, area.user_va + off, area.prot, area.owner, area.pages))
         area.pages.unlink(area)
@@ -636,7 +633,7 @@ class Ioas(Obj):
         if self.disable_large_pages:
             return
         if self.domains and self.areas:
-            raise _err(errno.EINVAL, "domains already hold mappings")
+            raise UapiError(errno.EINVAL, "domains already hold mappings")
         self.disable_large_pages = True
         try:
             self._recalc_alignment()
@@ -658,7 +655,7 @@ def ioas_alloc(ctx, caller, cmd):
     """IOMMU_IOAS_ALLOC (§5): EOPNOTSUPP if ``flags`` != 0. The new IOAS's
     ID is returned in ``out_ioas_id`` and published when the call succeeds."""
     if cmd.flags:
-        raise _err(errno.EOPNOTSUPP, f"flags {cmd.flags:#x}")
+        raise UapiError(errno.EOPNOTSUPP, f"flags {cmd.flags:#x}")
     cmd.out_ioas_id = ctx.add(Ioas(ctx))
 
 
@@ -670,7 +667,7 @@ def ioas_iova_ranges(ctx, caller, cmd):
     ranges exist than ``num_iovas`` — the struct, with the total in
     ``num_iovas`` and ``out_iova_alignment``, is written back all the same."""
     if cmd.__reserved:
-        raise _err(errno.EOPNOTSUPP, "__reserved")
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
     ioas = ctx.get(cmd.ioas_id, Ioas)
     capacity = cmd.num_iovas
     ranges = ioas.iova_ranges()
@@ -709,15 +706,15 @@ def ioas_allow_iovas(ctx, caller, cmd):
     EINVAL overlaps an earlier entry; finally EADDRINUSE if an entry meets a
     reserved range. The list is replaced atomically; num_iovas 0 clears it."""
     if cmd.__reserved:
-        raise _err(errno.EOPNOTSUPP, "__reserved")
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
     ioas = ctx.get(cmd.ioas_id, Ioas)
     seen = SortedDict()
     for start, last in _read_ranges(caller.mem, cmd.allowed_iovas, cmd.num_iovas):
         if start >= last:
-            raise _err(errno.EINVAL, f"allowed range {start:#x}..{last:#x}")
+            raise UapiError(errno.EINVAL, f"allowed range {start:#x}..{last:#x}")
         i = seen.bisect_right(last) - 1
         if i >= 0 and seen.peekitem(i)[1] >= start:
-            raise _err(errno.EINVAL, f"allowed range {start:#x}..{last:#x} overlaps")
+            raise UapiError(errno.EINVAL, f"allowed range {start:#x}..{last:#x} overlaps")
         seen[start] = last
     ioas.set_allowed(list(seen.items()))
 
@@ -727,11 +724,11 @@ def _map_checks(flags, reserved, *u64s):
     EOPNOTSUPP unknown flags (or MAP's ``__reserved``), EOVERFLOW an
     IOVA/length >= ULONG_MAX, EINVAL neither READABLE nor WRITEABLE."""
     if flags & ~MAP_FLAGS or reserved:
-        raise _err(errno.EOPNOTSUPP, f"flags {flags:#x} / __reserved")
+        raise UapiError(errno.EOPNOTSUPP, f"flags {flags:#x} / __reserved")
     if max(u64s) >= ULONG_MAX:
-        raise _err(errno.EOVERFLOW, "iova or length >= ULONG_MAX")
+        raise UapiError(errno.EOVERFLOW, "iova or length >= ULONG_MAX")
     if not flags & _RW:
-        raise _err(errno.EINVAL, "neither READABLE nor WRITEABLE")
+        raise UapiError(errno.EINVAL, "neither READABLE nor WRITEABLE")
 
 
 @ioctl(uapi.IOMMU_IOAS_MAP, "iommu_ioas_map", "iova")
@@ -778,10 +775,10 @@ def ioas_unmap(ctx, caller, cmd):
         cmd.length = ioas.unmap_all()
         return
     if cmd.iova >= ULONG_MAX or cmd.length >= ULONG_MAX:
-        raise _err(errno.EOVERFLOW, "iova or length >= ULONG_MAX")
+        raise UapiError(errno.EOVERFLOW, "iova or length >= ULONG_MAX")
     n = ioas.unmap(cmd.iova, cmd.length)
     if not n:
-        raise _err(errno.ENOENT, f"nothing mapped in {cmd.iova:#x}+{cmd.length:#x}")
+        raise UapiError(errno.ENOENT, f"nothing mapped in {cmd.iova:#x}+{cmd.length:#x}")
     cmd.length = n
 
 
@@ -792,8 +789,8 @@ def _respond_val64(arg, cdata, size):
 
 
 def _ctx_empty(ctx):
-    """No object, reserved ID or tombstone at all (RLIMIT_MODE SET, §4)."""
-    return not (ctx.objects or ctx.pending or getattr(ctx, "tombstones", None))
+    """No object and no reserved ID at all (RLIMIT_MODE SET, §4)."""
+    return not (ctx.objects or ctx.pending)
 
 
 @ioctl(uapi.IOMMU_OPTION, "iommu_option", "val64", respond=_respond_val64)
@@ -809,23 +806,23 @@ def iommu_option(ctx, caller, cmd):
     Only ``val64`` is written back, on success.
     """
     if cmd.__reserved:
-        raise _err(errno.EOPNOTSUPP, "__reserved")
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
     if cmd.option_id == uapi.IOMMU_OPTION_RLIMIT_MODE:
         if cmd.object_id:
-            raise _err(errno.EOPNOTSUPP, "RLIMIT_MODE is global: object_id must be 0")
+            raise UapiError(errno.EOPNOTSUPP, "RLIMIT_MODE is global: object_id must be 0")
         if cmd.op == uapi.IOMMU_OPTION_OP_GET:
             cmd.val64 = 1 if ctx.rlimit_mm else 0
             return
         if cmd.op == uapi.IOMMU_OPTION_OP_SET:
             if caller.uid != 0:
-                raise _err(errno.EPERM, "RLIMIT_MODE SET needs CAP_SYS_RESOURCE")
+                raise UapiError(errno.EPERM, "RLIMIT_MODE SET needs CAP_SYS_RESOURCE")
             if not _ctx_empty(ctx):
-                raise _err(errno.EBUSY, "RLIMIT_MODE SET on a non-empty context")
+                raise UapiError(errno.EBUSY, "RLIMIT_MODE SET on a non-empty context")
             if cmd.val64 not in (0, 1):
-                raise _err(errno.EINVAL, f"RLIMIT_MODE value {cmd.val64}")
+                raise UapiError(errno.EINVAL, f"RLIMIT_MODE value {cmd.val64}")
             ctx.rlimit_mm = cmd.val64 == 1
             return
-        raise _err(errno.EOPNOTSUPP, f"op {cmd.op}")
+        raise UapiError(errno.EOPNOTSUPP, f"op {cmd.op}")
     if cmd.option_id == uapi.IOMMU_OPTION_HUGE_PAGES:
         ioas = ctx.get(cmd.object_id, Ioas)
         if cmd.op == uapi.IOMMU_OPTION_OP_GET:
@@ -833,8 +830,8 @@ def iommu_option(ctx, caller, cmd):
             return
         if cmd.op == uapi.IOMMU_OPTION_OP_SET:
             if cmd.val64 not in (0, 1):
-                raise _err(errno.EINVAL, f"HUGE_PAGES value {cmd.val64}")
+                raise UapiError(errno.EINVAL, f"HUGE_PAGES value {cmd.val64}")
             ioas.set_large_pages(cmd.val64 == 1)
             return
-        raise _err(errno.EOPNOTSUPP, f"op {cmd.op}")
-    raise _err(errno.EOPNOTSUPP, f"option {cmd.option_id}")
+        raise UapiError(errno.EOPNOTSUPP, f"op {cmd.op}")
+    raise UapiError(errno.EOPNOTSUPP, f"option {cmd.option_id}")

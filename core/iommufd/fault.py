@@ -1,7 +1,7 @@
 """FAULT objects: I/O page fault queues (reference §10.1, seed 004).
 
 Seed 004's flow: the IOMMU gets a raw fault {RID, PASID, address}, finds the
-I/O page table and the device from {RID, PASID} (core.routing), reports
+I/O page table and the device from {RID, PASID} (core.iommu.routing), reports
 (address space, device cookie, address) to userspace and wakes it;
 userspace fixes the mapping and answers with a page response. The merged
 uAPI: IOMMU_FAULT_QUEUE_ALLOC gives a FAULT object and an fd; HWPTs made with
@@ -15,7 +15,7 @@ IOMMU_HWPT_ALLOC_FAULT_ID_VALID route their faults into it.
   under ``fds/``). It holds a reference on the FAULT object, so
   IOMMU_DESTROY is EBUSY while it is open (§10.1), and it keeps the context
   alive as the kernel's fault fd keeps its iommufd.
-- Completing a group wakes the DMA waiting for it (core.dma): ``done`` holds
+- Completing a group wakes the DMA waiting for it (core.iommu.dma): ``done`` holds
   the response code and ``wake_fd`` (an eventfd, made when someone waits)
   becomes readable. Detach, replace, and destroying the FAULT object answer
   the groups INVALID, so no DMA waits forever.
@@ -24,11 +24,12 @@ import errno
 import os
 import struct
 
-from . import uapi
+from .. import uapi
+from ..errors import UapiError
+from ..fds import FdOpen, ReturnedFd
+from ..files import POLLIN, POLLOUT
 from .context import Obj
-from .dispatch import ioctl
-from .errors import UapiError
-from .fds import ReturnedFd
+from .ucmd import ioctl
 
 RECORD = struct.Struct("<IIIIIIQII")      # struct iommu_hwpt_pgfault (40 bytes)
 RESPONSE = struct.Struct("<II")           # struct iommu_hwpt_page_response (8 bytes)
@@ -57,6 +58,7 @@ class FaultGroup:
         self.done = None
         self.wake_fd = -1
         self.abandoned = False
+        self.on_done = None
 
     def records(self):
         """The group's ``iommu_hwpt_pgfault`` records (bytes, 40 each)."""
@@ -83,6 +85,14 @@ class FaultGroup:
                 os.eventfd_write(self.wake_fd, 1)
         return self.wake_fd
 
+    def subscribe(self, fn):
+        """Call ``fn()`` once the group is answered (core.files.Wait); True
+        instead if it is answered already."""
+        if self.done is not None:
+            return True
+        self.on_done = fn
+        return False
+
     def complete(self, code):
         """Answer the group with ``code`` (SUCCESS/INVALID); wakes the waiter."""
         if self.done is not None:
@@ -92,6 +102,9 @@ class FaultGroup:
             os.eventfd_write(self.wake_fd, 1)
             if self.abandoned:
                 self.release_fd()
+        fn, self.on_done = self.on_done, None
+        if fn is not None:
+            fn()
 
     def release_fd(self):
         """The waiter is finished with the group (or gone): close the eventfd."""
@@ -103,6 +116,7 @@ class FaultGroup:
         """The waiting DMA was cancelled: close the eventfd now if answered,
         else as soon as the group is answered."""
         self.abandoned = True
+        self.on_done = None
         if self.done is not None:
             self.release_fd()
 
@@ -110,8 +124,8 @@ class FaultGroup:
 class FaultQueue(Obj):
     """The FAULT object (reference §10.1). ``pending``: groups not yet read;
     ``awaiting``: cookie -> group delivered and not yet answered;
-    ``file``: its FaultFile while the fd exists; ``on_change``: called (by
-    core, lock held) when groups arrive, for the transport to wake pollers."""
+    ``file``: its FaultFile while the fd exists (told when groups arrive,
+    to wake pollers)."""
 
     kind = "FAULT"
 
@@ -120,14 +134,13 @@ class FaultQueue(Obj):
         self.pending = []
         self.awaiting = {}
         self.file = None
-        self.on_change = None
 
     # -- the IOMMU side ----------------------------------------------------------
     def report(self, group):
         """Queue a fault group (the IOMMU reporting a page request)."""
         self.pending.append(group)
-        if self.on_change is not None:
-            self.on_change()
+        if self.file is not None:
+            self.file.changed()
 
     def answer_all(self, match=lambda g: True, code=INVALID):
         """Answer ``code`` to every pending or delivered group ``match``
@@ -200,7 +213,6 @@ class FaultQueue(Obj):
 
     def destroy(self):
         self.answer_all()
-        self.on_change = None
 
 
 class FaultFile(ReturnedFd):
@@ -214,6 +226,29 @@ class FaultFile(ReturnedFd):
         super().__init__(queue.ctx, uid)
         self.queue = queue.get()
         queue.file = self
+
+    def open(self, caller, flags):
+        """open() of the node: EBADF closed, EACCES another uid."""
+        self.check_caller(caller)
+        self.opened()
+        return FdOpen(self)
+
+    def read(self, caller, count):
+        """read() of the fault fd (reference §10.1): bytes of whole groups."""
+        self.check_caller(caller)
+        return self.queue.read(count)
+
+    def write(self, caller, data):
+        """write() of page responses (reference §10.1): bytes consumed."""
+        self.check_caller(caller)
+        return self.queue.write(data)
+
+    def poll(self, closed):
+        """§10.1: always writable; readable while groups wait to be read.
+        EBADF (POLLERR) on an open closed synchronously."""
+        if closed:
+            raise UapiError(errno.EBADF, "closed synchronously")
+        return POLLOUT | (POLLIN if not self.closed and self.queue.readable() else 0)
 
     def _close(self):
         q = self.queue

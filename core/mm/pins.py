@@ -1,6 +1,6 @@
 """The pin-count model behind IOMMU_TEST_CMD MD_CHECK_REFS (reference §12, §13).
 
-The kernel pins a page of user memory once per ``iopt_pages`` (core.ioas
+The kernel pins a page of user memory once per ``iopt_pages`` (core.iommufd.ioas
 ``Pages``: the memory of one IOAS_MAP, shared by its IOAS_COPY copies) while
 any domain or in-kernel access needs it, and MD_CHECK_REFS reads that
 FOLL_PIN count back per page. The emulator pins nothing, so the count is
@@ -8,7 +8,7 @@ derived from what the kernel would hold:
 
 - an area in an IOAS with a domain (``Area.pinned``) pins every page its
   memory touches;
-- an access pin (core.access ``Pin``) pins the pages of each piece;
+- an access pin (core.iommufd.access ``Pin``) pins the pages of each piece;
 - pins of the same ``Pages`` count once per page; distinct ``Pages`` add up
   (the same memory mapped twice is pinned twice).
 
@@ -17,6 +17,8 @@ walk over the areas of the asking process (a test op), so IOAS_MAP pays
 nothing for it. Ranges are merged per ``Pages`` and swept once; no per-page
 work.
 """
+from ..iommufd.access import Access
+from ..iommufd.ioas import Ioas
 from .iova import PAGE_SIZE
 
 
@@ -30,10 +32,6 @@ def pinned_runs(emulator, tgid, start, end):
     """How many times each page of ``[start, end)`` (page-aligned VAs of
     process ``tgid``) is pinned: a sorted list of ``(lo, hi, count)``
     half-open VA runs with count >= 1; pages in no run count 0."""
-    from .access import Access
-    from .context import Context
-    from .ioas import Ioas
-
     spans = {}     # Pages -> [(lo, hi)]
 
     def add(pages, va, length):
@@ -42,7 +40,7 @@ def pinned_runs(emulator, tgid, start, end):
         if lo < hi:
             spans.setdefault(pages, []).append((lo, hi))
 
-    for ctx in Context.live(emulator):
+    for ctx in list(emulator.contexts):
         for obj in list(ctx.objects.values()):
             if isinstance(obj, Ioas) and obj.domains:
                 for area in obj.areas.values():

@@ -3,7 +3,7 @@ ranges and the automatic-IOVA allocator's arithmetic.
 
 Every interval here is inclusive, ``(start, last)`` in bytes of IOVA, within
 ``[0, U64_MAX]`` (the kernel's ``[0, ULONG_MAX]`` on LP64). Nothing here
-raises UapiError: this module answers questions, ``core.ioas`` decides the
+raises UapiError: this module answers questions, ``core.iommufd.ioas`` decides the
 errno.
 
 - :func:`alloc_window` and :func:`check_range` are the kernel allocator's

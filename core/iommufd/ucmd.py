@@ -1,4 +1,9 @@
-"""The one dispatch table of /dev/iommu ioctls and its generic rules.
+"""The machinery of an ioctl table: one slot (:class:`Op`), the generic
+rules every slot obeys, copy_struct_from_user and the write-back.
+
+A leaf module, the kernel's ``iommufd_ucmd`` helpers: handler modules import
+it to declare their ops (:func:`ioctl`), and the table that lists those ops
+(core.iommufd.dispatch) imports the handler modules, so no handler imports the table.
 
 Reference §3 ("Generic dispatch rules"), in the kernel's order:
 
@@ -14,20 +19,16 @@ Reference §3 ("Generic dispatch rules"), in the kernel's order:
 7. objects created by the handler are published only when everything
    succeeded, and destroyed otherwise.
 
-Handlers are registered with :func:`ioctl` in the module of their object type
-and receive ``(ctx, caller, cmd)`` where ``cmd`` is the decoded cffi struct.
-They return the ioctl result (normally 0) or raise UapiError.
+Steps 2-6 are :func:`decode` and :func:`respond` here; 1 and 7 belong to the
+iommufd table (core.iommufd.dispatch). Handlers receive ``(ctx, caller, cmd)`` where
+``cmd`` is the decoded cffi struct, and return the ioctl result (normally 0)
+or raise UapiError.
 """
 import errno
 
-from . import uapi
-from .errors import UapiError
-from .uapi import ffi
+from ..errors import UapiError
+from ..uapi import ffi
 
-# The table's last slot: IOMMU_TEST_CMD (the emulator is built like a kernel
-# with CONFIG_IOMMUFD_TEST, §2), so 0x95..0x9f are empty slots.
-_FIRST_NR = 0x80
-_LAST_NR = 0xA0
 # Every struct of a table starts with its u32 ``size`` (checked by Op).
 _U32 = ffi.typeof("uint32_t")
 _SIZE_WORD = ffi.typeof("uint32_t *")
@@ -56,21 +57,17 @@ class Op:
         self.respond = respond
 
 
-OPS = {}
-
-
 def ioctl(cmd, struct, last, respond="struct"):
-    """Register the decorated handler for ``cmd`` with ``struct <struct>``.
+    """Declare the decorated function the handler of ``cmd`` with ``struct
+    <struct>``: it gets an ``op`` attribute (an :class:`Op`) that a table
+    lists. ``last`` names the last mandatory field: the minimum size is its
+    offsetofend (reference §2 table, "min")."""
 
-    ``last`` names the last mandatory field: the minimum size is its
-    offsetofend (reference §2 table, "min").
-    """
-
-    def register(handler):
-        OPS[cmd & 0xFF] = Op(cmd, struct, last, handler, respond)
+    def declare(handler):
+        handler.op = Op(cmd, struct, last, handler, respond)
         return handler
 
-    return register
+    return declare
 
 
 def read_struct(arg, ctype, kernel_size, user_size, cdata=None, got=0):
@@ -79,8 +76,8 @@ def read_struct(arg, ctype, kernel_size, user_size, cdata=None, got=0):
     must be zero (E2BIG). Unreadable: EFAULT.
 
     ``cdata``/``got``: a struct (``ctype``) already holding the first ``got``
-    readable bytes of the argument, as :func:`iommufd_ioctl` reads it (saves
-    a copy); by default a new one is read.
+    readable bytes of the argument, as :func:`decode` reads it (saves a
+    copy); by default a new one is read.
     """
     if cdata is None:
         cdata = ffi.new(ctype)
@@ -102,6 +99,16 @@ def read_struct(arg, ctype, kernel_size, user_size, cdata=None, got=0):
             if any(arg.read(off, k)):
                 raise UapiError(errno.E2BIG, "non-zero bytes past the kernel struct")
             off += k
+    return cdata
+
+
+def copy_from_user(arg, struct, minsz):
+    """The first ``minsz`` bytes of the argument in a zeroed ``struct
+    <struct>`` (EFAULT if unreadable), as VFIO's handlers read their
+    ``argsz``-prefixed structs: no size rule here, each handler has its own."""
+    data = arg.read(0, minsz)
+    cdata = ffi.new(f"struct {struct} *")
+    ffi.memmove(cdata, data, minsz)
     return cdata
 
 
@@ -137,39 +144,12 @@ def respond(op, arg, cdata, size):
         op.respond(arg, cdata, size)
 
 
-def iommufd_ioctl(ctx, caller, cmd, arg):
-    """Run ioctl(iommufd, cmd, arg) against ``ctx``: the result or UapiError.
-
-    The generic rules above are applied here and nowhere else.
-    """
-    ctx.check_caller(caller)
-    nr = cmd & 0xFF
-    if nr < _FIRST_NR or nr > _LAST_NR:
-        return _compat.vfio_compat_ioctl(ctx, caller, cmd, arg)
-    op = OPS.get(nr)
-    cdata, size = decode(op, cmd, arg)
-    try:
-        result = op.handler(ctx, caller, cdata)
-        respond(op, arg, cdata, size)
-    except UapiError as e:
-        ctx.rollback()
-        caller.returned.clear()     # the objects behind returned fds are gone
-        if getattr(e, "respond", False):
-            # EMSGSIZE of IOVA_RANGES: the struct is written back all the same.
-            write_struct(arg, cdata, op.sizeof, size)
-        raise
-    except BaseException:
-        ctx.rollback()
-        caller.returned.clear()
-        raise
-    ctx.commit()
-    return result or 0
-
-
 class Table:
     """A dispatch table of project-private commands (``_IO(0xF5, nr)``) on
     another node, with the same generic rules (steps 2-6) as the iommufd
-    table: see :func:`decode`. ``register`` is used like :func:`ioctl`."""
+    table: see :func:`decode`. ``register`` declares and lists a handler
+    at once (these tables live beside their handlers: nothing imports them
+    but their own node's file)."""
 
     def __init__(self):
         self.ops = {}
@@ -196,20 +176,3 @@ def respond_anyway(err, detail=""):
     e = UapiError(err, detail)
     e.respond = True
     return e
-
-
-@ioctl(uapi.IOMMU_DESTROY, "iommu_destroy", "id")
-def iommu_destroy(ctx, caller, cmd):
-    """IOMMU_DESTROY: ENOENT if ``id`` is absent, EBUSY while referenced (§4)."""
-    ctx.destroy(cmd.id)
-
-
-# Importing the handler modules fills OPS.
-from . import ioas as _ioas  # noqa: E402,F401
-from . import hwpt as _hwpt  # noqa: E402,F401
-from . import device as _device  # noqa: E402,F401
-from . import fault as _fault  # noqa: E402,F401
-from . import selftest as _selftest  # noqa: E402,F401
-from . import compat as _compat  # noqa: E402
-
-__all__ = ["iommufd_ioctl", "ioctl", "OPS", "uapi"]

@@ -14,12 +14,11 @@
 """
 import errno
 import heapq
-import weakref
 
-from .errors import UapiError
-from .usermem import OwnerTable
-
-_live = weakref.WeakSet()
+from .. import uapi
+from ..errors import UapiError
+from ..mm.usermem import OwnerTable
+from .ucmd import ioctl
 
 
 class Obj:
@@ -81,12 +80,8 @@ class Context:
         self.rlimit_mm = False   # IOMMU_OPTION RLIMIT_MODE (§7)
         self.vfio_ioas = None    # IOMMU_VFIO_IOAS compat IOAS (§7)
         self.owners = OwnerTable()  # processes owning this context's mappings
-        _live.add(self)
-
-    @staticmethod
-    def live(emulator):
-        """Contexts of ``emulator`` that are not yet destroyed."""
-        return [c for c in _live if c.emulator is emulator and not c.closed]
+        if emulator is not None:
+            emulator.contexts.add(self)
 
     # -- IDs ------------------------------------------------------------------
     def _take_id(self):
@@ -147,6 +142,15 @@ class Context:
             raise UapiError(errno.ENOENT, f"no object {oid} of {[t.kind for t in types]}")
         return obj
 
+    def get_kind(self, oid, kind):
+        """The published object ``oid`` whose ``kind`` is ``kind`` (a type
+        name such as "DEVICE"): for a module the type's own module builds
+        on, which cannot import it. ENOENT as :meth:`get`."""
+        obj = self.objects.get(oid)
+        if obj is None or obj.kind != kind:
+            raise UapiError(errno.ENOENT, f"no object {oid} of {kind}")
+        return obj
+
     def find(self, oid):
         """The published object ``oid`` or None."""
         return self.objects.get(oid)
@@ -205,3 +209,11 @@ class Context:
                 if obj.id in self.objects and obj.refs == 0:
                     self.remove(obj)
         self.closed = True
+        if self.emulator is not None:
+            self.emulator.contexts.discard(self)
+
+
+@ioctl(uapi.IOMMU_DESTROY, "iommu_destroy", "id")
+def iommu_destroy(ctx, caller, cmd):
+    """IOMMU_DESTROY: ENOENT if ``id`` is absent, EBUSY while referenced (§4)."""
+    ctx.destroy(cmd.id)

@@ -1,4 +1,4 @@
-"""The driver side of a device: ``devices/<name>/driver`` (README).
+"""The driver side of a device: ``devices/<name>/driver`` (docs/driver-side.md).
 
 The RFC's kernel drivers (vfio-pci, an mdev parent, IDXD) do things no
 iommufd ioctl does: allocate PASIDs from the device's or the global space
@@ -8,7 +8,7 @@ harness plays that driver through this node. Each open is one
 own, and closing it frees them, as unloading a driver would.
 
 Commands are project-private ``_IO(0xF5, nr)`` ioctls (or frames carrying
-them) with the generic rules of the iommufd table (core.dispatch.decode):
+them) with the generic rules of the iommufd table (core.iommufd.ucmd.decode):
 EFAULT, ENOTTY, EINVAL below the minimum size, E2BIG for a non-zero tail;
 ``flags`` and ``__reserved`` must be 0 (EOPNOTSUPP).
 
@@ -25,9 +25,10 @@ import errno
 import struct
 from collections import deque
 
-from . import uapi
-from .dispatch import Table
-from .errors import UapiError
+from .. import uapi
+from ..errors import UapiError
+from ..files import IOCTL_FRAMES, POLLIN, POLLOUT, TRANSPORT_IOCTLS, File
+from ..iommufd.ucmd import Table
 from .pasid import space_of
 from .sva import alloc_unrouted
 
@@ -35,11 +36,16 @@ DRIVER = Table()
 EVENT = struct.Struct("<IIIiQII")
 
 
-class DriverFile:
+class DriverFile(File):
     """One open of a device's driver node: ``device``, ``uid`` (only this
     uid may use it: EACCES), ``pasids`` (allocated: PASID -> its space),
-    ``bonds`` (handle -> SvaBond made here), ``events`` (pending records),
-    ``on_change`` (set by the transport: called when events arrive)."""
+    ``bonds`` (handle -> SvaBond made here), ``events`` (pending records).
+    Its ioctls are :data:`DRIVER`'s (project-private numbers of its own);
+    read() gives events unless the reading thread has a frame in flight."""
+
+    frames = IOCTL_FRAMES
+    own_private = True
+    transport_ioctls = TRANSPORT_IOCTLS
 
     def __init__(self, emulator, device, uid):
         self.emulator = emulator
@@ -48,7 +54,6 @@ class DriverFile:
         self.pasids = {}
         self.bonds = {}
         self.events = deque()
-        self.on_change = None
         self.open = True
 
     def check_caller(self, caller):
@@ -59,11 +64,10 @@ class DriverFile:
 
     def _event(self, typ, bond, addr=0, perm=0):
         self.events.append(EVENT.pack(typ, bond.handle, bond.pasid, bond.mm.tgid, addr, perm, 0))
-        if self.on_change is not None:
-            self.on_change()
+        self.changed()
 
     def mm_exit(self, bond):
-        """Queue the mm_exit event of ``bond`` (core.sva) and wake pollers."""
+        """Queue the mm_exit event of ``bond`` (core.iommu.sva) and wake pollers."""
         self._event(uapi.IOMMUFS_EVENT_MM_EXIT, bond)
 
     def iopf(self, bond, addr, access):
@@ -83,6 +87,25 @@ class DriverFile:
             out.append(self.events.popleft())
         return b"".join(out)
 
+    def ioctl(self, caller, cmd, arg):
+        """ioctl on a driver node: result or UapiError (EBADF closed, EACCES
+        another uid, then the generic rules and the command's own)."""
+        self.check_caller(caller)
+        return DRIVER.call(self, caller, cmd, arg)
+
+    def read(self, caller, count, off):
+        """read() of ``count`` bytes: pending events (bytes). EBADF closed,
+        EACCES another uid; EINVAL ``count`` below one record."""
+        self.check_caller(caller)
+        return self.read_events(count)
+
+    def poll(self):
+        """POLLIN while events wait; always writable (frames)."""
+        return POLLIN | POLLOUT if self.open and self.events else POLLOUT
+
+    def release(self):
+        self.close()
+
     def close(self):
         """Unbind every bond (all its users) and free every PASID. Idempotent."""
         self.open = False
@@ -95,13 +118,6 @@ class DriverFile:
             space.free(pasid)
         self.pasids.clear()
         self.events.clear()
-
-
-def driver_ioctl(dfile, caller, cmd, arg):
-    """ioctl on a driver node: result or UapiError (EBADF closed, EACCES
-    another uid, then the generic rules and the command's own)."""
-    dfile.check_caller(caller)
-    return DRIVER.call(dfile, caller, cmd, arg)
 
 
 def _no_flags(flags, reserved):
@@ -139,7 +155,7 @@ def sva_bind(dfile, caller, cmd):
     """IOMMUFS_SVA_BIND: bind process ``pid`` (0: the caller's) to the
     device; ``out_handle`` and ``out_pasid`` come back (the same handle for
     the same process and device: one more user). Errors of
-    core.sva.SvaTable.bind (EOPNOTSUPP, ESRCH, EPERM, ENOSPC, EBUSY)."""
+    core.iommu.sva.SvaTable.bind (EOPNOTSUPP, ESRCH, EPERM, ENOSPC, EBUSY)."""
     _no_flags(cmd.flags, cmd.__reserved)
     if cmd.pid < 0:
         raise UapiError(errno.EINVAL, f"pid {cmd.pid}")

@@ -13,25 +13,27 @@ Reply: magic, status i32 (0 or -errno), bytes moved u32, reserved u32,
 faulting IOVA u64, then the data of a read.
 """
 import errno
-import struct
 import time
 
 from cext._native import ffi
 
-from . import routing, uapi
-from .errors import UapiError
-from .fault import SUCCESS, FaultGroup
+from .. import uapi, wire
+from ..errors import DmaFault, UapiError
+from ..files import REQUEST_FRAMES, File, NotYet, Wait
+from ..iommufd.fault import SUCCESS, FaultGroup
+from . import routing
 from .routing import RID
+from .sva import SvaBond
 
-MAGIC = b"IODM"
-OP_READ = 1
-OP_WRITE = 2
-FLAG_PASID = 1
-FLAG_NO_PRI = 2
-REQ = struct.Struct("<4sIIIQII")
-REPLY = struct.Struct("<4siIIQ")
-# A frame must fit one FUSE request (max_write / max_read 1 MiB, fuse-notes §1.2).
-MAX_DMA = 512 * 1024
+# The IODM frame (core.wire), by short names.
+MAGIC = wire.IODM_MAGIC
+OP_READ = wire.IODM_OP_READ
+OP_WRITE = wire.IODM_OP_WRITE
+FLAG_PASID = wire.IODM_FLAG_PASID
+FLAG_NO_PRI = wire.IODM_FLAG_NO_PRI
+REQ = wire.IODM_REQUEST
+REPLY = wire.IODM_REPLY
+MAX_DMA = wire.IODM_MAX_LENGTH
 FAULT_LOG_MAX = 64
 
 READ, WRITE = 1, 2  # page-table access bits
@@ -42,7 +44,7 @@ def reply(status=0, moved=0, fault_iova=0, data=b""):
     return REPLY.pack(MAGIC, status, moved, 0, fault_iova) + data
 
 
-def _record_fault(device, pasid, iova, access, err):
+def record_fault(device, pasid, iova, access, err):
     device.fault_log.append({
         "time": time.time(), "rid": device.rid,
         "pasid": None if pasid is RID else pasid, "iova": iova,
@@ -52,18 +54,8 @@ def _record_fault(device, pasid, iova, access, err):
     del device.fault_log[:-FAULT_LOG_MAX]
 
 
-class DmaFault(Exception):
-    """A DMA that cannot complete: ``errno`` (EFAULT no translation, EACCES
-    permission, ENODEV not attached) and the first faulting ``iova``."""
-
-    def __init__(self, err, iova):
-        super().__init__(err, iova)
-        self.errno = err
-        self.iova = iova
-
-
 def route(emulator, device, pasid, iova):
-    """The Route (core.routing) that DMA from ``device`` with ``pasid``
+    """The Route (core.iommu.routing) that DMA from ``device`` with ``pasid``
     (RID when None; for an mdev its default PASID) takes: an mdev's DMA
     carries its parent's RID (seed 004), a device behind a bridge its alias
     RID (seed 001), so the route may be another device's attachment.
@@ -72,27 +64,57 @@ def route(emulator, device, pasid, iova):
     PASID) or at all on the RID; EFAULT the PASID has no route (the IOMMU
     finds no PASID table entry: a translation fault).
     """
-    topo = emulator.topology
-    found = routing.find(topo, device.rid, pasid)
+    found = routing.find(emulator, device.rid, pasid)
     if found is not None:
         return found
-    if pasid is RID or not routing.routes_of(topo, device.rid):
+    if pasid is RID or not routing.routes_of(emulator, device.rid):
         raise DmaFault(errno.ENODEV, iova)
     raise DmaFault(errno.EFAULT, iova)
 
 
-class DmaWait(Exception):
+class DmaWait(Wait):
     """Core's "not yet" for a DMA that raised a page request group (PRI):
     the transport waits until ``wait_fd`` is readable, then calls
     ``resume()`` (core lock held) for the reply frame; if the waiting DMA is
     cancelled instead (INTERRUPT, the writer gone) it calls ``abandon()``."""
 
     def __init__(self, group, resume):
-        super().__init__("waiting for a page response")
+        NotYet.__init__(self, "waiting for a page response")
         self.group = group
-        self.wait_fd = group.waiter_fd()
         self.resume = resume
         self.abandon = group.abandon
+
+    @property
+    def fd(self):
+        # Made only for a waiter that polls: a subscriber needs no fd.
+        return self.group.waiter_fd()
+
+    wait_fd = fd
+
+    def subscribe(self, fn):
+        return self.group.subscribe(fn)
+
+
+class DmaPort(File):
+    """An open of ``devices/<name>/dma``: the device's DMA engine. Each
+    write() is one IODM request (:meth:`request`), its reply the writing
+    thread's next read() (DESIGN.md, the emulated device)."""
+
+    frames = REQUEST_FRAMES
+
+    def __init__(self, emulator, device):
+        self.emulator = emulator
+        self.device = device
+
+    def request(self, caller, data):
+        """One IODM request frame (bytes) -> its reply frame (bytes), or
+        DmaWait. Frame errors and faults are statuses in the reply."""
+        return dma_frame(self.emulator, self.device, caller, data)
+
+    @staticmethod
+    def failure(err):
+        """The reply of a request the transport could not serve (EIO)."""
+        return reply(-err)
 
 
 def dma_frame(emulator, device, caller, request):
@@ -152,7 +174,7 @@ class _Dma:
         self.pri = pri
 
     def fail(self, err, iova, moved=0, data=b""):
-        _record_fault(self.device, self.pasid, iova, self.access, err)
+        record_fault(self.device, self.pasid, iova, self.access, err)
         return reply(-err, moved, iova, data)
 
     def run(self):
@@ -168,10 +190,12 @@ class _Dma:
 
     def _page_request(self, r, e):
         target = r.target
-        queue = getattr(target, "fault", None)
+        if isinstance(target, SvaBond):
+            # The emulated kernel handler answers at once (docs/driver-side.md).
+            target.driver.iopf(target, e.iova, self.access)
+            return
+        queue = target.fault
         if queue is None:
-            if hasattr(target, "mm"):
-                target.driver.iopf(target, e.iova, self.access)
             return
         addrs = target.missing_pages(self.iova, self.length, self.access)
         perm = (uapi.IOMMU_PGFAULT_PERM_WRITE if self.access & WRITE

@@ -7,14 +7,13 @@ the PASID lives in the attachment, not in the page table (seed 003).
 """
 import errno
 
-from . import uapi
+from .. import uapi
+from ..errors import UapiError
+from ..iommu.routing import RID, occupant
 from .context import Obj
-from .dispatch import ioctl
-from .errors import UapiError
-# The module, not its names: core.dispatch imports the handler modules in
-# turn, and importing core.hwpt first reaches this one before hwpt is done.
-from . import hwpt as _hwpt
-from .routing import RID, occupant
+from .hwpt import HwptPaging, new_paging_hwpt
+from .ioas import Ioas
+from .ucmd import ioctl
 
 
 class BoundDevice(Obj):
@@ -30,14 +29,8 @@ class BoundDevice(Obj):
         self.device = device
         self.attachments = {}
 
-    def hwpt_for(self, pasid):
-        """The HWPT that DMA with ``pasid`` (None = RID) translates through, or None."""
-        return self.attachments.get(pasid)
-
     # -- attach / replace / detach (§8) -----------------------------------------
     def _resolve_pt(self, pt_id, pasid):
-        from .ioas import Ioas
-
         obj = self.ctx.find(pt_id)
         if obj is None:
             raise UapiError(errno.ENOENT, f"pt_id {pt_id}")
@@ -45,7 +38,7 @@ class BoundDevice(Obj):
             if pasid is not RID:
                 raise UapiError(errno.EINVAL, "an IOAS cannot be attached to a PASID")
             return obj
-        if isinstance(obj, _hwpt.HwptPaging):
+        if isinstance(obj, HwptPaging):
             return obj
         raise UapiError(errno.EINVAL, f"pt_id {pt_id} is a {obj.kind}")
 
@@ -61,7 +54,7 @@ class BoundDevice(Obj):
         # device sharing the RID that is not a group peer (an mdev and its
         # parent, seed 004) or by an SVA bond: the IOMMU could not tell the
         # two apart, so the second one is refused.
-        route = occupant(self.ctx.emulator.topology, self.device, pasid)
+        route = occupant(self.ctx.emulator, self.device, pasid)
         if route is not None and route.device.group != self.device.group:
             raise UapiError(errno.EBUSY, f"{route!r} already uses that RID/PASID")
         if route is not None and route.idev is None:
@@ -69,7 +62,7 @@ class BoundDevice(Obj):
 
     def group_peers(self):
         """Other topology devices of this device's group."""
-        groups = self.ctx.emulator.topology.groups if self.ctx.emulator else {}
+        groups = self.ctx.emulator.groups if self.ctx.emulator else {}
         return [d for d in groups.get(self.device.group, []) if d is not self.device]
 
     def _check_pasid_compat(self, hwpt, pasid):
@@ -84,10 +77,10 @@ class BoundDevice(Obj):
 
     def _auto_domain(self, ioas):
         for obj in list(self.ctx.objects.values()):
-            if (isinstance(obj, _hwpt.HwptPaging) and obj.auto and obj.ioas is ioas
+            if (isinstance(obj, HwptPaging) and obj.auto and obj.ioas is ioas
                     and obj.iommu.key() == self.device.iommu.key()):
                 return obj, False
-        return _hwpt.new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
+        return new_paging_hwpt(self.ctx, ioas, self.device, auto=True, publish=True), True
 
     def attach(self, pt_id, pasid=RID, mode=None):
         """Attach the route ``pasid`` (RID when None) to ``pt_id`` (an IOAS:
@@ -103,7 +96,7 @@ class BoundDevice(Obj):
         type or an IOAS for a PASID; EBUSY / EINVAL of ``mode``; EINVAL a
         group peer on another HWPT, PASID incompatibility; EBUSY the
         RID/PASID this takes on the wire is held by an mdev or parent of this
-        device or by an SVA bond (core.routing); EADDRINUSE the device's
+        device or by an SVA bond (core.iommu.routing); EADDRINUSE the device's
         reserved ranges collide in the IOAS; then the driver's step: EINVAL a
         HWPT of another IOMMU, a PASID beyond the device's width, and what
         ``device.set_dev_pasid`` raises (the mock's PASID 1024: ENOMEM).
@@ -112,8 +105,6 @@ class BoundDevice(Obj):
         An mdev's RID attachment is its parent's RID with the mdev's default
         PASID (seed 004): like a PASID attach it reserves no IOVA range.
         """
-        from .ioas import Ioas
-
         target = self._resolve_pt(pt_id, pasid)
         created = False
         if isinstance(target, Ioas):

@@ -16,7 +16,7 @@ IOMMUs that reserve it, as the kernel's IOMMU_NO_PASID.
 import errno
 import heapq
 
-from .errors import UapiError
+from ..errors import UapiError
 
 
 class PasidSpace:

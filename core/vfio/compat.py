@@ -26,14 +26,12 @@ import functools
 import operator
 import struct
 
-from . import uapi
-from .dispatch import ioctl, write_struct
-from .errors import UapiError
-# The module, not its names: core.dispatch imports this module while
-# core.ioas may still be initialising (either can be imported first).
-from . import ioas as _ioas
-from .iova import PAGE_SIZE, U64_MAX
-from .uapi import ffi
+from .. import uapi
+from ..errors import UapiError
+from ..iommufd import ioas as _ioas
+from ..iommufd.ucmd import copy_from_user, ioctl, write_struct
+from ..mm.iova import PAGE_SIZE, U64_MAX
+from ..uapi import ffi
 
 # The emulator is built without CONFIG_VFIO_NOIOMMU: CHECK_EXTENSION answers
 # 0 for VFIO_NOIOMMU_IOMMU and SET_IOMMU refuses it with EINVAL.
@@ -44,29 +42,16 @@ _CAP_HEADER = struct.Struct("<HHI")          # vfio_info_cap_header
 _RANGE = struct.Struct("<QQ")                 # vfio_iova_range
 
 
-def _err(code, detail):
-    return UapiError(code, detail)
-
-
 def _offsetofend(struct_name, field):
     f = dict(ffi.typeof(f"struct {struct_name}").fields)[field]
     return f.offset + ffi.sizeof(f.type)
-
-
-def _copy_from_user(arg, struct_name, minsz):
-    """The first ``minsz`` bytes of the argument in a zeroed ``struct``
-    (EFAULT if unreadable)."""
-    data = arg.read(0, minsz)
-    cdata = ffi.new(f"struct {struct_name} *")
-    ffi.memmove(cdata, data, minsz)
-    return cdata
 
 
 def compat_ioas(ctx):
     """The context's compat IOAS (IOMMU_VFIO_IOAS SET); ENODEV if none."""
     ioas = ctx.vfio_ioas
     if ioas is None:
-        raise _err(errno.ENODEV, "no compat IOAS (IOMMU_VFIO_IOAS SET)")
+        raise UapiError(errno.ENODEV, "no compat IOAS (IOMMU_VFIO_IOAS SET)")
     return ioas
 
 
@@ -85,10 +70,10 @@ def vfio_ioas(ctx, caller, cmd):
     GET: ENODEV with no compat IOAS, else ``ioas_id`` is written back.
     SET: ENOENT if ``ioas_id`` is not an IOAS; nothing is written back.
     CLEAR: always succeeds. Destroying the compat IOAS clears it too
-    (core.context.Context.remove).
+    (core.iommufd.context.Context.remove).
     """
     if cmd.__reserved:
-        raise _err(errno.EOPNOTSUPP, "__reserved")
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
     if cmd.op == uapi.IOMMU_VFIO_IOAS_GET:
         cmd.ioas_id = compat_ioas(ctx).id
     elif cmd.op == uapi.IOMMU_VFIO_IOAS_SET:
@@ -96,7 +81,7 @@ def vfio_ioas(ctx, caller, cmd):
     elif cmd.op == uapi.IOMMU_VFIO_IOAS_CLEAR:
         ctx.vfio_ioas = None
     else:
-        raise _err(errno.EOPNOTSUPP, f"op {cmd.op}")
+        raise UapiError(errno.EOPNOTSUPP, f"op {cmd.op}")
 
 
 # -- container ioctls (§11.4) ----------------------------------------------------------------
@@ -137,7 +122,7 @@ def set_iommu(ctx, caller, arg):
     what lets UNMAP_DMA split mappings. Type1v2 changes nothing."""
     kind = arg.integer()
     if kind not in (uapi.VFIO_TYPE1_IOMMU, uapi.VFIO_TYPE1v2_IOMMU):
-        raise _err(errno.EINVAL, f"IOMMU type {kind}")
+        raise UapiError(errno.EINVAL, f"IOMMU type {kind}")
     ioas = compat_ioas(ctx)
     if kind == uapi.VFIO_TYPE1_IOMMU:
         ioas.set_large_pages(False)
@@ -209,10 +194,10 @@ def iommu_get_info(ctx, caller, arg):
     ``cap_offset`` = 24 if the whole chain fit else 0, ``pad`` = 0. A write
     that faults is EFAULT (the info is then not written).
     """
-    info = _copy_from_user(arg, "vfio_iommu_type1_info", _GET_INFO_MINSZ)
+    info = copy_from_user(arg, "vfio_iommu_type1_info", _GET_INFO_MINSZ)
     argsz = info.argsz
     if argsz < _GET_INFO_MINSZ:
-        raise _err(errno.EINVAL, f"argsz {argsz}")
+        raise UapiError(errno.EINVAL, f"argsz {argsz}")
     ioas = compat_ioas(ctx)
     info.flags = uapi.VFIO_IOMMU_INFO_PGSIZES
     info.iova_pgsizes = iova_pgsizes(ioas)
@@ -244,14 +229,14 @@ def iommu_map_dma(ctx, caller, arg):
 
     EFAULT the 32-byte struct unreadable; EINVAL ``argsz`` < 32 or flags
     other than READ/WRITE (VADDR is unsupported); ENODEV no compat IOAS;
-    then the fixed-IOVA rules of IOMMU_IOAS_MAP (core.ioas.Ioas.map_user:
+    then the fixed-IOVA rules of IOMMU_IOAS_MAP (core.iommufd.ioas.Ioas.map_user:
     EOVERFLOW, EINVAL size 0 or misaligned or reserved, EEXIST in use,
     EFAULT pinning). A mapping with neither READ nor WRITE is accepted (the
     device can then neither read nor write it). Nothing is written back.
     """
-    m = _copy_from_user(arg, "vfio_iommu_type1_dma_map", _MAP_MINSZ)
+    m = copy_from_user(arg, "vfio_iommu_type1_dma_map", _MAP_MINSZ)
     if m.argsz < _MAP_MINSZ or m.flags & ~_MAP_FLAGS:
-        raise _err(errno.EINVAL, f"argsz {m.argsz} / flags {m.flags:#x}")
+        raise UapiError(errno.EINVAL, f"argsz {m.argsz} / flags {m.flags:#x}")
     prot = 0
     if m.flags & uapi.VFIO_DMA_MAP_FLAG_READ:
         prot |= _ioas.PROT_READ
@@ -287,13 +272,13 @@ def iommu_unmap_dma(ctx, caller, arg):
     24-byte struct is written back with ``size`` = bytes unmapped, also
     when the unmap failed (then with that errno); EFAULT if it cannot be.
     """
-    u = _copy_from_user(arg, "vfio_iommu_type1_dma_unmap", _UNMAP_MINSZ)
+    u = copy_from_user(arg, "vfio_iommu_type1_dma_unmap", _UNMAP_MINSZ)
     if u.argsz < _UNMAP_MINSZ or u.flags & ~uapi.VFIO_DMA_UNMAP_FLAG_ALL:
-        raise _err(errno.EINVAL, f"argsz {u.argsz} / flags {u.flags:#x}")
+        raise UapiError(errno.EINVAL, f"argsz {u.argsz} / flags {u.flags:#x}")
     ioas = compat_ioas(ctx)
     if u.flags & uapi.VFIO_DMA_UNMAP_FLAG_ALL:
         if u.iova or u.size:
-            raise _err(errno.EINVAL, "UNMAP_ALL with iova or size")
+            raise UapiError(errno.EINVAL, "UNMAP_ALL with iova or size")
         unmapped, error = ioas.unmap_counted(0, None)
     else:
         if ioas.disable_large_pages:
@@ -328,5 +313,5 @@ def vfio_compat_ioctl(ctx, caller, cmd, arg):
     UapiError."""
     handler = _COMPAT.get(cmd)
     if handler is None:
-        raise _err(errno.ENOTTY, f"no compat ioctl {cmd:#x}")
+        raise UapiError(errno.ENOTTY, f"no compat ioctl {cmd:#x}")
     return handler(ctx, caller, arg)

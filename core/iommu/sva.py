@@ -18,12 +18,12 @@ permission fault) and there is no I/O page table to fill.
 """
 import errno
 
-from .errors import UapiError
+from ..errors import DmaFault, UapiError
+from ..mm.usermem import Owner, tgid_of, uid_of
 from .pasid import space_of
 from .routing import occupant
-from .usermem import Owner, tgid_of, uid_of
 
-READ, WRITE = 1, 2   # page-table access bits, as in core.dma
+READ, WRITE = 1, 2   # page-table access bits, as in core.iommu.dma
 
 
 class Mm:
@@ -44,7 +44,7 @@ class Mm:
 class SvaBond:
     """The ``iommu_sva`` handle: ``handle`` (its number, unique in the
     emulator), ``device``, ``mm``, ``pasid``, ``users`` (binds not yet
-    unbound), ``driver`` (the core.driver.DriverFile that made it),
+    unbound), ``driver`` (the core.iommu.driver.DriverFile that made it),
     ``dead`` (mm_exit happened)."""
 
     kind = "SVA"
@@ -65,10 +65,8 @@ class SvaBond:
     def dma_pieces(self, iova, length, access):
         """Translate IOVA ``[iova, iova+length)`` (= virtual addresses of the
         mm) for ``access`` (READ/WRITE): ``[(owner, [(va, len)])]``.
-        Raises core.dma.DmaFault: EFAULT unmapped, or the process exited
+        Raises core.errors.DmaFault: EFAULT unmapped, or the process exited
         (the PASID entry is torn down at mm_exit); EACCES not writable."""
-        from .dma import DmaFault
-
         if self.dead:
             raise DmaFault(errno.EFAULT, iova)
         rc = self.mm.owner.vma_access(iova, length, access & WRITE)
@@ -143,12 +141,12 @@ class SvaTable:
         if device.enqcmd:
             if mm.global_pasid is None:
                 pasid = space.alloc()
-                if occupant(self.emulator.topology, device, pasid, own_attachment=True) is not None:
+                if occupant(self.emulator, device, pasid, own_attachment=True) is not None:
                     space.free(pasid)
                     raise UapiError(errno.EBUSY, f"PASID {pasid} is routed on {device.name}")
                 mm.global_pasid = pasid
                 return pasid
-            if occupant(self.emulator.topology, device, mm.global_pasid, own_attachment=True) is not None:
+            if occupant(self.emulator, device, mm.global_pasid, own_attachment=True) is not None:
                 raise UapiError(errno.EBUSY, f"PASID {mm.global_pasid} is routed on {device.name}")
             return mm.global_pasid
         return alloc_unrouted(self.emulator, device, space)
@@ -195,7 +193,7 @@ def alloc_unrouted(emulator, device, space):
     try:
         while True:
             pasid = space.alloc()
-            if occupant(emulator.topology, device, pasid, own_attachment=True) is None:
+            if occupant(emulator, device, pasid, own_attachment=True) is None:
                 return pasid
             skipped.append(pasid)
     finally:

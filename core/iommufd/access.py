@@ -20,10 +20,10 @@ import errno
 
 from cext._native import ffi
 
+from ..errors import UapiError
+from ..mm.iova import PAGE_SIZE, U64_MAX
 from . import ioas as _ioas
 from .context import Obj
-from .errors import UapiError
-from .iova import PAGE_SIZE, U64_MAX
 
 
 class Pin:

@@ -18,7 +18,7 @@ import os
 
 from cext._native import ffi, lib
 
-from .errors import UapiError
+from ..errors import UapiError
 
 
 class ProcessMemory:
