@@ -14,7 +14,7 @@ reference on the iommufd file.
 import errno
 
 from .errors import UapiError
-from .files import NULL, SYNC_CLOSE, File, Node
+from .files import NULL, POLLIN, POLLOUT, SYNC_CLOSE, File, Node
 
 
 class FdOpen(File):
@@ -99,7 +99,8 @@ class ReturnedFd(Node):
     def poll(self, closed):
         """poll() of an open of the node (``closed``: that open was closed
         synchronously): the VFS's mask for a file without poll."""
-        return File.poll(self)
+        # Not File.poll: a ReturnedFd is not a File (no ``frames``).
+        return POLLIN | POLLOUT
 
     def changed(self):
         if self.on_change is not None:

@@ -4,13 +4,14 @@ selftests (its own struct declarations, real ioctl(), the access and fault
 fds opened from the nodes IOMMUFS_FD_PATH names, as the preload shim does),
 and the Python client in its ioctl() and frame modes."""
 import os
+import select
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from conftest import build_c
+from conftest import build_c, client_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,3 +93,27 @@ def test_python_client_selftest(mount, frames):
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip() == "selftest ok"
+
+
+def test_access_fd_polls_readable_and_writable(mount):
+    """poll() of an access fd answers what the VFS answers for a file
+    without poll (the kernel's anonymous access file), not an error; the
+    fuzz test found it failing with an exception in core."""
+    code = """
+        import select, sys
+        from devfs.client import Iommufd, Selftest
+        fd = Iommufd(sys.argv[1])
+        acc = Selftest(fd).create_access(fd.ioas_alloc())
+        p = select.poll()
+        p.register(acc.fileno(), select.POLLIN | select.POLLOUT)
+        print(p.poll(0))
+        acc.close()
+        fd.sync_close()
+    """
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), mount.path],
+                       capture_output=True, text=True, env=client_env(), timeout=60)
+    assert p.returncode == 0, p.stderr
+    revents = eval(p.stdout)[0][1]
+    assert revents & (select.POLLIN | select.POLLOUT) == select.POLLIN | select.POLLOUT, revents
+    assert not revents & (select.POLLERR | select.POLLNVAL), revents
+    assert "Traceback" not in mount.log_text()
