@@ -150,6 +150,9 @@ VFIO_ARGSZ = {uapi.VFIO_DEVICE_SET_IRQS: 20, uapi.VFIO_DEVICE_GET_REGION_INFO: 3
 # Commands whose argument is a value, not a pointer.
 INT_CMDS = (uapi.VFIO_CHECK_EXTENSION, uapi.VFIO_SET_IOMMU, uapi.VFIO_GET_API_VERSION)
 
+# IOMMU_TEST_CMD ops whose ``id`` is an access fd of the caller.
+ACCESS_FD_OPS = frozenset((uapi.IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, uapi.IOMMU_TEST_OP_ACCESS_PAGES,
+                           uapi.IOMMU_TEST_OP_ACCESS_RW, uapi.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS))
 # IOMMU_TEST_CMD: op -> the union member it fills.
 TEST_OPS = {
     uapi.IOMMU_TEST_OP_ADD_RESERVED: "add_reserved",
@@ -478,7 +481,7 @@ class Worker:
         if name == "iommu_test_cmd":
             op = r.choice(list(TEST_OPS)) if r.random() < 0.9 else r.getrandbits(32)
             c.op = op
-            c.id = self.an_id() if op not in uapi.TEST_OPS_ACCESS_FD or not self.access_fds \
+            c.id = self.an_id() if op not in ACCESS_FD_OPS or not self.access_fds \
                 else r.choice(self.access_fds)
             member = TEST_OPS.get(op)
             if member:
