@@ -65,6 +65,7 @@ U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 FATAL = (errno.ENOTCONN, errno.ECONNABORTED)
 STATUS_SIZE = 4096
+VFIO_FRAME_OFFSET = 0xF5 << 40      # core/wire.py
 MAX_FDS = 24
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -97,8 +98,14 @@ VFIO_CMDS = [uapi._io(uapi.VFIO_BASE + i) for i in range(0, 24)]
 PRIVATE_CMDS = [(uapi.IOMMUFS_TYPE << 8) | nr for nr in (0, 2, 3, 4, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0xFF)]
 DRIVER_CMDS = [uapi.IOMMUFS_PASID_ALLOC, uapi.IOMMUFS_PASID_FREE, uapi.IOMMUFS_SVA_BIND,
                uapi.IOMMUFS_SVA_UNBIND, uapi.IOMMUFS_SVA_GET_PASID]
+# The legacy group API on vfio/N (core/vfio/group.py).
+GROUP_GET_STATUS, GROUP_SET_CONTAINER, GROUP_UNSET_CONTAINER, GROUP_GET_DEVICE_FD = (
+    uapi._io(uapi.VFIO_BASE + n) for n in (3, 4, 5, 6))
+GROUP_CMDS = [GROUP_GET_STATUS, GROUP_SET_CONTAINER, GROUP_UNSET_CONTAINER, GROUP_GET_DEVICE_FD]
 CMDS = {
     "iommu": IOMMU_CMDS + PRIVATE_CMDS,
+    "container": IOMMU_CMDS + PRIVATE_CMDS,
+    "group": GROUP_CMDS * 3 + VFIO_CMDS + PRIVATE_CMDS,
     "vfio": VFIO_CMDS + PRIVATE_CMDS + IOMMU_CMDS[:4],
     "driver": DRIVER_CMDS + PRIVATE_CMDS,
     "fault": PRIVATE_CMDS + IOMMU_CMDS[:8],
@@ -185,6 +192,13 @@ FD_FIELDS = {"iommufd", "fd", "dmabuf_fd"}
 
 DMA_REQ = struct.Struct("<4sIIIQII")
 FRAME_HDR = struct.Struct("<4sIII")
+
+
+def _returned_kind(rel):
+    """The kind of a returned fd's node (fds/fault-N, fds/access-N,
+    fds/vfio-dev-N: a group's device fd, a VFIO device file)."""
+    name = rel.rsplit("/", 1)[-1]
+    return "vfio" if name.startswith("vfio-dev") else "fault" if name.startswith("fault") else "access"
 
 
 class Interrupted(Exception):
@@ -500,6 +514,33 @@ class Worker:
             data += bytes(r.choice((4, 8, 64))) if r.random() < 0.5 else os.urandom(8)
         return data
 
+    def group_arg(self, cmd):
+        """The argument of a group ioctl: GET_STATUS's {argsz, flags};
+        SET_CONTAINER's s32 fd (ours, of any kind, or junk); GET_DEVICE_FD's
+        device name as a C string (a member, another device, junk, or one
+        with no NUL before the end of its page)."""
+        r = self.rng
+        m = self.mem
+        if cmd == GROUP_GET_STATUS:
+            return self.place(struct.pack("<II", r.choice((8, 8, 0, 7, U32)), r.getrandbits(32)))
+        if cmd == GROUP_SET_CONTAINER:
+            mine = self.of_kind("iommu", "container")
+            fd = r.choice(mine) if mine and r.random() < 0.7 else self.an_fd()
+            return self.place(struct.pack("<i", fd))
+        if cmd == GROUP_GET_DEVICE_FD:
+            name = r.choice(self.devices)["name"].encode()
+            x = r.random()
+            if x < 0.6:
+                return self.place(name + b"\0")
+            if x < 0.75:
+                # No NUL until the PROT_NONE page.
+                n = r.choice((len(name), 16, 300))
+                text = (name * 40)[:n]
+                m.put(m.edge - n, text)
+                return m.edge - n
+            return self.place(os.urandom(r.choice((0, 1, 8, 64))))
+        return self.place(b"")
+
     def vfio_arg(self, cmd):
         """VFIO_DEVICE_SET_IRQS / GET_REGION_INFO / GET_IRQ_INFO: argsz,
         flags, index, then SET_IRQS's start, count and data (eventfds of
@@ -565,9 +606,13 @@ class Worker:
             arg = r.choice((0, 1, 3, 4, 6, 8, 9, 10, U32, r.getrandbits(64)))
         elif r.random() < 0.1:
             arg = self.bad_pointer()
+        elif kind == "group" and cmd in GROUP_CMDS:
+            arg = self.group_arg(cmd)
         else:
             arg = self.place(self.struct_arg(cmd))
         res = self.call(kind, f"fd {fd} ioctl {cmd:#x} arg {arg:#x}", self.ioctl, fd, cmd, arg)
+        if res >= 0 and kind == "group" and cmd == GROUP_GET_DEVICE_FD:
+            self.returned(fd, res if self.shimmed else -1)
         if res == 0 and cmd in (uapi.IOMMU_FAULT_QUEUE_ALLOC, uapi.IOMMU_TEST_CMD):
             # Success means the struct was read and written back: it is ours.
             fd_off = 12 if cmd == uapi.IOMMU_FAULT_QUEUE_ALLOC else 16
@@ -604,12 +649,22 @@ class Worker:
                 data[r.randrange(len(data))] = r.getrandbits(8)
         if r.random() < 0.1:
             data = data[:r.randrange(0, len(data) + 1)]
-        w = self.call(kind, f"fd {fd} frame write {bytes(data[:40]).hex()} len {len(data)}",
-                      os.write, fd, bytes(data))
+        # VFIO device files are seekable: their frames live at one offset
+        # (docs/wire-protocol.md), the rest of the file is the regions.
+        at = VFIO_FRAME_OFFSET if kind == "vfio" and r.random() < 0.9 else None
+        if at is None:
+            w = self.call(kind, f"fd {fd} frame write {bytes(data[:40]).hex()} len {len(data)}",
+                          os.write, fd, bytes(data))
+        else:
+            w = self.call(kind, f"fd {fd} frame pwrite {bytes(data[:40]).hex()} len {len(data)}",
+                          os.pwrite, fd, bytes(data), at)
         reads = r.choice((1, 1, 1, 1, 1, 0, 2))
         for _ in range(reads):
             size = r.choice((1 << 16, 1 << 16, 1 << 20, 0, 1, 15, 16, 24, 40, 300))
-            rep = self.read(fd, kind, size)
+            if at is None:
+                rep = self.read(fd, kind, size)
+            else:
+                rep = self.call(kind, f"fd {fd} pread {size} at frames", os.pread, fd, size, at)
             if w > 0 and isinstance(rep, bytes) and len(rep) >= 16 and rep[:4] == b"IOFS":
                 _, result, alen, elen = struct.unpack_from("<4siII", rep)
                 if result == 0 and elen:
@@ -684,7 +739,7 @@ class Worker:
                 target = ""
             if "/fds/" in target:
                 rel = target[target.index("/fds/") + 1:]
-                kind = "fault" if "fault" in rel else "access"
+                kind = _returned_kind(rel)
                 self.fds[value] = dict(kind=kind, rel=rel)
                 self.adopted += 1
                 if kind == "access":
@@ -707,7 +762,7 @@ class Worker:
         return -1
 
     def open_node(self, rel):
-        kind = "fault" if "fault" in rel else "access"
+        kind = _returned_kind(rel)
         if len(self.fds) >= MAX_FDS:
             # Returned nodes pile up fastest: make room, oldest first.
             self.close(next(iter(self.fds)))
@@ -738,7 +793,7 @@ class Worker:
     def grow(self):
         r = self.rng
         iommus = self.of_kind("iommu")
-        step = r.choice((0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 10, 10))
+        step = r.choice((0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 10, 10, 11))
         if step == 0 and iommus:
             fd = r.choice(iommus)
             rc, c = self.ok_ioctl(fd, uapi.IOMMU_IOAS_ALLOC, "iommu_ioas_alloc")
@@ -764,6 +819,8 @@ class Worker:
                 self.maps = (self.maps + [(fd, ioas, c.iova, n)])[-32:]
         elif step == 10 and self.ioas:
             self.shape_ioas()
+        elif step == 11:
+            self.grow_group()
         elif step == 2 and iommus:
             vfios = [fd for fd in self.of_kind("vfio") if not self.fds[fd].get("bound")]
             if vfios:
@@ -853,6 +910,30 @@ class Worker:
                     if isinstance(rep, bytes) and rep[:8] == b"IODM\0\0\0\0":
                         self.reached["dma"] = self.reached.get("dma", 0) + 1
 
+    def grow_group(self):
+        """The legacy path, well formed: a group joins one of our iommufds
+        or containers and hands out a device fd (a returned fd)."""
+        r = self.rng
+        groups = self.of_kind("group")
+        if not groups:
+            dev = r.choice(self.devices)
+            self.open(f"vfio/{dev['group']}", "group", group=dev["group"])
+            return
+        gfd = r.choice(groups)
+        ctxs = self.of_kind("iommu", "container")
+        if ctxs and r.random() < 0.5:
+            self.mem.put(self.mem.scratch + 7 * PAGE, struct.pack("<i", r.choice(ctxs)))
+            self.call("group", f"fd {gfd} ok SET_CONTAINER", self.ioctl, gfd, GROUP_SET_CONTAINER,
+                      self.mem.scratch + 7 * PAGE)
+        members = [d for d in self.devices if d["group"] == self.fds[gfd]["group"]]
+        name = r.choice(members)["name"].encode() + b"\0"
+        self.mem.put(self.mem.scratch + 7 * PAGE, name)
+        res = self.call("group", f"fd {gfd} ok GET_DEVICE_FD", self.ioctl, gfd, GROUP_GET_DEVICE_FD,
+                        self.mem.scratch + 7 * PAGE)
+        if res >= 0:
+            self.reached["group device fd"] = self.reached.get("group device fd", 0) + 1
+            self.returned(gfd, res if self.shimmed else -1)
+
     def shape_ioas(self):
         """Well-formed calls with edge values that reshape an IOAS: allowed
         ranges, reserved ranges, unmaps (partial ones split huge leaves),
@@ -932,8 +1013,12 @@ class Worker:
         r = self.rng
         dev = r.choice(self.devices)
         x = r.random()
-        if x < 0.3:
+        if x < 0.25:
             self.open("iommu", "iommu")
+        elif x < 0.3:
+            self.open("vfio/vfio", "container")
+        elif x < 0.36:
+            self.open(f"vfio/{dev['group']}", "group", group=dev["group"])
         elif x < 0.55:
             self.open(f"vfio/devices/{dev['vfio']}", "vfio", dev=dev["name"])
         elif x < 0.75:
