@@ -106,3 +106,43 @@ def test_group_container_and_device_fd(mount):
         "cdev_bind_after_group_closed": 0,
     }, out
     assert out["group"].isdigit()
+
+
+def test_device_fd_after_the_compat_ioas_is_cleared(mount):
+    """GET_DEVICE_FD once the container's compat IOAS is gone (IOMMU_VFIO_IOAS
+    CLEAR after SET_CONTAINER) is ENODEV, as iommufd_vfio_compat_ioas_get_id
+    answers, and leaves the device unbound; the fuzz test found it failing
+    with an exception in core."""
+    import json as _json
+    import os
+    import subprocess
+
+    from conftest import client_env
+
+    code = r'''
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+def io(fd, cmd, arg=None):
+    r = libc.ioctl(fd, cmd, arg)
+    return r if r >= 0 else -ctypes.get_errno()
+B = ord(";") << 8
+M = sys.argv[1]
+ctx = os.open(M + "/iommu", os.O_RDWR)
+g = os.open(M + "/vfio/0", os.O_RDWR)
+assert io(g, B | 104, ctypes.addressof(ctypes.c_int32(ctx))) == 0
+clear = ctypes.create_string_buffer(struct.pack("<IIHH", 12, 0, 2, 0))     # IOMMU_VFIO_IOAS CLEAR
+assert io(ctx, B | 0x88, ctypes.addressof(clear)) == 0
+name = ctypes.create_string_buffer(sys.argv[2].encode())
+print(io(g, B | 106, ctypes.addressof(name)))
+'''
+    with open(os.path.join(mount.path, "devices", "0000:00:03.0", "info")) as f:
+        group = _json.load(f)["group"]
+    assert group == 0
+    p = subprocess.run([sys.executable, "-c", code, mount.path, "0000:00:03.0"],
+                       capture_output=True, text=True, env=client_env(), timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) == -19                                        # ENODEV
+    with open(os.path.join(mount.path, "devices", "0000:00:03.0", "info")) as f:
+        assert _json.load(f)["dev_id"] is None
+    assert "Traceback" not in mount.log_text()

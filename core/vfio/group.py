@@ -198,6 +198,10 @@ class _Binding:
         device.bound = self.idev
         self.users = 0
         try:
+            if ctx.vfio_ioas is None:
+                # The compat IOAS was cleared (IOMMU_VFIO_IOAS) or destroyed
+                # since SET_CONTAINER: iommufd_vfio_compat_ioas_get_id's ENODEV.
+                raise UapiError(errno.ENODEV, "the container has no compat IOAS")
             self.idev.attach(ctx.vfio_ioas.id, RID)
         except UapiError:
             self.unbind()
