@@ -785,6 +785,10 @@ class Server:
         return {fd: self._resolve(tid, fd, file_type) for fd, file_type in fds}
 
     def _resolve(self, tid, fd, file_type):
+        # fd fields are read as the structs have them (u32 access ids): past
+        # INT_MAX no fd can be open, as the kernel's fdget says.
+        if not 0 <= fd <= 0x7FFFFFFF:
+            return errno.EBADF
         try:
             pidfd = os.pidfd_open(tgid_of(tid))
         except (OSError, ValueError, UapiError):

@@ -117,3 +117,32 @@ def test_access_fd_polls_readable_and_writable(mount):
     assert revents & (select.POLLIN | select.POLLOUT) == select.POLLIN | select.POLLOUT, revents
     assert not revents & (select.POLLERR | select.POLLNVAL), revents
     assert "Traceback" not in mount.log_text()
+
+
+def test_access_op_with_an_fd_past_int_max_is_ebadfd(mount):
+    """IOMMU_TEST_CMD's access ``id`` is a u32 fd number; one past INT_MAX
+    (0xffffffff) is no open fd: EBADFD, as for any (the selftest's
+    iommufd_access_get), not an exception in the server's fd resolution
+    (found by the fuzz test)."""
+    code = """
+        import ctypes, errno, os, sys
+        from core import uapi
+        from core.uapi import ffi
+        from devfs.client import Iommufd
+        fd = Iommufd(sys.argv[1])
+        c = ffi.new("struct iommu_test_cmd *")
+        c.size = ffi.sizeof(c[0])
+        c.op = uapi.IOMMU_TEST_OP_ACCESS_RW
+        c.id = int(sys.argv[2])
+        try:
+            fd.ioctl(uapi.IOMMU_TEST_CMD, c)
+            print(0)
+        except OSError as e:
+            print(e.errno)
+        fd.sync_close()
+    """
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), mount.path, str(0xFFFFFFFF)],
+                       capture_output=True, text=True, env=client_env(), timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) == 77, p.stdout                              # EBADFD
+    assert "Traceback" not in mount.log_text()
