@@ -35,6 +35,19 @@ class EventfdSink(Eventfd):
             # kernel's eventfd_signal saturates silently as well.
             pass
 
+    def fileno(self):
+        """The duplicate's number (-1 once closed): what core watches for an
+        unmask eventfd (core.vfio.pci)."""
+        return self.fd
+
+    def drain(self):
+        """Read (and so reset) the counter after the fd polled readable."""
+        if self.fd >= 0:
+            try:
+                os.read(self.fd, 8)
+            except (BlockingIOError, OSError):
+                pass
+
     def close(self):
         fd, self.fd = self.fd, -1
         if fd >= 0:
