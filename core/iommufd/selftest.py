@@ -23,7 +23,8 @@ against that interface run here with the kernel's results and errnos.
 - **Pin counts**: MD_CHECK_REFS compares core.mm.pins' model of FOLL_PIN counts.
 
 Only the ops a program needs without nesting, dirty tracking, vIOMMU or
-dma-buf are implemented; the others (and unknown ops) answer EOPNOTSUPP.
+dma-buf are implemented (and DEV_CHECK_CACHE, which reads the mock device's
+cache that only vIOMMU invalidations would change); the others (and unknown ops) answer EOPNOTSUPP.
 Each op checks in the kernel's order; the struct is written back only by
 the ops that respond in the kernel (:data:`RESPOND_OPS`).
 """
@@ -108,11 +109,14 @@ class MockDevice(Device):
 
 class MockLive(LiveDevice):
     """A mock device at run time; ``pasid_1024_fake_error``: the rigged
-    failure of PASID 1024 (see :meth:`set_dev_pasid`)."""
+    failure of PASID 1024 (see :meth:`set_dev_pasid`); ``cache``: the mock
+    device's cache, MOCK_DEV_CACHE_NUM u32 entries that start at
+    IOMMU_TEST_DEV_CACHE_DEFAULT (§12), read by DEV_CHECK_CACHE."""
 
     def __init__(self, config):
         super().__init__(config)
         self.pasid_1024_fake_error = False
+        self.cache = [uapi.IOMMU_TEST_DEV_CACHE_DEFAULT] * uapi.MOCK_DEV_CACHE_NUM
 
     def set_dev_pasid(self, pasid, hwpt):
         """The mock driver's PASID step. PASID 1024
@@ -488,6 +492,20 @@ def _access_replace_ioas(ctx, caller, cmd):
     access.change_ioas(access.ctx.get(cmd.access_replace_ioas.ioas_id, _ioas.Ioas))
 
 
+def _dev_check_cache(ctx, caller, cmd):
+    """DEV_CHECK_CACHE (§12; order of the kernel's selftest.c): ENOENT
+    ``id`` not a DEVICE; then EINVAL when ``check_dev_cache.id`` is past
+    MOCK_DEV_CACHE_ID_MAX or that cache entry is not ``cache``. A device
+    that is not a mock device has no such cache: EINVAL (the kernel would
+    read a mock_dev that is not there; no test of its own passes one)."""
+    idev = ctx.get(cmd.id, _device.BoundDevice)
+    c = cmd.check_dev_cache
+    dev = idev.device
+    if (not isinstance(dev, MockLive) or c.id > uapi.MOCK_DEV_CACHE_ID_MAX
+            or dev.cache[c.id] != c.cache):
+        raise UapiError(errno.EINVAL, f"device cache {c.id} is not {c.cache:#x}")
+
+
 def _trigger_iopf(ctx, caller, cmd):
     """TRIGGER_IOPF: ENOENT ``dev_id`` not a DEVICE. Reports a one-page
     fault group (LAST_PAGE; PASID_VALID when pasid != 0) for the device's
@@ -566,6 +584,7 @@ OPS = {
     uapi.IOMMU_TEST_OP_ACCESS_RW: _access_rw,
     uapi.IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT: _set_temp_memory_limit,
     uapi.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS: _access_replace_ioas,
+    uapi.IOMMU_TEST_OP_DEV_CHECK_CACHE: _dev_check_cache,
     uapi.IOMMU_TEST_OP_TRIGGER_IOPF: _trigger_iopf,
     uapi.IOMMU_TEST_OP_PASID_ATTACH: _pasid_attach,
     uapi.IOMMU_TEST_OP_PASID_REPLACE: _pasid_replace,
@@ -592,7 +611,7 @@ def _respond(arg, cdata, size):
 def iommu_test_cmd(ctx, caller, cmd):
     """IOMMU_TEST_CMD (reference §12): the op in ``op``, its object or
     access fd in ``id``, its fields in the union. EOPNOTSUPP for ops not
-    emulated (DIRTY, MD_CHECK_IOTLB, DEV_CHECK_CACHE, TRIGGER_VEVENT,
+    emulated (DIRTY, MD_CHECK_IOTLB, TRIGGER_VEVENT,
     DMABUF_*) and unknown ones; each op's rules are in its function here."""
     handler = OPS.get(cmd.op)
     if handler is None:
