@@ -848,3 +848,29 @@ def test_dev_check_cache_rules_in_order(st):
     # A topology device has no mock cache.
     vf, dev_id = st.bind(PLAIN)
     assert check(dev_id, 0, uapi.IOMMU_TEST_DEV_CACHE_DEFAULT) == errno.EINVAL
+
+
+# -- NO_DIRTY refusals (the mock's attach_dev) -------------------------------------------------
+def test_no_dirty_device_refused_by_a_dirty_tracking_hwpt(st):
+    ioas = st.ioas()
+    _, _, idev = st.mock_domain(ioas)
+    dirty = st.hwpt(idev, ioas, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING | uapi.IOMMU_HWPT_ALLOC_PASID)
+    before = dict(st.ctx.objects)
+    assert st.test_err(uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, dirty,
+                       mock_domain_flags={"dev_flags": uapi.MOCK_FLAGS_DEVICE_NO_DIRTY}) == errno.EINVAL
+    assert st.ctx.objects == before                       # stdev, device and mock undone
+    # The same device on a HWPT without dirty tracking is fine; a PASID attach
+    # or a replace to the dirty-tracking one is refused, the old route kept.
+    plain = st.hwpt(idev, ioas, uapi.IOMMU_HWPT_ALLOC_PASID)
+    flags = uapi.MOCK_FLAGS_DEVICE_NO_DIRTY | uapi.MOCK_FLAGS_DEVICE_PASID
+    stdev, hwpt, _ = st.mock_domain(plain, flags)
+    assert hwpt == plain
+    assert st.test_err(uapi.IOMMU_TEST_OP_PASID_ATTACH, stdev,
+                       pasid_attach={"pasid": 100, "pt_id": dirty}) == errno.EINVAL
+    st.test(uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev, pasid_check={"pasid": 100, "hwpt_id": 0})
+    assert st.test_err(uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev,
+                       mock_domain_replace={"pt_id": dirty}) == errno.EINVAL
+    st.test(uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev, pasid_check={"pasid": 0, "hwpt_id": plain})
+    # A device that can track dirty pages attaches either way.
+    s2, h2, _ = st.mock_domain(dirty, uapi.MOCK_FLAGS_DEVICE_PASID)
+    assert h2 == dirty
