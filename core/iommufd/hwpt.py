@@ -19,7 +19,7 @@ from ..errors import DmaFault, UapiError
 from .context import Obj
 from .fault import FaultQueue
 from .ioas import Ioas
-from .ucmd import ioctl
+from .ucmd import ioctl, respond_anyway
 
 _TAG_SHIFT = 57
 _VA_MASK = (1 << _TAG_SHIFT) - 1
@@ -240,3 +240,22 @@ def hwpt_alloc(ctx, caller, cmd):
     if cmd.flags & uapi.IOMMU_HWPT_ALLOC_FAULT_ID_VALID:
         hwpt.fault = ctx.get(cmd.fault_id, FaultQueue).get()
     cmd.out_hwpt_id = hwpt.id
+
+
+@ioctl(uapi.IOMMU_HWPT_INVALIDATE, "iommu_hwpt_invalidate", "__reserved")
+def hwpt_invalidate(ctx, caller, cmd):
+    """IOMMU_HWPT_INVALIDATE, the core's rules (§9.4): EOPNOTSUPP
+    ``__reserved`` (nothing written back); EINVAL entry_num with a NULL
+    data_uptr or entry_len 0; ENOENT unknown hwpt_id; EINVAL anything but a
+    nested HWPT or a vIOMMU, which is everything here (nesting is not
+    emulated). From the EINVAL on, the struct is written back with
+    ``entry_num`` = entries handled (0), as the kernel's ``out:`` path does.
+    """
+    if cmd.__reserved:
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
+    cmd.entry_num, entry_num = 0, cmd.entry_num
+    if entry_num and (not cmd.data_uptr or not cmd.entry_len):
+        raise respond_anyway(errno.EINVAL, "entries without data_uptr or entry_len")
+    if ctx.find(cmd.hwpt_id) is None:
+        raise respond_anyway(errno.ENOENT, f"no object {cmd.hwpt_id}")
+    raise respond_anyway(errno.EINVAL, f"{cmd.hwpt_id} is neither a nested HWPT nor a vIOMMU")
