@@ -45,6 +45,8 @@ OPS = _table(
     compat.vfio_ioas,
     hwpt.hwpt_alloc,
     device.get_hw_info,
+    hwpt.hwpt_set_dirty_tracking,
+    hwpt.hwpt_get_dirty_bitmap,
     hwpt.hwpt_invalidate,
     fault.fault_queue_alloc,
     ioas.ioas_map_file,
