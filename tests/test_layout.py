@@ -79,6 +79,23 @@ LAYOUTS = {
                                       ("iova", 16, 8), ("size", 24, 8)]),
     "vfio_iommu_type1_dma_unmap": (24, [("argsz", 0, 4), ("flags", 4, 4), ("iova", 8, 8),
                                         ("size", 16, 8)]),
+    "iommu_hwpt_set_dirty_tracking": (16, [("size", 0, 4), ("flags", 4, 4), ("hwpt_id", 8, 4),
+                                           ("__reserved", 12, 4)]),
+    "iommu_hwpt_get_dirty_bitmap": (48, [("size", 0, 4), ("hwpt_id", 4, 4), ("flags", 8, 4),
+                                         ("__reserved", 12, 4), ("iova", 16, 8), ("length", 24, 8),
+                                         ("page_size", 32, 8), ("data", 40, 8)]),
+    "iommu_hwpt_invalidate": (32, [("size", 0, 4), ("hwpt_id", 4, 4), ("data_uptr", 8, 8),
+                                   ("data_type", 16, 4), ("entry_len", 20, 4), ("entry_num", 24, 4),
+                                   ("__reserved", 28, 4)]),
+    "iommu_viommu_alloc": (40, [("size", 0, 4), ("flags", 4, 4), ("type", 8, 4), ("dev_id", 12, 4),
+                                ("hwpt_id", 16, 4), ("out_viommu_id", 20, 4), ("data_len", 24, 4),
+                                ("__reserved", 28, 4), ("data_uptr", 32, 8)]),
+    "iommu_vdevice_alloc": (24, [("size", 0, 4), ("viommu_id", 4, 4), ("dev_id", 8, 4),
+                                 ("out_vdevice_id", 12, 4), ("virt_id", 16, 8)]),
+    "iommu_ioas_change_process": (8, [("size", 0, 4), ("__reserved", 4, 4)]),
+    "iommu_hw_queue_alloc": (40, [("size", 0, 4), ("flags", 4, 4), ("viommu_id", 8, 4), ("type", 12, 4),
+                                  ("index", 16, 4), ("out_hw_queue_id", 20, 4),
+                                  ("nesting_parent_iova", 24, 8), ("length", 32, 8)]),
     "iommu_veventq_alloc": (32, [("size", 0, 4), ("flags", 4, 4), ("viommu_id", 8, 4),
                                  ("type", 12, 4), ("veventq_depth", 16, 4),
                                  ("out_veventq_id", 20, 4), ("out_veventq_fd", 24, 4),
@@ -270,7 +287,8 @@ def test_dispatch_minimum_sizes_match_reference():
     from core.iommufd.dispatch import OPS
 
     want = {0x80: 8, 0x81: 12, 0x82: 24, 0x83: 40, 0x84: 32, 0x85: 40, 0x86: 24, 0x87: 24,
-            0x88: 12, 0x89: 24, 0x8A: 32, 0x8E: 16, 0xA0: 68}
+            0x88: 12, 0x89: 24, 0x8A: 32, 0x8B: 16, 0x8C: 48, 0x8D: 32, 0x8E: 16, 0x8F: 40, 0x90: 24, 0x91: 24,
+            0x92: 8, 0x93: 28, 0x94: 40, 0xA0: 68}
     assert {nr: OPS[nr].min_size for nr in want} == want
 
 
