@@ -865,3 +865,25 @@ def test_c_userspace_driver(mount, device_client, name):
     assert "ok copy landed in the client's buffer" in lines
     assert "ok completion interrupt on the MSI-X eventfd" in lines
     assert not [l for l in lines if l.startswith("FAIL")]
+
+
+def test_a_full_blocking_eventfd_does_not_hold_the_server(mount):
+    """The server's copy of a caller's eventfd shares its file description,
+    blocking mode included: an interrupt for a counter at its maximum
+    saturates (as the kernel's eventfd_signal) instead of waiting for the
+    caller to read, which would stall every client of the mount."""
+    run_py("""
+        fd = Iommufd(MNT)
+        dev = open_bound("vfio1", fd)
+        ev = os.eventfd(0)                                  # blocking: eventfd(0, 0)
+        full = 0xFFFFFFFFFFFFFFFE                           # the largest count a write leaves
+        os.write(ev, struct.pack("<Q", full))
+        dev.set_irq_eventfds(MSIX, [ev])
+        dev.trigger_irq(MSIX, 0, 1)
+        assert info("0000:00:03.0")["name"] == "0000:00:03.0"       # the server still serves
+        assert struct.unpack("<Q", os.read(ev, 8))[0] == full
+        dev.trigger_irq(MSIX, 0, 1)
+        assert struct.unpack("<Q", os.read(ev, 8))[0] == 1
+        dev.sync_close()
+        print("ok")
+    """, mount.path, timeout=20)
