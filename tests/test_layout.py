@@ -67,6 +67,17 @@ LAYOUTS = {
     "vfio_device_detach_iommufd_pt": (12, [("argsz", 0, 4), ("flags", 4, 4), ("pasid", 8, 4)]),
     "vfio_device_info": (24, [("argsz", 0, 4), ("flags", 4, 4), ("num_regions", 8, 4),
                               ("num_irqs", 12, 4), ("cap_offset", 16, 4), ("pad", 20, 4)]),
+    # vfio-device.md §2.3-§2.6 (the device half). Only the fixed parts: core
+    # declares no flexible arrays (vfio_irq_set's data at 20, the hot reset
+    # arrays at 12), which the C header has but this table does not hold.
+    "vfio_region_info": (32, [("argsz", 0, 4), ("flags", 4, 4), ("index", 8, 4), ("cap_offset", 12, 4),
+                              ("size", 16, 8), ("offset", 24, 8)]),
+    "vfio_irq_info": (16, [("argsz", 0, 4), ("flags", 4, 4), ("index", 8, 4), ("count", 12, 4)]),
+    "vfio_irq_set": (20, [("argsz", 0, 4), ("flags", 4, 4), ("index", 8, 4), ("start", 12, 4),
+                          ("count", 16, 4)]),
+    "vfio_pci_dependent_device": (8, [("devid", 0, 4), ("segment", 4, 2), ("bus", 6, 1), ("devfn", 7, 1)]),
+    "vfio_pci_hot_reset_info": (12, [("argsz", 0, 4), ("flags", 4, 4), ("count", 8, 4)]),
+    "vfio_pci_hot_reset": (12, [("argsz", 0, 4), ("flags", 4, 4), ("count", 8, 4)]),
     # §11.4 (type1 compatibility); a flexible array member has size None.
     "vfio_info_cap_header": (8, [("id", 0, 2), ("version", 2, 2), ("next", 4, 4)]),
     "vfio_iommu_type1_info": (24, [("argsz", 0, 4), ("flags", 4, 4), ("iova_pgsizes", 8, 8),
@@ -241,6 +252,9 @@ IOCTL_NUMBERS = {
     "IOMMU_IOAS_MAP_FILE": 0x3B8F, "IOMMU_VEVENTQ_ALLOC": 0x3B93, "IOMMU_HW_QUEUE_ALLOC": 0x3B94,
     "IOMMU_TEST_CMD": 0x3BA0,
     "VFIO_GET_API_VERSION": 0x3B64, "VFIO_DEVICE_GET_INFO": 0x3B6B, "VFIO_IOMMU_GET_INFO": 0x3B70,
+    "VFIO_DEVICE_GET_REGION_INFO": 0x3B6C, "VFIO_DEVICE_GET_IRQ_INFO": 0x3B6D, "VFIO_DEVICE_SET_IRQS": 0x3B6E,
+    "VFIO_DEVICE_RESET": 0x3B6F, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": 0x3B70,
+    "VFIO_DEVICE_PCI_HOT_RESET": 0x3B71,
     "VFIO_IOMMU_MAP_DMA": 0x3B71, "VFIO_IOMMU_UNMAP_DMA": 0x3B72, "VFIO_DEVICE_FEATURE": 0x3B75,
     "VFIO_IOMMU_DIRTY_PAGES": 0x3B75,
     "VFIO_DEVICE_BIND_IOMMUFD": 0x3B76, "VFIO_DEVICE_ATTACH_IOMMUFD_PT": 0x3B77,
