@@ -887,3 +887,29 @@ def test_a_full_blocking_eventfd_does_not_hold_the_server(mount):
         dev.sync_close()
         print("ok")
     """, mount.path, timeout=20)
+
+
+def test_d3hot_and_flr_through_config_space(mount):
+    """PMCSR PowerState D3hot stops memory decode and DMA until D0 (with
+    No_Soft_Reset set, D0 keeps the registers); Initiate FLR in the PCIe
+    Device Control resets the function and reads back 0 (§5.2, §13.2, §13.5)."""
+    run_py("""
+        fd, dev, ioas, buf = setup("vfio1")
+        dev.config_write(4, 2, CMD_MEM | CMD_MASTER)
+        caps = dict(dev.capabilities())
+        pm, exp = caps[0x01], caps[0x10]
+        assert dev.config_read(pm + 4, 2) & 0x0B == 0x08           # D0, No_Soft_Reset
+        set_reg(dev, PATTERN, 0x5A5A5A5A)
+        dev.config_write(pm + 4, 2, 0x0003)
+        assert dev.config_read(pm + 4, 2) & 3 == 3
+        assert errno_of(dev.region_read, 0, PATTERN, 4) == errno.EIO
+        assert dev.config_read(0, 2) == 0xD1F5                      # config space still answers
+        dev.config_write(pm + 4, 2, 0x0000)
+        assert reg(dev, PATTERN) == 0x5A5A5A5A
+        assert dev.config_read(exp + 4, 4) & (1 << 28)              # DEVCAP.FLR
+        dev.config_write(exp + 8, 2, dev.config_read(exp + 8, 2) | 0x8000)
+        assert dev.config_read(exp + 8, 2) & 0x8000 == 0
+        assert reg(dev, PATTERN) == 0
+        dev.sync_close()
+        print("ok")
+    """, mount.path)
