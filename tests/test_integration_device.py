@@ -9,10 +9,13 @@ tests/c/device_client.c), as a user's program would be; the server is a
 subprocess. Each client closes its devices with IOMMUFS_SYNC_CLOSE, so the
 next test finds them unbound and powered down (FUSE releases asynchronously).
 """
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -913,3 +916,49 @@ def test_d3hot_and_flr_through_config_space(mount):
         dev.sync_close()
         print("ok")
     """, mount.path)
+
+
+def test_killed_client_leaves_no_eventfd_in_the_server(mount):
+    """A client killed with MSI-X, ERR and REQ eventfds bound: the release
+    of its device fd tears the interrupts down and the server closes its
+    copies of the eventfds (§6.4)."""
+    code = PRELUDE + textwrap.dedent("""
+        fd, dev, ioas, buf = setup("vfio1")
+        efds = [os.eventfd(0) for _ in range(6)]
+        dev.set_irq_eventfds(MSIX, efds[:4])
+        dev.set_irq_eventfds(ERR, [efds[4]])
+        dev.set_irq_eventfds(REQ, [efds[5]])
+        print(json.dumps(sorted(eventfd_ids(os.getpid(), efds))), flush=True)
+        time.sleep(600)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code, mount.path], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        ids = set(json.loads(line))
+        assert len(ids) == 6
+        held = _server_eventfd_ids(mount.pid)
+        assert held & ids == ids
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        end = time.monotonic() + 10
+        while _server_eventfd_ids(mount.pid) & ids and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _server_eventfd_ids(mount.pid) & ids == set()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _server_eventfd_ids(pid):
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("eventfd-id:"):
+                        out.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return out
