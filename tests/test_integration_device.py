@@ -33,7 +33,6 @@ from core import uapi
 from core.uapi import ffi
 
 MNT = sys.argv[1]
-E = errno.errorcode
 
 ID, SRC_LO, SRC_HI, DST_LO, DST_HI, LENGTH, OP, PATTERN = 0x00, 0x08, 0x0C, 0x10, 0x14, 0x18, 0x1C, 0x20
 CONTROL, DOORBELL, STATUS, ERROR, FAULT_LO, FAULT_HI = 0x28, 0x2C, 0x30, 0x34, 0x38, 0x3C
