@@ -612,7 +612,8 @@ static uint64_t dirty_walk(struct iofs_pt *pt, uint64_t *t, unsigned level,
         }
         if (!(e & IOFS_PTE_DIRTY))
             continue;
-        set_bits(bm, (s - base) >> pshift, ((end - 1 - base) >> pshift) + 1);
+        if (bm)
+            set_bits(bm, (s - base) >> pshift, ((end - 1 - base) >> pshift) + 1);
         bytes += end - s;
         if (clear)
             *ep = e & ~IOFS_PTE_DIRTY;
@@ -633,6 +634,36 @@ int64_t iofs_pt_read_and_clear_dirty(struct iofs_pt *pt, uint64_t iova,
     unsigned pshift = (unsigned)__builtin_ctzll(page_size);
     return (int64_t)dirty_walk(pt, pt->root, pt->top, iova, iova + length, iova,
                                pshift, bitmap, clear);
+}
+
+/* Set DIRTY on every leaf that maps part of [lo, hi), as a device write
+ * through it would, but with no permission check: the IOMMU selftest's
+ * "the hardware dirtied this" (IOMMU_TEST_OP_DIRTY). Returns the leaves set. */
+static uint64_t mark_walk(struct iofs_pt *pt, uint64_t *t, unsigned level,
+                          uint64_t lo, uint64_t hi)
+{
+    uint64_t S = span_of(pt, level), n = 0;
+    for (uint64_t b = lo & ~(S - 1); b < hi; b += S) {
+        uint64_t *ep = &t[index_of(pt, b, level)], e = *ep;
+        if (!e)
+            continue;
+        if (!is_leaf(e, level)) {
+            n += mark_walk(pt, table_of(e), level - 1, max64(lo, b), min64(hi, b + S));
+            continue;
+        }
+        *ep = e | IOFS_PTE_DIRTY;
+        n++;
+    }
+    return n;
+}
+
+int64_t iofs_pt_mark_dirty(struct iofs_pt *pt, uint64_t iova, uint64_t length)
+{
+    if (length == 0)
+        return 0;
+    if (iova >= pt->ias_end || length > pt->ias_end - iova)
+        return -ERANGE;
+    return (int64_t)mark_walk(pt, pt->root, pt->top, iova, iova + length);
 }
 
 /* ---- introspection -------------------------------------------------------- */

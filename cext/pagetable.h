@@ -144,10 +144,15 @@ int iofs_pt_get_ad(struct iofs_pt *pt, uint64_t iova, unsigned *flags_out);
  * covers. Unless clear == 0, the DIRTY bit of each such leaf is cleared (the
  * whole leaf, also where it extends past the range). page_size: a power of
  * two, iova and length multiples of it. bitmap must hold length/page_size
- * bits. Returns the bytes of the range under dirty leaves; -EINVAL; -ERANGE. */
+ * bits, or be NULL to only clear. Returns the bytes of the range under dirty
+ * leaves; -EINVAL; -ERANGE. */
 int64_t iofs_pt_read_and_clear_dirty(struct iofs_pt *pt, uint64_t iova,
                                      uint64_t length, uint64_t page_size,
                                      uint8_t *bitmap, int clear);
+
+/* Set DIRTY on every leaf mapping part of IOVA [iova, iova+length) (no
+ * permission check). Returns the number of leaves, or -ERANGE. */
+int64_t iofs_pt_mark_dirty(struct iofs_pt *pt, uint64_t iova, uint64_t length);
 
 /* Address of the root table's first entry (see the format above). */
 uint64_t iofs_pt_root(const struct iofs_pt *pt);

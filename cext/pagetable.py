@@ -255,18 +255,21 @@ class PageTable:
         (for a huge leaf, the whole leaf).
 
         ``bitmap``: a writable buffer of at least ``ceil(length/page_size/8)``
-        bytes to OR into; by default a new zeroed ``bytearray``. Returns the
-        bitmap. Raises OSError: EINVAL (page_size not a power of two, iova or
+        bytes to OR into; by default a new zeroed ``bytearray``; ``False``
+        to only clear (nothing is reported). Returns the bitmap. Raises OSError: EINVAL (page_size not a power of two, iova or
         length not multiples of it, bitmap too small), ERANGE (beyond ias).
         """
         if page_size <= 0 or length < 0:
             raise OSError(_errno.EINVAL, "dirty: bad page_size or length")
         nbytes = (length // page_size + 7) // 8
-        if bitmap is None:
-            bitmap = bytearray(nbytes)
-        if len(memoryview(bitmap).cast("B")) < nbytes:
-            raise OSError(_errno.EINVAL, "dirty: bitmap too small")
-        buf = ffi.from_buffer("uint8_t[]", bitmap, require_writable=True)
+        if bitmap is False:
+            buf = ffi.NULL
+        else:
+            if bitmap is None:
+                bitmap = bytearray(nbytes)
+            if len(memoryview(bitmap).cast("B")) < nbytes:
+                raise OSError(_errno.EINVAL, "dirty: bitmap too small")
+            buf = ffi.from_buffer("uint8_t[]", bitmap, require_writable=True)
         try:
             rc = lib.iofs_pt_read_and_clear_dirty(self._p(), iova, length, page_size, buf,
                                                   1 if clear else 0)
@@ -275,6 +278,19 @@ class PageTable:
         if rc < 0:
             _raise(rc, f"dirty iova {iova:#x} len {length:#x}")
         return bitmap
+
+    def mark_dirty(self, iova, length):
+        """Set the DIRTY bit of every leaf mapping part of IOVA ``[iova,
+        iova+length)``, as a device write would (no permission check; the
+        IOMMU selftest's IOMMU_TEST_OP_DIRTY). Returns the leaves marked.
+        Raises OSError(ERANGE) beyond ias."""
+        try:
+            rc = lib.iofs_pt_mark_dirty(self._p(), iova, length)
+        except OverflowError:
+            raise OSError(_errno.ERANGE, "mark_dirty: argument out of range") from None
+        if rc < 0:
+            _raise(rc, f"mark_dirty iova {iova:#x} len {length:#x}")
+        return rc
 
     # -- introspection ------------------------------------------------------
     def stats(self):

@@ -94,6 +94,15 @@ class Eventfd:
     def signal(self):
         raise NotImplementedError
 
+    def fileno(self):
+        """A file descriptor that polls readable when the eventfd was
+        signalled by its other users (an INTx unmask eventfd: KVM's
+        resample fd), or -1 when the sink cannot be watched."""
+        return -1
+
+    def drain(self):
+        """Reset the counter after it polled readable."""
+
     def close(self):
         raise NotImplementedError
 

@@ -67,6 +67,32 @@ ffi.cdef(
     struct iommu_fault_alloc {
         uint32_t size; uint32_t flags; uint32_t out_fault_id; uint32_t out_fault_fd;
     };
+    struct iommu_hwpt_set_dirty_tracking {
+        uint32_t size; uint32_t flags; uint32_t hwpt_id; uint32_t __reserved;
+    };
+    struct iommu_hwpt_get_dirty_bitmap {
+        uint32_t size; uint32_t hwpt_id; uint32_t flags; uint32_t __reserved;
+        uint64_t iova; uint64_t length; uint64_t page_size; uint64_t data;
+    };
+    struct iommu_hwpt_invalidate {
+        uint32_t size; uint32_t hwpt_id; uint64_t data_uptr; uint32_t data_type;
+        uint32_t entry_len; uint32_t entry_num; uint32_t __reserved;
+    };
+    struct iommu_viommu_alloc {
+        uint32_t size; uint32_t flags; uint32_t type; uint32_t dev_id; uint32_t hwpt_id;
+        uint32_t out_viommu_id; uint32_t data_len; uint32_t __reserved; uint64_t data_uptr;
+    };
+    struct iommu_vdevice_alloc {
+        uint32_t size; uint32_t viommu_id; uint32_t dev_id; uint32_t out_vdevice_id;
+        uint64_t virt_id;
+    };
+    struct iommu_ioas_change_process { uint32_t size; uint32_t __reserved; };
+    struct iommu_hw_queue_alloc {
+        uint32_t size; uint32_t flags; uint32_t viommu_id; uint32_t type; uint32_t index;
+        uint32_t out_hw_queue_id; uint64_t nesting_parent_iova; uint64_t length;
+    };
+    /* The selftest's driver data of a paging/nested HWPT_ALLOC (§12). */
+    struct iommu_hwpt_selftest { uint32_t iotlb; uint32_t pagetable_type; };
     struct iommu_veventq_alloc {
         uint32_t size; uint32_t flags; uint32_t viommu_id; uint32_t type;
         uint32_t veventq_depth; uint32_t out_veventq_id; uint32_t out_veventq_fd;
@@ -277,6 +303,16 @@ IOMMU_HWPT_ALLOC_PASID = 8
 
 IOMMU_HWPT_DATA_NONE = 0
 IOMMU_HWPT_DATA_VTD_S1 = 1
+IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
+
+IOMMU_HWPT_DIRTY_TRACKING_ENABLE = 1
+IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR = 1
+
+IOMMU_VIOMMU_TYPE_DEFAULT = 0
+IOMMU_VEVENTQ_TYPE_DEFAULT = 0
+IOMMU_HW_QUEUE_TYPE_DEFAULT = 0
+# VEVENTQ_ALLOC's deepest queue (current kernels, §9.5).
+IOMMU_VEVENTQ_MAX_DEPTH = 1 << 19
 
 IOMMU_HW_INFO_TYPE_NONE = 0
 IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
@@ -358,6 +394,11 @@ MOCK_PAGE_SIZE = 2048
 MOCK_HUGE_PAGE_SIZE = 512 * MOCK_PAGE_SIZE
 MOCK_PASID_WIDTH = 20
 IOMMU_TEST_PASID_RESERVED = 1024
+MOCK_IOMMUPT_DEFAULT = 0
+MOCK_IOMMUPT_HUGE = 1
+MOCK_DEV_CACHE_NUM = 4
+MOCK_DEV_CACHE_ID_MAX = MOCK_DEV_CACHE_NUM - 1
+IOMMU_TEST_DEV_CACHE_DEFAULT = 0xBADDAD
 
 MOCK_FLAGS_ACCESS_WRITE = 1 << 0
 MOCK_FLAGS_ACCESS_SYZ = 1 << 16

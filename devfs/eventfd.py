@@ -8,6 +8,7 @@ the kernel's eventfd_signal does for a real vfio-pci interrupt.
 """
 import errno
 import os
+import select
 
 from core.files import Eventfd
 
@@ -23,17 +24,39 @@ class EventfdSink(Eventfd):
     def __init__(self, fd):
         self.fd = fd
         self.signals = 0
+        # The duplicate shares the caller's file description, O_NONBLOCK
+        # included: on a blocking eventfd whose counter is at its maximum a
+        # write would wait for the caller to read, holding the whole server.
+        self._writable = select.poll()
+        self._writable.register(fd, select.POLLOUT)
 
     def signal(self):
         if self.fd < 0:
+            return
+        # The kernel's eventfd_signal never waits: at the maximum it
+        # saturates silently, and so does this. (A caller writing its own
+        # eventfd between this check and the write can still make the write
+        # wait; only a deliberate race gets there.)
+        if not self._writable.poll(0):
             return
         try:
             os.write(self.fd, _ONE)
             self.signals += 1
         except BlockingIOError:
-            # The counter is at its maximum (the reader never reads): the
-            # kernel's eventfd_signal saturates silently as well.
             pass
+
+    def fileno(self):
+        """The duplicate's number (-1 once closed): what core watches for an
+        unmask eventfd (core.vfio.pci)."""
+        return self.fd
+
+    def drain(self):
+        """Read (and so reset) the counter after the fd polled readable."""
+        if self.fd >= 0:
+            try:
+                os.read(self.fd, 8)
+            except (BlockingIOError, OSError):
+                pass
 
     def close(self):
         fd, self.fd = self.fd, -1

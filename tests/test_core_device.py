@@ -388,3 +388,21 @@ def test_close_frees_page_tables_and_pidfds():
     assert live_tables() == before
     assert owner.pidfd == -1 and owner.maps_fd == -1
     assert kit.ctx.closed and not kit.ctx.objects
+
+
+def test_dirty_tracking_hwpt_refuses_a_device_without_it(kit):
+    # The Intel driver's domain compatibility check (no SSADS: EINVAL), as
+    # the selftest mock's attach_dev refuses a NO_DIRTY device.
+    ioas = kit.ioas()
+    vf, dev_id = kit.bind(PLAIN)                 # dirty_tracking = true
+    dirty = kit.hwpt(dev_id, ioas, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    assert kit.attach(vf, dirty) == dirty
+    vf2, dev2 = kit.bind(BR0)                    # no dirty tracking
+    a = new("vfio_device_attach_iommufd_pt", pt_id=dirty)
+    assert kit.vfio_err(vf2, uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a) == errno.EINVAL
+    auto = kit.attach(vf2, ioas)
+    assert auto != dirty
+    assert kit.vfio_err(vf2, uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a) == errno.EINVAL
+    a = new("vfio_device_attach_iommufd_pt", pt_id=ioas)
+    kit.vfio(vf2, uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a)
+    assert a.pt_id == auto                        # the old attachment stayed

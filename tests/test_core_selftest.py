@@ -185,6 +185,7 @@ UNION = {   # member -> [(field, offset within the union, size)]
     "pasid_replace": [("pasid", 0, 4), ("pt_id", 4, 4)],
     "pasid_detach": [("pasid", 0, 4)],
     "pasid_check": [("pasid", 0, 4), ("hwpt_id", 4, 4)],
+    "check_dev_cache": [("id", 0, 4), ("cache", 4, 4)],
 }
 
 
@@ -212,8 +213,8 @@ def test_generic_size_rules_and_unknown_ops(st):
     assert e.value.errno == errno.EINVAL
     c.size = 68                                  # `last` is the last mandatory field
     st.run(c)
-    for op in (0, uapi.IOMMU_TEST_OP_DIRTY, uapi.IOMMU_TEST_OP_MD_CHECK_IOTLB,
-               uapi.IOMMU_TEST_OP_DEV_CHECK_CACHE, uapi.IOMMU_TEST_OP_TRIGGER_VEVENT,
+    for op in (0, uapi.IOMMU_TEST_OP_MD_CHECK_IOTLB,
+               uapi.IOMMU_TEST_OP_TRIGGER_VEVENT,
                uapi.IOMMU_TEST_OP_DMABUF_GET, uapi.IOMMU_TEST_OP_DMABUF_REVOKE, 24, 0xFFFF):
         assert st.test_err(op, ioas) == errno.EOPNOTSUPP, op
 
@@ -822,3 +823,54 @@ def test_get_hw_info_of_a_mock_device(st):
     c = new("iommu_hw_info", dev_id=idev, flags=uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE,
             out_data_type=uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD)
     assert st.err(uapi.IOMMU_GET_HW_INFO, c) == errno.EOPNOTSUPP
+
+
+# -- DEV_CHECK_CACHE (§12) -----------------------------------------------------------------------
+def test_dev_check_cache_rules_in_order(st):
+    ioas = st.ioas()
+    stdev, hwpt, idev = st.mock_domain(ioas)
+
+    def check(dev_id, cache_id, value):
+        return st.test_err(uapi.IOMMU_TEST_OP_DEV_CHECK_CACHE, dev_id,
+                           check_dev_cache={"id": cache_id, "cache": value})
+
+    for i in range(uapi.MOCK_DEV_CACHE_NUM):
+        c = st.test(uapi.IOMMU_TEST_OP_DEV_CHECK_CACHE, idev,
+                    check_dev_cache={"id": i, "cache": uapi.IOMMU_TEST_DEV_CACHE_DEFAULT})
+        assert c.check_dev_cache.cache == uapi.IOMMU_TEST_DEV_CACHE_DEFAULT
+    assert uapi.IOMMU_TEST_DEV_CACHE_DEFAULT == 0xBADDAD and uapi.MOCK_DEV_CACHE_NUM == 4
+    # ENOENT: not a DEVICE (the stdev, the HWPT, nothing) comes before the cache id.
+    for other in (stdev, hwpt, ioas, 999):
+        assert check(other, 99, 0) == errno.ENOENT
+    assert check(idev, 0, 0) == errno.EINVAL                      # another value
+    assert check(idev, uapi.MOCK_DEV_CACHE_NUM, uapi.IOMMU_TEST_DEV_CACHE_DEFAULT) == errno.EINVAL
+    assert check(idev, 0xFFFFFFFF, uapi.IOMMU_TEST_DEV_CACHE_DEFAULT) == errno.EINVAL
+    # A topology device has no mock cache.
+    vf, dev_id = st.bind(PLAIN)
+    assert check(dev_id, 0, uapi.IOMMU_TEST_DEV_CACHE_DEFAULT) == errno.EINVAL
+
+
+# -- NO_DIRTY refusals (the mock's attach_dev) -------------------------------------------------
+def test_no_dirty_device_refused_by_a_dirty_tracking_hwpt(st):
+    ioas = st.ioas()
+    _, _, idev = st.mock_domain(ioas)
+    dirty = st.hwpt(idev, ioas, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING | uapi.IOMMU_HWPT_ALLOC_PASID)
+    before = dict(st.ctx.objects)
+    assert st.test_err(uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, dirty,
+                       mock_domain_flags={"dev_flags": uapi.MOCK_FLAGS_DEVICE_NO_DIRTY}) == errno.EINVAL
+    assert st.ctx.objects == before                       # stdev, device and mock undone
+    # The same device on a HWPT without dirty tracking is fine; a PASID attach
+    # or a replace to the dirty-tracking one is refused, the old route kept.
+    plain = st.hwpt(idev, ioas, uapi.IOMMU_HWPT_ALLOC_PASID)
+    flags = uapi.MOCK_FLAGS_DEVICE_NO_DIRTY | uapi.MOCK_FLAGS_DEVICE_PASID
+    stdev, hwpt, _ = st.mock_domain(plain, flags)
+    assert hwpt == plain
+    assert st.test_err(uapi.IOMMU_TEST_OP_PASID_ATTACH, stdev,
+                       pasid_attach={"pasid": 100, "pt_id": dirty}) == errno.EINVAL
+    st.test(uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev, pasid_check={"pasid": 100, "hwpt_id": 0})
+    assert st.test_err(uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev,
+                       mock_domain_replace={"pt_id": dirty}) == errno.EINVAL
+    st.test(uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev, pasid_check={"pasid": 0, "hwpt_id": plain})
+    # A device that can track dirty pages attaches either way.
+    s2, h2, _ = st.mock_domain(dirty, uapi.MOCK_FLAGS_DEVICE_PASID)
+    assert h2 == dirty

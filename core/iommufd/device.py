@@ -98,7 +98,8 @@ class BoundDevice(Obj):
         RID/PASID this takes on the wire is held by an mdev or parent of this
         device or by an SVA bond (core.iommu.routing); EADDRINUSE the device's
         reserved ranges collide in the IOAS; then the driver's step: EINVAL a
-        HWPT of another IOMMU, a PASID beyond the device's width, and what
+        HWPT of another IOMMU, a DIRTY_TRACKING HWPT for a device without
+        dirty tracking, a PASID beyond the device's width, and what
         ``device.set_dev_pasid`` raises (the mock's PASID 1024: ENOMEM).
         On error the previous attachment stays as it was.
 
@@ -147,10 +148,16 @@ class BoundDevice(Obj):
 
     def _driver_attach(self, hwpt, pasid):
         # The IOMMU driver's part, after the core's checks (§8): a domain of
-        # another IOMMU cannot serve the device; a PASID must fit the
-        # device's width; then the driver itself may refuse.
+        # another IOMMU cannot serve the device; a domain that tracks dirty
+        # pages cannot serve a device whose IOMMU cannot (the selftest
+        # mock's attach_dev refuses a NO_DIRTY device, Intel's domain
+        # compatibility check a unit without SSADS: EINVAL, RID and PASID
+        # alike); a PASID must fit the device's width; then the driver
+        # itself may refuse.
         if hwpt.iommu.key() != self.device.iommu.key():
             raise UapiError(errno.EINVAL, f"HWPT {hwpt.id} belongs to another IOMMU")
+        if hwpt.flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not self.device.dirty_tracking:
+            raise UapiError(errno.EINVAL, f"HWPT {hwpt.id} tracks dirty pages, {self.device.name} cannot")
         if pasid is not RID:
             if pasid >> self.device.pasid_bits:
                 raise UapiError(errno.EINVAL, f"PASID {pasid} beyond {self.device.pasid_bits} bits")

@@ -747,6 +747,16 @@ def ioas_map(ctx, caller, cmd):
         ctx.owners.release(owner)
 
 
+@ioctl(uapi.IOMMU_IOAS_MAP_FILE, "iommu_ioas_map_file", "iova")
+def ioas_map_file(ctx, caller, cmd):
+    """IOMMU_IOAS_MAP_FILE (§7): after :func:`_map_checks` (no
+    ``__reserved`` in this struct), ENOENT bad ioas_id; then EOPNOTSUPP:
+    mapping a file is not emulated yet."""
+    _map_checks(cmd.flags, 0, cmd.iova, cmd.length)
+    ctx.get(cmd.ioas_id, Ioas)
+    raise UapiError(errno.EOPNOTSUPP, "IOMMU_IOAS_MAP_FILE is not emulated yet")
+
+
 @ioctl(uapi.IOMMU_IOAS_COPY, "iommu_ioas_copy", "src_iova")
 def ioas_copy(ctx, caller, cmd):
     """IOMMU_IOAS_COPY (§7): after :func:`_map_checks` (on length, src_iova
@@ -835,3 +845,18 @@ def iommu_option(ctx, caller, cmd):
             return
         raise UapiError(errno.EOPNOTSUPP, f"op {cmd.op}")
     raise UapiError(errno.EOPNOTSUPP, f"option {cmd.option_id}")
+
+
+@ioctl(uapi.IOMMU_IOAS_CHANGE_PROCESS, "iommu_ioas_change_process", "__reserved")
+def ioas_change_process(ctx, caller, cmd):
+    """IOMMU_IOAS_CHANGE_PROCESS (§7): EOPNOTSUPP ``__reserved``; EINVAL an
+    area mapped from process memory (IOAS_MAP, IOAS_COPY of it) in any IOAS
+    of the context, since only file pages can change owner. With none, the
+    pinned-page accounting of the file areas moves to the caller: there is
+    none to move until MAP_FILE is emulated, so this is the successful
+    no-op QEMU probes for."""
+    if cmd.__reserved:
+        raise UapiError(errno.EOPNOTSUPP, "__reserved")
+    for obj in ctx.objects.values():
+        if isinstance(obj, Ioas) and obj.areas:
+            raise UapiError(errno.EINVAL, f"IOAS {obj.id} has areas of process memory")

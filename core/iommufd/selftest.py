@@ -22,8 +22,9 @@ against that interface run here with the kernel's results and errnos.
   destroys the access. The file keeps the pins ACCESS_PAGES made, by item id.
 - **Pin counts**: MD_CHECK_REFS compares core.mm.pins' model of FOLL_PIN counts.
 
-Only the ops a program needs without nesting, dirty tracking, vIOMMU or
-dma-buf are implemented; the others (and unknown ops) answer EOPNOTSUPP.
+Only the ops a program needs without nesting, vIOMMU or dma-buf are
+implemented (and DEV_CHECK_CACHE, which reads the mock device's cache that
+only vIOMMU invalidations would change); the others (and unknown ops) answer EOPNOTSUPP.
 Each op checks in the kernel's order; the struct is written back only by
 the ops that respond in the kernel (:data:`RESPOND_OPS`).
 """
@@ -43,6 +44,7 @@ from ..iommu import routing
 from ..iommu.routing import RID
 from ..mm.iova import PAGE_SIZE, U64_MAX
 from ..mm.pins import first_refs_mismatch
+from ..mm.usermem import MemArg
 from ..topology import Device, IommuModel
 from . import access as _access
 from . import device as _device
@@ -50,7 +52,7 @@ from . import fault as _fault
 from . import hwpt as _hwpt
 from . import ioas as _ioas
 from .context import Obj
-from .ucmd import ioctl, write_struct
+from .ucmd import ioctl, read_struct, write_struct
 
 # ACCESS_PAGES and ACCESS_RW refuse more than this (the kernel's guard
 # against huge allocations): ENOMEM.
@@ -87,8 +89,41 @@ class MockIommuModel(IommuModel):
     def key(self):
         return ("mock",) + super().key()
 
+    def paging_format(self, mem, data_type, data_len, data_uptr):
+        """The mock driver's paging HWPT_ALLOC with driver data: ``struct
+        iommu_hwpt_selftest`` read from ``data_uptr`` in ``mem`` as
+        iommu_copy_struct_from_user does. EOPNOTSUPP a data_type other than
+        IOMMU_HWPT_DATA_SELFTEST; EINVAL data_len shorter than ``iotlb``;
+        E2BIG non-zero bytes past the struct; EFAULT unreadable; EOPNOTSUPP
+        an unknown ``pagetable_type``. Returns the PagingFormat."""
+        if data_type != uapi.IOMMU_HWPT_DATA_SELFTEST:
+            raise UapiError(errno.EOPNOTSUPP, f"data_type {data_type:#x}")
+        if data_len < _SELFTEST_DATA_MIN:
+            raise UapiError(errno.EINVAL, f"data_len {data_len}")
+        cfg = read_struct(MemArg(mem, data_uptr), _SELFTEST_DATA, _SELFTEST_DATA_SIZE, data_len)
+        fmt = MOCK_FORMATS.get(cfg.pagetable_type)
+        if fmt is None:
+            raise UapiError(errno.EOPNOTSUPP, f"pagetable_type {cfg.pagetable_type}")
+        return fmt
+
 
 MOCK_IOMMU = MockIommuModel()
+
+_SELFTEST_DATA = uapi.ffi.typeof("struct iommu_hwpt_selftest *")
+_SELFTEST_DATA_SIZE = uapi.sizeof("iommu_hwpt_selftest")
+# offsetofend(struct iommu_hwpt_selftest, iotlb): its last mandatory field.
+_SELFTEST_DATA_MIN = 4
+
+# The mock's page-table formats (7.3's iommupt AMDv1 mock): DEFAULT keeps the
+# mock aperture and 2 KiB pages; HUGE keeps the format's own 56-bit aperture
+# and only takes 1 MiB leaves, but offers PAGE_SIZE too so that iommufd
+# accepts the domain, which makes its IOVA alignment PAGE_SIZE.
+MOCK_FORMATS = {
+    uapi.MOCK_IOMMUPT_DEFAULT: _hwpt.PagingFormat(
+        "default", uapi.MOCK_PAGE_SIZE, MockIommuModel().aperture, MockIommuModel.address_width),
+    uapi.MOCK_IOMMUPT_HUGE: _hwpt.PagingFormat(
+        "huge", PAGE_SIZE, (0, (1 << 56) - 1), 56),
+}
 
 
 @dataclass(frozen=True)
@@ -108,11 +143,14 @@ class MockDevice(Device):
 
 class MockLive(LiveDevice):
     """A mock device at run time; ``pasid_1024_fake_error``: the rigged
-    failure of PASID 1024 (see :meth:`set_dev_pasid`)."""
+    failure of PASID 1024 (see :meth:`set_dev_pasid`); ``cache``: the mock
+    device's cache, MOCK_DEV_CACHE_NUM u32 entries that start at
+    IOMMU_TEST_DEV_CACHE_DEFAULT (§12), read by DEV_CHECK_CACHE."""
 
     def __init__(self, config):
         super().__init__(config)
         self.pasid_1024_fake_error = False
+        self.cache = [uapi.IOMMU_TEST_DEV_CACHE_DEFAULT] * uapi.MOCK_DEV_CACHE_NUM
 
     def set_dev_pasid(self, pasid, hwpt):
         """The mock driver's PASID step. PASID 1024
@@ -488,6 +526,64 @@ def _access_replace_ioas(ctx, caller, cmd):
     access.change_ioas(access.ctx.get(cmd.access_replace_ioas.ioas_id, _ioas.Ioas))
 
 
+def _dev_check_cache(ctx, caller, cmd):
+    """DEV_CHECK_CACHE (§12; order of the kernel's selftest.c): ENOENT
+    ``id`` not a DEVICE; then EINVAL when ``check_dev_cache.id`` is past
+    MOCK_DEV_CACHE_ID_MAX or that cache entry is not ``cache``. A device
+    that is not a mock device has no such cache: EINVAL (the kernel would
+    read a mock_dev that is not there; no test of its own passes one)."""
+    idev = ctx.get(cmd.id, _device.BoundDevice)
+    c = cmd.check_dev_cache
+    dev = idev.device
+    if (not isinstance(dev, MockLive) or c.id > uapi.MOCK_DEV_CACHE_ID_MAX
+            or dev.cache[c.id] != c.cache):
+        raise UapiError(errno.EINVAL, f"device cache {c.id} is not {c.cache:#x}")
+
+
+def _dirty(ctx, caller, cmd):
+    """DIRTY (§12; order of the kernel's selftest.c): EINVAL page_size or
+    length 0, iova or length not a multiple of page_size, or uptr NULL;
+    ENOENT ``id`` not a paging HWPT; EINVAL not a mock domain, or one not
+    tracking dirty pages; EFAULT the bitmap at ``uptr`` unreadable. Then
+    for each set bit k, the IOPTE mapping ``iova + k * page_size`` (if any)
+    is marked dirty as the hardware would; ``out_nr_dirty`` counts the set
+    bits. An IOPTE is what the mock's page table would hold there: a 1 MiB
+    leaf; else, as iommufd maps in host pages, the whole host page when one
+    area maps all of it from one host page (a 4 KiB IOPTE of the iommupt
+    mock), or the 2 KiB page alone."""
+    d = cmd.dirty
+    iova, length, page_size = d.iova, d.length, d.page_size
+    if not page_size or not length or iova % page_size or length % page_size or not d.uptr:
+        raise UapiError(errno.EINVAL, "dirty: page_size, length, iova or uptr")
+    hwpt = ctx.get(cmd.id, _hwpt.HwptPaging)
+    if not isinstance(hwpt.iommu, MockIommuModel):
+        raise UapiError(errno.EINVAL, f"HWPT {hwpt.id} is not a mock domain")
+    if not hwpt.dirty_tracking:
+        raise UapiError(errno.EINVAL, f"HWPT {hwpt.id} is not tracking dirty pages")
+    nbits = length // page_size
+    bits = int.from_bytes(caller.mem.read(d.uptr, (nbits + 7) // 8), "little")
+    bits &= (1 << nbits) - 1
+    count = 0
+    ioas, pt, small = hwpt.ioas, hwpt.pt, uapi.MOCK_PAGE_SIZE
+    while bits:
+        low = bits & -bits
+        k = low.bit_length() - 1
+        bits ^= low
+        count += 1
+        cur = iova + k * page_size
+        start, size = cur - cur % small, small
+        page = cur - cur % PAGE_SIZE
+        area = ioas.area_at(page)
+        if (area is not None and area.last >= page + PAGE_SIZE - 1
+                and (area.user_va + page - area.iova) % PAGE_SIZE == 0):
+            start, size = page, PAGE_SIZE
+        try:
+            pt.mark_dirty(start, size)
+        except OSError:
+            pass                        # beyond the table: nothing mapped there
+    d.out_nr_dirty = count
+
+
 def _trigger_iopf(ctx, caller, cmd):
     """TRIGGER_IOPF: ENOENT ``dev_id`` not a DEVICE. Reports a one-page
     fault group (LAST_PAGE; PASID_VALID when pasid != 0) for the device's
@@ -566,6 +662,8 @@ OPS = {
     uapi.IOMMU_TEST_OP_ACCESS_RW: _access_rw,
     uapi.IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT: _set_temp_memory_limit,
     uapi.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS: _access_replace_ioas,
+    uapi.IOMMU_TEST_OP_DIRTY: _dirty,
+    uapi.IOMMU_TEST_OP_DEV_CHECK_CACHE: _dev_check_cache,
     uapi.IOMMU_TEST_OP_TRIGGER_IOPF: _trigger_iopf,
     uapi.IOMMU_TEST_OP_PASID_ATTACH: _pasid_attach,
     uapi.IOMMU_TEST_OP_PASID_REPLACE: _pasid_replace,
@@ -577,6 +675,7 @@ OPS = {
 RESPOND_OPS = frozenset((
     uapi.IOMMU_TEST_OP_MOCK_DOMAIN, uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
     uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, uapi.IOMMU_TEST_OP_CREATE_ACCESS,
+    uapi.IOMMU_TEST_OP_DIRTY,
     uapi.IOMMU_TEST_OP_ACCESS_PAGES, uapi.IOMMU_TEST_OP_PASID_ATTACH,
     uapi.IOMMU_TEST_OP_PASID_REPLACE))
 
@@ -592,7 +691,7 @@ def _respond(arg, cdata, size):
 def iommu_test_cmd(ctx, caller, cmd):
     """IOMMU_TEST_CMD (reference §12): the op in ``op``, its object or
     access fd in ``id``, its fields in the union. EOPNOTSUPP for ops not
-    emulated (DIRTY, MD_CHECK_IOTLB, DEV_CHECK_CACHE, TRIGGER_VEVENT,
+    emulated (MD_CHECK_IOTLB, TRIGGER_VEVENT,
     DMABUF_*) and unknown ones; each op's rules are in its function here."""
     handler = OPS.get(cmd.op)
     if handler is None:

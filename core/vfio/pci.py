@@ -90,7 +90,38 @@ def set_irqs(vfile, caller, arg):
     for fd in fds:
         got = caller.fds.get(fd, errno.EBADF)
         sinks[fd] = UapiError(got, f"fd {fd}") if isinstance(got, int) else got
-    return pci.set_irqs(flags, index, start, count, data, sinks=sinks, argsz=argsz)
+    try:
+        return pci.set_irqs(flags, index, start, count, data, sinks=sinks, argsz=argsz)
+    finally:
+        follow_unmask_eventfd(vfile.device, vfile.emulator)
+
+
+def follow_unmask_eventfd(device, emulator):
+    """Watch the INTx unmask eventfd of ``device``'s function (UNMASK|
+    DATA_EVENTFD, §6.1: KVM's resample fd), if it has one: each signal on
+    it unmasks INTx, as the kernel's virqfd does. Called after every
+    SET_IRQS and before the function powers down (then it has none)."""
+    pci = device.pci
+    sink = pci.irqs.intx_unmask if pci is not None else None
+    old = device.watched_unmask
+    if old is not None and old[0] is sink:
+        return
+    if old is not None:
+        emulator.unwatch(old[1])
+    device.watched_unmask = None
+    fd = sink.fileno() if sink is not None and hasattr(sink, "fileno") else -1
+    if fd < 0:
+        return
+
+    def signalled():
+        if device.pci is not pci or pci.irqs.intx_unmask is not sink:
+            return
+        sink.drain()
+        pci.intx_resample()
+        emulator.watch(fd, signalled)      # a watch fires once: arm it again
+
+    device.watched_unmask = (sink, fd)
+    emulator.watch(fd, signalled)
 
 
 def reset(vfile, caller, arg):

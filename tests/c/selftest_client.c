@@ -253,7 +253,7 @@ int main(int argc, char **argv)
     OK(destroy(stdev) == 0 && destroy(stdev2) == 0, "DESTROY both stdevs");
     OK(destroy(idev) == ENOENT && destroy(idev2) == ENOENT, "their devices are unbound");
     OK(destroy(ha.out_hwpt_id) == 0 && destroy(pa.out_hwpt_id) == 0, "the HWPTs are free");
-    c = cmd(IOMMU_TEST_OP_DIRTY, ioas);
+    c = cmd(IOMMU_TEST_OP_MD_CHECK_IOTLB, ioas);
     OK(test(&c) == EOPNOTSUPP, "an op not emulated = EOPNOTSUPP");
     close(ffd);
     OK(ioctl(iommufd, IOMMUFS_SYNC_CLOSE, 0) == 0 && close(iommufd) == 0, "close the iommufd");
