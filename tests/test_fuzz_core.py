@@ -29,7 +29,7 @@ from core.errors import UapiError
 from core.uapi import ffi
 from core.files import NotYet
 from core.mm.usermem import FrameArg, MemArg
-from corekit import Kit, addr, dma_request, open_node
+from corekit import Kit, dma_request, open_node
 from fuzzkit import (DMA_REQ, INT_CMDS, KERNEL, LAST_PAGES, NONCANONICAL, PAGE, STRUCTS,
                      TEST_OPS, VFIO_STRUCTS, Memory, IOMMU_CMDS, DRIVER_CMDS, VFIO_CMDS)
 
@@ -134,10 +134,12 @@ def as_arg(data, kit, raw):
     if how == "frame":
         return FrameArg(raw)
     if how == "scratch":
-        buf = ffi.new("char[]", max(len(raw), 1))
-        ffi.memmove(buf, raw, len(raw))
-        kit.keep.append(buf)
-        return MemArg(kit.caller.mem, addr(buf))
+        # In the RAM buffer's spill area, not on the heap: core writes back
+        # what the struct's size says (GET_REGION_INFO's argsz...), and a
+        # write past a heap buffer would corrupt this very process.
+        at = m.ram + m.ram_len + (2 << 20)
+        m.put(at, raw)
+        return MemArg(kit.caller.mem, at)
     if how == "ro" and len(raw) <= PAGE:
         m.put_ro(PAGE - len(raw), raw)
         return MemArg(kit.caller.mem, m.ro + PAGE - len(raw))
@@ -160,7 +162,6 @@ def test_core_answers_every_call_with_a_result_or_an_errno(data):
     """See the module docstring."""
     m = memory()
     kit = Kit()
-    kit.keep = []
     vf, dev_id = kit.bind("0000:00:03.0")
     ioas = kit.ioas()
     kit.attach(vf, ioas)
