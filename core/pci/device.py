@@ -127,10 +127,10 @@ class PciDevice:
         self.irqs.msi_mask_written()
 
     def gap_read(self, pos, size):
-        return self.model.config_read(pos, size)
+        return self.model.config_gap_read(pos, size)
 
     def gap_write(self, pos, size, value):
-        self.model.config_write(pos, size, value)
+        self.model.config_gap_write(pos, size, value)
 
     # -- state the gates read -------------------------------------------------
 

@@ -10,7 +10,7 @@ transport. The function calls:
 - ``bar_read(bar, offset, size) -> int`` and ``bar_write(bar, offset, size,
   value)`` with ``size`` in 1/2/4/8 bytes, naturally aligned, ``offset`` in
   bytes into BAR ``bar``, little-endian values (vfio-device.md §4.2);
-- ``config_read(offset, size) -> int`` and ``config_write(offset, size,
+- ``config_gap_read(offset, size) -> int`` and ``config_gap_write(offset, size,
   value)``: config-space bytes no capability owns (vfio passes them through
   raw, vfio-device.md §5), for device registers there (ioat's CHANERR_INT);
   a chunk never crosses a dword;
@@ -68,10 +68,10 @@ class Model:
     def bar_write(self, bar, offset, size, value):
         pass
 
-    def config_read(self, offset, size):
+    def config_gap_read(self, offset, size):
         return 0
 
-    def config_write(self, offset, size, value):
+    def config_gap_write(self, offset, size, value):
         pass
 
     def reset(self):

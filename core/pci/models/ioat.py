@@ -242,7 +242,7 @@ class Ioat(Model):
 
     # -- config registers (vfio's raw gaps) ----------------------------------
 
-    def config_read(self, offset, size):
+    def config_gap_read(self, offset, size):
         """DMAUNCERRSTS, CHANERR_INT and CHANERRMASK_INT; other gap bytes read 0."""
         value = 0
         for i in range(size):
@@ -251,7 +251,7 @@ class Ioat(Model):
                 value |= ((self.config[reg] >> (8 * ((offset + i) & 3))) & 0xFF) << (8 * i)
         return value
 
-    def config_write(self, offset, size, value):
+    def config_gap_write(self, offset, size, value):
         """The status registers are RW1C, the mask RW; other gap writes drop."""
         reg, shift = offset & ~3, 8 * (offset & 3)
         if reg not in self.config:
