@@ -33,9 +33,9 @@
 # selftests need from the same .deb. Environment: IOMMUFS_KSELFTEST_CACHE,
 # IOMMUFS_KSELFTEST_PACKAGE and IOMMUFS_KSELFTEST_MIRROR as for kselftest.sh.
 #
-# Exit status: 0 when every instance ran and none failed, 1 when some failed,
-# 2 on a usage error, 3 when a binary died after its plan, 4 when fetching or
-# building failed.
+# Exit status: 0 when no instance failed, 1 when some failed, 2 on a usage
+# error, 3 when a binary ran on no function at all, 4 when fetching or
+# building failed. A binary that dies mid-run shows as a "BDF/main" FAIL.
 set -euo pipefail
 shopt -s inherit_errexit
 
