@@ -2,9 +2,10 @@
 
 The function the VFIO selftests' userspace ioat driver
 (tools/testing/selftests/vfio/lib/drivers/ioat/ioat.c) binds to: vendor
-0x8086, device 0x2021 (PCI_DEVICE_ID_INTEL_IOAT_SKX), class 0x088000 (base
-system peripheral, other), I/OAT version 3.3. Register numbers are those of
-the kernel's drivers/dma/ioat/registers.h and the descriptor that of hw.h.
+0x8086, device 0x2021 (PCI_DEVICE_ID_INTEL_IOAT_SKX), class 0x088000 (system
+peripheral, other), revision 4 and subsystem 8086:0000 as Sky Lake-E CBDMA
+functions report them, I/OAT version 3.3. Register numbers are those of the
+kernel's drivers/dma/ioat/registers.h and the descriptor that of hw.h.
 
 BARs: BAR0 (+BAR1) 64-bit memory, 16 KiB: global registers at 0x00, channel
 0 at 0x80 (IOAT_CHANNEL_MMIO_SIZE), the MSI-X table (1 vector) at 0x2000 and
