@@ -62,7 +62,7 @@ default_pasid = 1
 """
 
 #: Device models (core/pci/models), by the topology's ``model`` name.
-MODELS = ("virtio-blk", "virtio-rng", "dma-engine")
+MODELS = ("virtio-blk", "virtio-rng", "dma-engine", "ioat")
 
 
 def parse_bdf(bdf):
