@@ -1103,3 +1103,152 @@ def test_iotlb_never_serves_what_no_walk_gave(data):
             assert (r.out, r.gpa, r.perms) == (w.out, w.gpa, w.perms)
         s = d.stats()
         assert s["entries"] <= s["capacity"]
+
+
+# ---------------------------------------------------------------- sanitizers
+
+SAN_HARNESS = r"""
+#include "nested.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t s = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; }
+static uint64_t pick(const uint64_t *v, int n) { return v[rnd() % n]; }
+
+#define NP 16
+int main(int argc, char **argv)
+{
+    long iters = argc > 1 ? atol(argv[1]) : 20000;
+    uint8_t *buf = aligned_alloc(4096, NP * 4096);
+    uint64_t *ents = (uint64_t *)buf;
+    static const uint64_t edges[] = {0, 1, 0xfff, 0x1000, 0x7fffffffffffull, 0x800000000000ull,
+        0xffff800000000000ull, 0x00ffffffffffffffull, 0x0100000000000000ull, ~0ull, ~0ull - 0xfff,
+        0x8000000000000000ull, 0xab00000000005000ull};
+    for (long it = 0; it < iters; it++) {
+        uint64_t base = (rnd() & 1) ? 0 : 0x40000000;      /* GPA of buffer page 0 */
+        struct iofs_pt *s2 = NULL;
+        if (base) {
+            s2 = iofs_pt_new(12, 9, 48, 2);
+            for (int i = 0; i < NP; i++)
+                if (rnd() % 8)
+                    iofs_pt_map(s2, base + i * 4096ull, (uint64_t)(uintptr_t)buf + i * 4096ull,
+                                4096, (rnd() % 6) ? 3 : 1, 0);
+        }
+        for (int i = 0; i < NP * 512; i++)
+            ents[i] = (rnd() % 4) ? 0 : ((rnd() % 3 ? base + (rnd() % (NP + 2)) * 4096 : rnd())
+                                         | (rnd() & 0xfff) | (rnd() & 0xfff0000000000000ull));
+        struct iofs_nest_mem m = {0};
+        m.kind = IOFS_NEST_MEM_LOCAL;
+        m.local = buf;
+        m.origin = base ? (uint64_t)(uintptr_t)buf : 0;
+        m.size = NP * 4096;
+        if (rnd() % 16 == 0) m.origin = ~0ull - (rnd() % 8192);
+        struct iofs_nest_cfg c = {0};
+        c.format = (rnd() & 1) ? IOFS_NEST_FMT_VTD : IOFS_NEST_FMT_SMMU;
+        c.vtd_flags = rnd() & 7;
+        c.pgtbl_addr = (rnd() % 4) ? base + (rnd() % (NP + 1)) * 4096 + (rnd() & 0xfff) : rnd();
+        c.addr_width = (rnd() & 1) ? 48 : 57;
+        c.fs1gp = rnd() & 1;
+        c.haw = 32 + rnd() % 21;
+        c.smmu_httu = rnd() & 1;
+        c.ste[0] = (rnd() % 4) ? (1 | 5 << 1 | ((rnd() % 4) << 4) | (base + (rnd() % NP) * 4096
+                    + (rnd() & 0xfc0)) | ((rnd() % 32) << 59)) : rnd();
+        c.ste[1] = rnd();
+        for (int k = 0; k < 4 && c.format == IOFS_NEST_FMT_SMMU; k++) {
+            uint64_t *cd = (uint64_t *)(buf + (rnd() % NP) * 4096 + (rnd() % 64) * 64);
+            cd[0] = (rnd() % 4) ? ((16 + rnd() % 30) | 1ull << 31 | 1ull << 41 | (rnd() % 8) << 32
+                                   | (rnd() & 0xffff000c00000000ull)) : rnd();
+            cd[1] = (rnd() % 4) ? base + (rnd() % NP) * 4096 : rnd();
+        }
+        /* Half of the domains get valid 4-level chains for a few IOVAs
+         * (VT-d 48-bit and VMSAv8 T0SZ 16 index alike), so the IOTLB and
+         * A/D paths run too. */
+        uint64_t good[4];
+        int ngood = 0;
+        if (rnd() & 1) {
+            int smmu = c.format == IOFS_NEST_FMT_SMMU;
+            c.addr_width = 48;
+            c.haw = 48;
+            c.pgtbl_addr = base + 4096;
+            if (smmu) {
+                c.ste[0] = 1 | 5 << 1 | base;             /* linear, one CD at page 0 */
+                c.ste[1] = 0;
+                ents[0] = 16 | 1ull << 31 | 1ull << 41 | 5ull << 32 | 7ull << 48;
+                ents[1] = base + 4096;
+            }
+            for (; ngood < 4; ngood++) {
+                uint64_t iova = (rnd() & 0x7ffffffff000ull) | (rnd() & 0xfff);
+                if (!smmu && (rnd() & 1))
+                    iova |= 0xffff800000000000ull;
+                good[ngood] = iova;
+                uint64_t t = 1;                           /* buffer page of the table */
+                for (int L = 3; L >= 0; L--) {
+                    uint64_t nxt = 2 + rnd() % (NP - 2);
+                    uint64_t fl = smmu ? (L ? 3 : (3 | 1 << 10 | 1 << 6 | (rnd() & 1) << 7))
+                                       : (7 | (rnd() & 0x60));
+                    ents[t * 512 + ((iova >> (12 + 9 * L)) & 511)] = (base + nxt * 4096) | fl;
+                    t = nxt;
+                }
+            }
+        }
+        struct iofs_nest *d = iofs_nest_new(&c, s2, &m, rnd() % 9);
+        if (!d) { iofs_pt_free(s2); continue; }
+        for (int q = 0; q < 40; q++) {
+            uint64_t iova = ngood && (rnd() % 4) ? good[rnd() % ngood] + (rnd() % 2) * 8
+                          : (rnd() % 3) ? pick(edges, 13) + (rnd() % 3) * 4096 : rnd();
+            uint32_t pasid = (rnd() % 3) ? IOFS_NEST_NO_PASID : (uint32_t)rnd();
+            unsigned acc = (rnd() % 4) ? 1 + rnd() % 3 : rnd() & 31;
+            struct iofs_nest_result r;
+            struct iofs_nest_fault f;
+            struct iofs_seg segs[4];
+            switch (rnd() % 10) {
+            case 0: iofs_nest_walk(d, pasid, iova, acc, &r, &f); break;
+            case 1: iofs_nest_translate_range(d, pasid, iova, rnd() % 20000, acc, segs, 4, &f); break;
+            case 2: iofs_nest_inv_vtd(d, iova, pick(edges, 13), rnd() & 3); break;
+            case 3: iofs_nest_inv_range(d, rnd() & 1, pasid, iova, pick(edges, 13)); break;
+            case 4: iofs_nest_inv_va(d, (uint32_t)rnd(), iova, pick(edges, 13)); break;
+            case 5: iofs_nest_set_capacity(d, rnd() % 9); break;
+            case 6: iofs_nest_inv_cd(d, pasid); iofs_nest_inv_asid(d, rnd() & 0xffff); break;
+            default: iofs_nest_translate(d, pasid, iova, acc, &r, NULL); break;
+            }
+        }
+        struct iofs_nest_stats st;
+        iofs_nest_stats(d, &st);
+        if (st.entries > st.capacity) { fprintf(stderr, "entries > capacity\n"); return 1; }
+        iofs_nest_free(d);
+        iofs_pt_free(s2);
+    }
+    free(buf);
+    puts("ok");
+    return 0;
+}
+"""
+
+
+def test_c_under_asan_ubsan(tmp_path):
+    """Random tables, configurations, addresses at the edges of the address
+    space and random invalidations, with nested.c built under
+    AddressSanitizer and UBSan (any report aborts)."""
+    import shutil
+    import subprocess
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    here = __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "cext")
+    src = tmp_path / "h.c"
+    src.write_text(SAN_HARNESS)
+    exe = tmp_path / "h"
+    flags = ["-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{here}"]
+    srcs = [str(src)] + [f"{here}/{p}.c" for p in ("nested", "pagetable", "procmem")]
+    cp = subprocess.run([cc, *flags, "-o", str(exe), *srcs], capture_output=True, text=True)
+    if cp.returncode and "sanitize" in cp.stderr:
+        pytest.skip("sanitizer runtime not available: " + cp.stderr[-300:])
+    assert cp.returncode == 0, cp.stderr
+    env = dict(__import__("os").environ, ASAN_OPTIONS="detect_leaks=1",
+               UBSAN_OPTIONS="print_stacktrace=1")
+    run = subprocess.run([str(exe), "6000"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
