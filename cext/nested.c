@@ -364,18 +364,15 @@ int iofs_nest_set_capacity(struct iofs_nest *d, uint64_t capacity)
         for (int32_t i = d->lru_head; i != NIL && k < keep; i = d->e[i].lnext)
             saved[k++] = d->e[i];
     }
-    struct tlbe *old_e = d->e;
-    int32_t *old_b = d->bucket;
-    uint64_t old_cap = d->cap, dropped = d->used - keep;
+    struct iofs_nest old = *d;
+    uint64_t dropped = d->used - keep;
     if (tlb_alloc(d, capacity)) {
-        d->e = old_e;           /* nothing changed */
-        d->bucket = old_b;
-        d->cap = old_cap;
+        *d = old;               /* nothing changed */
         free(saved);
         return -ENOMEM;
     }
-    free(old_e);
-    free(old_b);
+    free(old.e);
+    free(old.bucket);
     uint64_t fills = d->st.fills;
     for (uint64_t k = keep; k > 0; k--)
         tlb_insert(d, &saved[k - 1]);
@@ -390,6 +387,7 @@ int iofs_nest_set_capacity(struct iofs_nest *d, uint64_t capacity)
 #define MAX_UPD 6
 struct upd {
     uint64_t gpa, hva, old, new;
+    unsigned level;
 };
 
 struct wctx {
@@ -454,11 +452,12 @@ static int s1_load(struct wctx *w, uint64_t gpa, unsigned level, unsigned cls,
     return 0;
 }
 
-static void note_upd(struct wctx *w, uint64_t gpa, uint64_t hva, uint64_t old, uint64_t new)
+static void note_upd(struct wctx *w, uint64_t gpa, uint64_t hva, uint64_t old, uint64_t new,
+                     unsigned level)
 {
     if (old == new || w->nupd >= MAX_UPD)
         return;
-    w->upd[w->nupd++] = (struct upd){gpa, hva, old, new};
+    w->upd[w->nupd++] = (struct upd){gpa, hva, old, new, level};
 }
 
 /* Write back the noted A/D updates. Returns 0, 1 (a compare lost: walk
@@ -471,10 +470,10 @@ static int write_back(struct wctx *w)
         /* The update is a write through stage 2 (ref §2.5). */
         int rc = s2_tr(w->d, u->gpa, IOFS_PT_WRITE, &hva, NULL);
         if (rc)
-            return fault(w, 2, IOFS_NEST_F_S2_WALK, rc, 0, IOFS_NEST_CLASS_TT, u->gpa);
+            return fault(w, 2, IOFS_NEST_F_S2_WALK, rc, u->level, IOFS_NEST_CLASS_TT, u->gpa);
         rc = iofs_nest_mem_cas64(&w->d->mem, hva, u->old, u->new, NULL);
         if (rc < 0)
-            return fault(w, 2, IOFS_NEST_F_MEMORY, -EFAULT, 0, IOFS_NEST_CLASS_TT, u->gpa);
+            return fault(w, 2, IOFS_NEST_F_MEMORY, -EFAULT, u->level, IOFS_NEST_CLASS_TT, u->gpa);
         if (rc == 0)
             return 1;
         w->d->st.ad_writes++;
@@ -566,7 +565,7 @@ static int vtd_walk(struct wctx *w, struct iofs_nest_result *r)
         uint64_t ne = e | amark;
         if (leaf && write)
             ne |= X86_D;
-        note_upd(w, egpa, hva, e, ne);
+        note_upd(w, egpa, hva, e, ne, (unsigned)L);
         if (!leaf) {
             table = e & addr_mask;
             continue;
@@ -782,7 +781,7 @@ static int smmu_walk(struct wctx *w, uint64_t cd0, uint64_t cd1, struct iofs_nes
             return fault(w, 1, IOFS_NEST_F_PERMISSION, -EACCES, L, IOFS_NEST_CLASS_IN, w->iova);
         if (write && clean)
             ne &= ~D_AP2;
-        note_upd(w, egpa, hva, e, ne);
+        note_upd(w, egpa, hva, e, ne, L);
         *global = !(e & D_NG);
         return finish(w, oa | (va & (size - 1)), size, perms, L, r);
     }

@@ -21,7 +21,43 @@
  * With s2 == NULL, stage 2 is the identity (GPA == HVA, read/write).
  *
  * Not thread-safe: one thread at a time per nested domain and its s2.
- * Every int / int64_t function returns >= 0 on success or -errno. */
+ * Every int / int64_t function returns >= 0 on success or -errno.
+ *
+ * Wiring into an iommufd nested HWPT (a sketch for core/):
+ *   alloc   VTD_S1: cfg = {FMT_VTD, flags, pgtbl_addr, addr_width, fs1gp =
+ *           cap FS1GP, haw}; check addr_width / SRE / EAFE against the
+ *           advertised cap/ecap at attach (ref §2.3), not here.
+ *           ARM_SMMUV3: cfg = {FMT_SMMU, ste = the vSTE, haw = IDR5.OAS bits}.
+ *           s2 = the parent's iofs_pt; mem = PROC with tag_shift 57 and
+ *           pids[tag] = the owner of each tag (core/iommufd/hwpt.py), kept
+ *           current with iofs_nest_set_mem when tags change.
+ *   DMA     iofs_nest_translate_range(pasid or NO_PASID, iova, len, access)
+ *           -> HVA segments for iofs_vm_rw_segs; a fault gives stage /
+ *           reason / addr for the fault queue, vEVENTQ (SMMU: stage 1 only,
+ *           ref §3.7) and `info`. A/D are written page by page as the range
+ *           is walked (a later page's fault does not undo an earlier page's).
+ *   HWPT_INVALIDATE  VT-d: iofs_nest_inv_vtd per entry (its -errno is the
+ *           entry's). SMMU vIOMMU: TLBI_NH_ASID -> inv_asid, NH_VA -> inv_va
+ *           (range from NUM/SCALE/TG), NH_VAA -> inv_va(ANY_ASID), NH_ALL /
+ *           NSNH_ALL -> inv_all, CFGI_CD -> inv_cd, CFGI_CD_ALL -> inv_cd_all
+ *           on the domain the vSID's device is attached to.
+ *   parent  every unmap / replace on the parent IOAS -> iofs_nest_s2_changed
+ *           on every nested domain over it (the library cannot see stage-2
+ *           changes itself; a missed call leaves stale stage-2 results =
+ *           DMA into unmapped memory); GET_DIRTY_BITMAP that clears ->
+ *           iofs_nest_forget_dirty.
+ *   info    iofs_nest_stats: hits, misses, invalidations, entries.
+ *
+ * Modelling choices (within ref §5.2 "must drop / may drop more"):
+ *   - entries are per 4 KiB input page even under larger leaves, and an
+ *     invalidation drops exactly the pages it names (hardware may drop the
+ *     aligned power-of-two cover, ref §2.6): a too-narrow invalidation stays
+ *     visible here where some hardware would hide it;
+ *   - no walk (paging-structure) caches: LEAF=1 and LEAF=0 drop the same;
+ *   - the SMMU TLB is keyed by SSID and tagged with the ASID (and nG): a hit
+ *     also needs the CD in use (CD cache) to carry that ASID;
+ *   - stage 2 less than 4 KiB (mock 2 KiB granule) is not cached;
+ *   - SMMU bypass (Config bypass, S1DSS bypass) is stage 2 alone, uncached. */
 #ifndef IOFS_NESTED_H
 #define IOFS_NESTED_H
 #include <stdint.h>

@@ -118,9 +118,9 @@ class _Walk:
             self.fail(2, F_MEMORY, -errno.EFAULT, level, cls, gpa)
         return t[0], v
 
-    def note(self, gpa, hva, old, new):
+    def note(self, gpa, hva, old, new, level):
         if old != new:
-            self.upd.append((gpa, old, new))
+            self.upd.append((gpa, old, new, level))
 
     def finish(self, gpa, s1_size, s1_perms, level, asid):
         acc = self.access & (READ | WRITE)
@@ -137,13 +137,13 @@ class _Walk:
         return Result(hva, gpa, min(s1_size, s2size), s1_size, perms, asid, level)
 
     def write_back(self):
-        for gpa, old, new in self.upd:
+        for gpa, old, new, level in self.upd:
             t = self.s2(gpa, WRITE)
             if isinstance(t, int):
-                self.fail(2, F_S2_WALK, t, 0, CLASS_TT, gpa)
+                self.fail(2, F_S2_WALK, t, level, CLASS_TT, gpa)
             ok = self.mem.cas64(t[0], old, new)
             if ok is None:
-                self.fail(2, F_MEMORY, -errno.EFAULT, 0, CLASS_TT, gpa)
+                self.fail(2, F_MEMORY, -errno.EFAULT, level, CLASS_TT, gpa)
             if not ok:
                 return False
         return True
@@ -192,7 +192,7 @@ class _Walk:
             xd = xd or bool(e >> 63)
             leaf = level == 0 or ps
             ne = e | amark | ((1 << 6) if leaf and write else 0)
-            self.note(egpa, hva, e, ne)
+            self.note(egpa, hva, e, ne, level)
             if not leaf:
                 table = e & amask
                 continue
@@ -319,7 +319,7 @@ class _Walk:
                 self.fail(1, F_PERMISSION, -errno.EACCES, level, CLASS_IN, iova)
             if write and clean:
                 ne &= ~(1 << 7)
-            self.note(egpa, hva, e, ne)
+            self.note(egpa, hva, e, ne, level)
             return self.finish(oa | (va & (size - 1)), size, perms, level, cd0 >> 48)
 
 

@@ -338,7 +338,7 @@ def test_vtd_stage2_readonly_table_blocks_ad_update():
     g.s2.map(pt_page, g.hva0 + g.perm[idx] * PAGE, PAGE, READ)
     d = vtd(g, t)
     f = fault_of(d.translate, 0x1000, READ)            # A must be set in the PTE: S2 write
-    assert (f.stage, f.reason, f.addr, f.errno) == (2, F_S2_WALK, leaf, errno.EACCES)
+    assert (f.stage, f.reason, f.addr, f.level, f.errno) == (2, F_S2_WALK, leaf, 0, errno.EACCES)
     g.w64(leaf, g.r64(leaf) | A)                       # A already set: no write needed
     assert d.translate(0x1000, READ).gpa == data
 
