@@ -128,6 +128,8 @@ int iofs_nest_mem_cas64(const struct iofs_nest_mem *m, uint64_t a, uint64_t expe
 
 struct tlbe {
     uint64_t page;       /* iova >> 12 */
+    uint64_t s1_first;   /* first and last 4 KiB input page of the stage-1 */
+    uint64_t s1_last;    /* leaf this entry was cut from (invalidation span) */
     uint64_t out;        /* HVA of the page start */
     uint64_t gpa;        /* GPA of the page start */
     uint64_t size;       /* combined page size */
@@ -915,8 +917,10 @@ int iofs_nest_translate(struct iofs_nest *d, uint32_t pasid, uint64_t iova, unsi
         return rc;
     if (d->cap && cacheable && res->page_size >= PG_SIZE) {
         uint64_t off = iova & (PG_SIZE - 1);
+        uint64_t s1_first = (iova & ~(res->s1_size - 1)) >> PG_SHIFT;
         struct tlbe v = {
             .page = page, .out = res->out - off, .gpa = res->gpa - off,
+            .s1_first = s1_first, .s1_last = s1_first + ((res->s1_size - 1) >> PG_SHIFT),
             .size = res->page_size, .s1_size = res->s1_size, .pasid = pasid,
             .asid = res->asid, .priv = (uint8_t)priv, .perms = (uint8_t)res->perms,
             .dirty = !!(access & IOFS_NEST_WRITE), .global = (uint8_t)global,
@@ -988,10 +992,19 @@ struct range_arg {
     uint64_t first, last;   /* inclusive page numbers */
 };
 
+/* An entry is one 4 KiB piece of a stage-1 leaf; an invalidation that
+ * touches any part of that leaf drops every piece of it, as it drops the
+ * one hardware TLB entry of a block (a guest invalidates a 2 MiB block with
+ * one TLBI at its address). */
+static inline int overlaps(const struct tlbe *x, const struct range_arg *a)
+{
+    return x->s1_last >= a->first && x->s1_first <= a->last;
+}
+
 static int pred_range(const struct tlbe *x, const void *a_)
 {
     const struct range_arg *a = a_;
-    if (x->page < a->first || x->page > a->last)
+    if (!overlaps(x, a))
         return 0;
     if (!a->any_pasid && x->pasid != a->pasid)
         return 0;
@@ -1001,7 +1014,7 @@ static int pred_range(const struct tlbe *x, const void *a_)
 static int pred_va(const struct tlbe *x, const void *a_)
 {
     const struct range_arg *a = a_;
-    if (x->page < a->first || x->page > a->last)
+    if (!overlaps(x, a))
         return 0;
     return a->any_asid || x->global || x->asid == a->asid;
 }

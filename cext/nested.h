@@ -49,9 +49,11 @@
  *   info    iofs_nest_stats: hits, misses, invalidations, entries.
  *
  * Modelling choices (within ref §5.2 "must drop / may drop more"):
- *   - entries are per 4 KiB input page even under larger leaves, and an
- *     invalidation drops exactly the pages it names (hardware may drop the
- *     aligned power-of-two cover, ref §2.6): a too-narrow invalidation stays
+ *   - entries are per 4 KiB input page even under larger leaves; an
+ *     invalidation drops every entry whose stage-1 leaf overlaps the range
+ *     (one TLBI at a 2 MiB block's address drops all of the block, as on
+ *     hardware), and nothing beyond (hardware may drop the aligned
+ *     power-of-two cover, ref §2.6): a too-narrow invalidation stays
  *     visible here where some hardware would hide it;
  *   - no walk (paging-structure) caches: LEAF=1 and LEAF=0 drop the same;
  *   - the SMMU TLB is keyed by SSID and tagged with the ASID (and nG): a hit
@@ -212,8 +214,8 @@ int64_t iofs_nest_translate_range(struct iofs_nest *d, uint32_t pasid, uint64_t 
 
 /* --- invalidation (ref §5.2) ---------------------------------------------
  * Range: every entry of `pasid` (IOFS_NEST_NO_PASID entries included only
- * when pasid == IOFS_NEST_NO_PASID; any_pasid != 0: every PASID) whose 4 KiB
- * input page overlaps [addr, addr + len); len 0 drops nothing; a range
+ * when pasid == IOFS_NEST_NO_PASID; any_pasid != 0: every PASID) whose
+ * stage-1 leaf overlaps [addr, addr + len); len 0 drops nothing; a range
  * reaching past 2^64 is clipped. Returns entries dropped. */
 int64_t iofs_nest_inv_range(struct iofs_nest *d, int any_pasid, uint32_t pasid,
                             uint64_t addr, uint64_t len);

@@ -617,6 +617,31 @@ def _vtd_setup(capacity=64):
     return g, t, pages, vtd(g, t, capacity=capacity)
 
 
+@pytest.mark.parametrize("fmt", ["vtd", "smmu"])
+def test_iotlb_block_invalidated_by_one_address(fmt):
+    """Pieces of one 2 MiB stage-1 leaf go together: a TLBI / PSI naming
+    one address in the block drops all of them (ref §3.6, §5.2)."""
+    g = Guest()
+    g.s2.map(2 * GiB, UVA, 4 * MiB, RW)
+    if fmt == "vtd":
+        t = VtdTables(g)
+        t.map(0x20_0000, 2 * GiB, level=1)
+        d = vtd(g, t)
+        pasid = NO_PASID
+    else:
+        s = Smmu(g, ncd=1, cdmax=0)
+        t = s.tables[0]
+        t.map(0x20_0000, 2 * GiB, level=2)
+        d = s.domain()
+        pasid = NO_PASID
+    for off in (0, 0x1000, 0x1F_F000):
+        d.translate(0x20_0000 + off, READ, pasid=pasid)
+    d.translate(0x20_0000 + 0x1000, READ, pasid=pasid)
+    assert d.stats()["entries"] == 3 and d.stats()["hits"] == 1
+    n = d.inv_vtd(0x20_0000, 1) if fmt == "vtd" else d.inv_va(0x20_0000, PAGE, asid=1)
+    assert n == 3 and d.stats()["entries"] == 0
+
+
 def test_iotlb_hit_after_miss_and_counters():
     g, t, pages, d = _vtd_setup()
     assert not d.translate(0x10_0000, WRITE).hit
