@@ -1134,6 +1134,90 @@ int64_t iofs_nest_inv_cd_all(struct iofs_nest *d)
     return n;
 }
 
+/* SMMUv3 command fields (ref §3.6 table). */
+#define CMD_OP(c0)      ((unsigned)((c0) & 0xff))
+#define F_NUM           BITS(16, 12)
+#define F_SCALE         BITS(25, 20)
+#define F_VMID          BITS(47, 32)
+#define F_ASID          BITS(63, 48)
+#define F_SSV           (1ull << 11)
+#define F_SSID          BITS(31, 12)
+#define F_SID           BITS(63, 32)
+#define F_GLOBAL        (1ull << 9)
+#define F_LEAF          (1ull << 0)
+#define F_TTL           BITS(9, 8)
+#define F_TG            BITS(11, 10)
+#define F_ADDR          BITS(63, 12)
+#define F_SIZE          BITS(5, 0)
+
+int64_t iofs_nest_smmu_cmd(struct iofs_nest *d, const uint64_t cmd[2], uint32_t caps)
+{
+    uint64_t c0 = cmd[0], c1 = cmd[1];
+    unsigned op = CMD_OP(c0);
+    uint64_t ok0, ok1;
+    switch (op) {
+    case 0x10: ok0 = F_VMID; ok1 = 0; break;                              /* TLBI_NH_ALL */
+    case 0x11: ok0 = F_VMID | F_ASID; ok1 = 0; break;                     /* TLBI_NH_ASID */
+    case 0x12: ok0 = F_NUM | F_SCALE | F_VMID | F_ASID;                   /* TLBI_NH_VA */
+               ok1 = F_LEAF | F_TTL | F_TG | F_ADDR; break;
+    case 0x13: ok0 = F_NUM | F_SCALE | F_VMID;                            /* TLBI_NH_VAA */
+               ok1 = F_LEAF | F_TTL | F_TG | F_ADDR; break;
+    case 0x30: ok0 = 0; ok1 = 0; break;                                   /* TLBI_NSNH_ALL */
+    case 0x40: ok0 = F_GLOBAL | F_SSV | F_SSID | F_SID;                   /* ATC_INV */
+               ok1 = F_SIZE | F_ADDR; break;
+    case 0x05: ok0 = F_SSID | F_SID; ok1 = F_LEAF; break;                 /* CFGI_CD */
+    case 0x06: ok0 = F_SID; ok1 = 0; break;                               /* CFGI_CD_ALL */
+    default: return -EIO;
+    }
+    if ((c0 & ~(ok0 | 0xffull)) || (c1 & ~ok1))
+        return -EIO;
+    uint64_t asid = (c0 & F_ASID) >> 48;
+    if (!(caps & IOFS_NEST_SMMU_ASID16) && asid > 0xff)
+        return -EIO;
+    if (op == 0x12 || op == 0x13) {
+        unsigned num = (unsigned)((c0 & F_NUM) >> 12), scale = (unsigned)((c0 & F_SCALE) >> 20);
+        unsigned ttl = (unsigned)((c1 & F_TTL) >> 8), tg = (unsigned)((c1 & F_TG) >> 10);
+        if ((num || scale || ttl || tg) && !(caps & IOFS_NEST_SMMU_RIL))
+            return -EIO;
+        if ((scale & 0x20) && !(caps & IOFS_NEST_SMMU_DS))
+            return -EIO;
+        if (tg == 0 && (num || scale || ttl))
+            return -EIO;
+        if (tg == 2 && ttl == 1 && !(caps & IOFS_NEST_SMMU_DS))
+            return -EIO;
+        if (tg != 0 && !num && !scale && !ttl)
+            return -EIO;
+        uint64_t addr = c1 & F_ADDR, len;
+        if (tg == 0) {
+            len = PG_SIZE;
+        } else {
+            unsigned gshift = tg == 1 ? 12 : tg == 2 ? 14 : 16;
+            /* (NUM+1) << SCALE granules; at most 32 << (63 + 16): saturate */
+            unsigned sh = scale + gshift;
+            len = sh >= 58 ? ~0ull : (uint64_t)(num + 1) << sh;
+        }
+        return iofs_nest_inv_va(d, op == 0x13 ? IOFS_NEST_ANY_ASID : (uint32_t)asid, addr, len);
+    }
+    if (op == 0x40) {
+        if (!(caps & IOFS_NEST_SMMU_ATS) || (c1 & F_SIZE) > 52)
+            return -EIO;
+        if ((c0 & (F_SSV | F_SSID | F_GLOBAL)) && !(caps & IOFS_NEST_SMMU_SSID))
+            return -EIO;
+        d->st.inv_calls++;
+        return 0;                                   /* no ATC modelled */
+    }
+    if (op == 0x05) {
+        if ((c0 & F_SSID) && !(caps & IOFS_NEST_SMMU_SSID))
+            return -EIO;
+        return iofs_nest_inv_cd(d, (uint32_t)((c0 & F_SSID) >> 12));
+    }
+    if (op == 0x06)
+        return iofs_nest_inv_cd_all(d);
+    if (op == 0x11)
+        return iofs_nest_inv_asid(d, (uint32_t)asid);
+    return iofs_nest_inv_all(d);                    /* NH_ALL, NSNH_ALL */
+}
+
 int64_t iofs_nest_s2_changed(struct iofs_nest *d)
 {
     return tlb_drop_if(d, pred_all, NULL);

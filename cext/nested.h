@@ -236,6 +236,24 @@ int64_t iofs_nest_inv_all(struct iofs_nest *d);
  * CFGI_CD_ALL: cached CDs only; TLB entries stay (ref §5.2). */
 int64_t iofs_nest_inv_cd(struct iofs_nest *d, uint32_t ssid);
 int64_t iofs_nest_inv_cd_all(struct iofs_nest *d);
+/* One raw SMMUv3 command of iommu_viommu_arm_smmuv3_invalidate (ref §3.6),
+ * validated as the 7.3 driver does (any failure -EIO: unknown opcode, a bit
+ * outside the opcode's fields, ASID above 8 bits without ASID16, range
+ * fields without RIL, SCALE[5] without DS, the reserved range encodings,
+ * ATC_INV without ATS or Size > 52, SSID fields without substreams) and
+ * applied to this domain: TLBI_NH_ALL / NSNH_ALL -> all; NH_ASID; NH_VA /
+ * NH_VAA over Address (TG = 0: its 4 KiB page; else (NUM+1) << SCALE
+ * granules of TG); CFGI_CD(SSID) / CFGI_CD_ALL -> the CD cache; ATC_INV ->
+ * nothing (no ATC modelled). The VMID and SID fields are not looked at:
+ * the caller routes a command to the domain of the vSID's device (CFGI_*,
+ * ATC_INV) or to every domain of the vIOMMU (TLBI_*). Returns entries
+ * dropped. */
+#define IOFS_NEST_SMMU_RIL    1u   /* IDR3.RIL */
+#define IOFS_NEST_SMMU_ASID16 2u   /* IDR0.ASID16 */
+#define IOFS_NEST_SMMU_DS     4u   /* IDR5.DS */
+#define IOFS_NEST_SMMU_ATS    8u   /* IDR0.ATS */
+#define IOFS_NEST_SMMU_SSID  16u   /* IDR1.SSIDSIZE != 0 */
+int64_t iofs_nest_smmu_cmd(struct iofs_nest *d, const uint64_t cmd[2], uint32_t caps);
 /* Stage 2 changed (IOAS unmap / map-replace on the parent): every combined
  * entry goes (ref §5.2, §5.4). */
 int64_t iofs_nest_s2_changed(struct iofs_nest *d);

@@ -35,6 +35,11 @@ PRIV = lib.IOFS_NEST_PRIV
 EXEC = lib.IOFS_NEST_EXEC
 NO_PASID = lib.IOFS_NEST_NO_PASID
 ANY_ASID = lib.IOFS_NEST_ANY_ASID
+SMMU_RIL = lib.IOFS_NEST_SMMU_RIL
+SMMU_ASID16 = lib.IOFS_NEST_SMMU_ASID16
+SMMU_DS = lib.IOFS_NEST_SMMU_DS
+SMMU_ATS = lib.IOFS_NEST_SMMU_ATS
+SMMU_SSID = lib.IOFS_NEST_SMMU_SSID
 
 REASONS = {
     lib.IOFS_NEST_F_TRANSLATION: "translation",
@@ -285,6 +290,14 @@ class NestedDomain:
     def inv_cd_all(self):
         """SMMU CFGI_CD_ALL."""
         return _check(lib.iofs_nest_inv_cd_all(self._p()), "inv_cd_all")
+
+    def smmu_cmd(self, cmd0, cmd1, caps=None):
+        """One raw SMMUv3 invalidation command (ref §3.6); ``caps``:
+        SMMU_* bits (default: all). Raises OSError(EIO) as the driver would."""
+        c = ffi.new("uint64_t[2]", [cmd0, cmd1])
+        if caps is None:
+            caps = SMMU_RIL | SMMU_ASID16 | SMMU_DS | SMMU_ATS | SMMU_SSID
+        return _check(lib.iofs_nest_smmu_cmd(self._p(), c, caps), "smmu_cmd")
 
     def s2_changed(self):
         """The parent changed (IOAS unmap / replace): drop everything."""

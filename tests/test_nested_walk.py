@@ -789,6 +789,74 @@ def test_smmu_iotlb_asid_va_and_global():
     assert d.translate(0x2000, pasid=2).gpa == new
 
 
+def _cmd(op, asid=0, num=0, scale=0, vmid=0, ssid=0, sid=0, ssv=0, leaf=0, ttl=0, tg=0,
+         addr=0, size=0, glob=0):
+    c0 = op | glob << 9 | ssv << 11 | num << 12 | scale << 20 | vmid << 32 | asid << 48
+    if op in (0x05, 0x40):
+        c0 |= ssid << 12 | sid << 32
+    if op == 0x06:
+        c0 |= sid << 32
+    c1 = leaf | ttl << 8 | tg << 10 | addr | size
+    return c0, c1
+
+
+def test_smmu_raw_commands_validation():
+    from cext.nested import SMMU_ATS, SMMU_RIL, SMMU_SSID
+    g = Guest()
+    s = Smmu(g, ncd=1, cdmax=0)
+    d = s.domain()
+    bad = [
+        (0x46, 0),                                     # CMD_SYNC: refused
+        (0x03 | 1 << 32, 0),                           # CFGI_STE
+        _cmd(0x10, asid=1),                            # ASID in NH_ALL
+        (_cmd(0x05)[0] | 1 << 11, 0),                  # SSV in CFGI_CD
+        _cmd(0x11, asid=0x100),                        # 16-bit ASID without ASID16
+        _cmd(0x12, tg=1),                              # TG != 0, NUM = SCALE = TTL = 0
+        _cmd(0x12, num=1),                             # TG = 0 with NUM
+        _cmd(0x12, tg=1, num=1, scale=0x20),           # SCALE[5] without DS
+        _cmd(0x12, tg=2, ttl=1, num=1),                # 16K TTL=1 without DS
+        _cmd(0x40, size=53),                           # ATC_INV Size > 52
+        (0x30, 1),                                     # NSNH_ALL with dword1 set
+    ]
+    caps = SMMU_RIL | SMMU_ATS | SMMU_SSID
+    for c0, c1 in bad:
+        with pytest.raises(OSError) as ei:
+            d.smmu_cmd(c0, c1, caps)
+        assert ei.value.errno == errno.EIO, hex(c0)
+    with pytest.raises(OSError):
+        d.smmu_cmd(*_cmd(0x12, tg=1, num=1), caps=0)  # range without RIL
+    with pytest.raises(OSError):
+        d.smmu_cmd(*_cmd(0x40), caps=SMMU_RIL)        # ATC_INV without ATS
+    for c in (_cmd(0x10, vmid=5), _cmd(0x11, asid=3), _cmd(0x12, asid=3, addr=0x5000, leaf=1),
+              _cmd(0x13, tg=1, num=3, ttl=3, addr=0x5000), _cmd(0x30), _cmd(0x05, ssid=1, sid=9),
+              _cmd(0x06, sid=9), _cmd(0x40, sid=9, size=52)):
+        assert d.smmu_cmd(*c, caps=caps) >= 0
+
+
+def test_smmu_raw_commands_semantics():
+    g = Guest()
+    s = Smmu(g, ncd=2)
+    t = s.tables[1]                                    # SSID 1, ASID 2
+    data = g.alloc()
+    for i in range(8):
+        t.map(i * PAGE, data, attrs=PAGE_D | NG)
+    d = s.domain()
+    def fill():
+        for i in range(8):
+            d.translate(i * PAGE, READ, pasid=1)
+    fill()
+    # TLBI_NH_VA range: (NUM+1) << SCALE granules of 4 KiB from 0x2000: 2 pages
+    assert d.smmu_cmd(*_cmd(0x12, asid=2, tg=1, num=1, addr=0x2000)) == 2
+    assert d.smmu_cmd(*_cmd(0x12, asid=5, addr=0x4000)) == 0     # other ASID
+    assert d.smmu_cmd(*_cmd(0x13, addr=0x4000)) == 1              # VAA: any ASID
+    assert d.smmu_cmd(*_cmd(0x11, asid=2)) == 5                   # NH_ASID: the rest
+    fill()
+    assert d.smmu_cmd(*_cmd(0x30)) == 8                           # NSNH_ALL
+    assert d.stats()["cd_entries"] == 1
+    assert d.smmu_cmd(*_cmd(0x05, ssid=1, sid=3)) == 1            # CFGI_CD
+    assert d.stats()["cd_entries"] == 0
+
+
 def test_smmu_cd_cache_and_cfgi_cd():
     g = Guest()
     s = Smmu(g, ncd=2)
@@ -1228,7 +1296,7 @@ int main(int argc, char **argv)
             struct iofs_nest_result r;
             struct iofs_nest_fault f;
             struct iofs_seg segs[4];
-            switch (rnd() % 10) {
+            switch (rnd() % 11) {
             case 0: iofs_nest_walk(d, pasid, iova, acc, &r, &f); break;
             case 1: iofs_nest_translate_range(d, pasid, iova, rnd() % 20000, acc, segs, 4, &f); break;
             case 2: iofs_nest_inv_vtd(d, iova, pick(edges, 13), rnd() & 3); break;
@@ -1236,6 +1304,12 @@ int main(int argc, char **argv)
             case 4: iofs_nest_inv_va(d, (uint32_t)rnd(), iova, pick(edges, 13)); break;
             case 5: iofs_nest_set_capacity(d, rnd() % 9); break;
             case 6: iofs_nest_inv_cd(d, pasid); iofs_nest_inv_asid(d, rnd() & 0xffff); break;
+            case 7: {
+                static const uint64_t ops[] = {0x10, 0x11, 0x12, 0x13, 0x30, 0x40, 0x05, 0x06};
+                uint64_t cmd[2] = {pick(ops, 8) | (rnd() & ~0xffull & rnd()), rnd() & rnd()};
+                iofs_nest_smmu_cmd(d, cmd, (uint32_t)rnd() & 31);
+                break;
+            }
             default: iofs_nest_translate(d, pasid, iova, acc, &r, NULL); break;
             }
         }
