@@ -1351,3 +1351,91 @@ def test_c_under_asan_ubsan(tmp_path):
     run = subprocess.run([str(exe), "6000"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_iotlb_against_model_with_guest_changes(data):
+    """The IOTLB contract (ref §5.2, §5.3) as a model: the guest edits its
+    tables without telling anyone, and invalidates now and then; a request
+    is served from a model entry when one exists that allows it (stale or
+    not: the point), otherwise it equals a fresh walk of the tables as they
+    are now, and refills. Capacity with LRU, invalidation by range and by
+    PASID, all, and pieces of a 2 MiB leaf going together."""
+    from collections import OrderedDict
+    g = Guest(npages=32)
+    t = VtdTables(g)
+    targets = [g.alloc() for _ in range(4)]
+    npg = 8
+    for i in range(npg):
+        t.map(i * PAGE, targets[i % 4])
+    g.s2.map(2 * GiB, UVA, 2 * MiB, RW)
+    t.map(0x20_0000, 2 * GiB, level=1)                 # one 2 MiB leaf
+    cap = data.draw(st.integers(1, 6))
+    d = vtd(g, t, capacity=cap)
+    cfg = dict(format=refnested.FMT_VTD, pgtbl_addr=t.root, addr_width=48, vtd_flags=0,
+               fs1gp=1, haw=52)
+    mem = refnested.BufferMem(g.buf, g.hva0, g.npages * PAGE)
+    model = OrderedDict()        # (pasid, page) -> (out_page, perms, dirty, first, last)
+    iovas = [i * PAGE for i in range(npg)] + [0x20_0000, 0x20_1000, 0x3F_F000]
+    for _ in range(40):
+        op = data.draw(st.sampled_from([0, 0, 0, 1, 2, 3, 4, 4, 4, 4, 4]))
+        if op == 0:                                    # guest remaps / unmaps / write-protects
+            i = data.draw(st.integers(0, npg - 1))
+            how = data.draw(st.integers(0, 2))
+            leaf = t.entry_gpa(i * PAGE, 0, create=False)
+            if how == 0:
+                g.w64(leaf, targets[data.draw(st.integers(0, 3))] | TBL)
+            elif how == 1:
+                g.w64(leaf, 0)
+            else:
+                g.w64(leaf, g.r64(leaf) & ~RWB)
+        elif op == 1:
+            addr = data.draw(st.sampled_from(iovas))
+            n = data.draw(st.integers(0, 3))
+            dropped = d.inv_vtd(addr, n)
+            first, last = addr >> 12, (addr >> 12) + n - 1
+            gone = [k for k, v in model.items() if n and v[3] <= last and v[4] >= first]
+            for k in gone:
+                del model[k]
+            assert dropped == len(gone)
+        elif op == 2:
+            p = data.draw(st.sampled_from([NO_PASID, 1]))
+            assert d.inv_pasid(p) == len([k for k in model if k[0] == p])
+            for k in [k for k in model if k[0] == p]:
+                del model[k]
+        elif op == 3:
+            cap = data.draw(st.integers(0, 6))
+            d.set_capacity(cap)
+            while len(model) > cap:
+                model.popitem(last=False)
+        else:
+            iova = data.draw(st.sampled_from(iovas)) + data.draw(st.integers(0, PAGE - 1))
+            acc = data.draw(st.sampled_from([READ, WRITE, RW]))
+            pasid = data.draw(st.sampled_from([NO_PASID, 1]))
+            key = (pasid, iova >> 12)
+            m = model.get(key)
+            try:
+                r = d.translate(iova, acc, pasid=pasid)
+            except NestFault as f:
+                kind, v = refnested.walk(cfg, g.s2, mem, pasid, iova, acc)
+                assert kind == "fault" and (v.stage, v.reason) == (f.stage, f.reason)
+                assert m is None or m[1] & acc != acc or (acc & WRITE and not m[2])
+                continue
+            if m is not None and m[1] & acc == acc and (not acc & WRITE or m[2]):
+                assert r.hit and r.out == m[0] + (iova & 0xFFF)       # served, maybe stale
+                kind, v = refnested.walk(cfg, g.s2, mem, pasid, iova, READ)
+                event("hit, stale" if kind == "fault" or v.out != r.out else "hit, current")
+                model.move_to_end(key)
+                continue
+            assert not r.hit
+            kind, v = refnested.walk(cfg, g.s2, mem, pasid, iova, acc)
+            assert kind == "ok" and (r.out, r.gpa, r.perms) == (v.out, v.gpa, v.perms)
+            if cap:
+                model.pop(key, None)
+                if len(model) >= cap:
+                    model.popitem(last=False)
+                first = (iova & ~(r.s1_size - 1)) >> 12
+                model[key] = (r.out - (iova & 0xFFF), r.perms, bool(acc & WRITE), first,
+                              first + (r.s1_size >> 12) - 1)
+        assert d.stats()["entries"] == len(model)
