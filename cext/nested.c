@@ -880,17 +880,16 @@ int iofs_nest_translate(struct iofs_nest *d, uint32_t pasid, uint64_t iova, unsi
             if (ok && d->cfg.format == IOFS_NEST_FMT_SMMU) {
                 /* The TLB is tagged by ASID: the CD in use now (cached or
                  * fetched) must carry the entry's ASID (ref §3.6, §5.2). */
-                uint64_t cd0, cd1;
+                uint64_t cd0, cd1, faults = d->st.faults;
                 struct iofs_nest_fault f2;
                 struct wctx w2 = w;
                 w2.f = &f2;
                 int rc = smmu_cd(&w2, 1, &cd0, &cd1);
-                if (rc == 0 && !x->global && CD0_ASID(cd0) != x->asid)
+                if (rc != 0)
+                    ok = 0;                         /* the walk below reports it */
+                else if (!x->global && CD0_ASID(cd0) != x->asid)
                     ok = 0;
-                else if (rc != 0)
-                    ok = 0;                         /* walk reports the fault */
-                if (rc < 0)
-                    d->st.faults--;                 /* counted again by the walk */
+                d->st.faults = faults;
             }
             if (ok) {
                 uint64_t off = iova & (PG_SIZE - 1);

@@ -104,10 +104,13 @@ class Memory:
     @classmethod
     def local(cls, buf, origin=None, size=None):
         """``buf``: a cffi ``uint8_t[]`` (or anything ``ffi.from_buffer``
-        takes). HVA ``a`` is ``buf[a - origin]``; origin defaults to the
-        buffer's own address (so HVAs are real pointers)."""
+        takes; a pointer needs ``size``). HVA ``a`` is ``buf[a - origin]``;
+        origin defaults to the buffer's own address (so HVAs are real
+        pointers)."""
         if not isinstance(buf, ffi.CData):
             buf = ffi.from_buffer(buf)
+        if size is None and ffi.typeof(buf).kind == "pointer":
+            raise ValueError("Memory.local: give size for a pointer")
         m = ffi.new("struct iofs_nest_mem *")
         m.kind = lib.IOFS_NEST_MEM_LOCAL
         m.local = ffi.cast("uint8_t *", buf)
