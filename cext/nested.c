@@ -1217,6 +1217,45 @@ int64_t iofs_nest_smmu_cmd(struct iofs_nest *d, const uint64_t cmd[2], uint32_t 
     return iofs_nest_inv_all(d);                    /* NH_ALL, NSNH_ALL */
 }
 
+int iofs_nest_smmu_event(const struct iofs_nest_fault *f, uint32_t sid, uint32_t pasid,
+                         uint64_t evt[4])
+{
+    unsigned type;
+    int only_dw0 = 0;
+    if (!f || !f->stage)
+        return -EINVAL;
+    switch (f->reason) {
+    case IOFS_NEST_F_BAD_STE: type = 0x04; only_dw0 = 1; break;
+    case IOFS_NEST_F_BAD_SSID: type = 0x08; only_dw0 = 1; break;
+    case IOFS_NEST_F_BAD_CD: type = 0x0a; only_dw0 = 1; break;
+    case IOFS_NEST_F_ADDR_SIZE: type = 0x11; break;
+    case IOFS_NEST_F_ACCESS_FLAG: type = 0x12; break;
+    case IOFS_NEST_F_PERMISSION: type = 0x13; break;
+    case IOFS_NEST_F_TRANSLATION:
+    case IOFS_NEST_F_RESERVED:
+    case IOFS_NEST_F_NON_CANONICAL: type = 0x10; break;
+    case IOFS_NEST_F_S2_WALK:
+    case IOFS_NEST_F_S2_OUTPUT:
+    case IOFS_NEST_F_MEMORY: type = f->err == -EACCES ? 0x13 : 0x10; break;
+    default: return -EINVAL;
+    }
+    int ssv = pasid != IOFS_NEST_NO_PASID;
+    evt[0] = type | (ssv ? (1ull << 11) | ((uint64_t)(pasid & 0xfffff) << 12) : 0)
+             | ((uint64_t)sid << 32);
+    evt[1] = evt[2] = evt[3] = 0;
+    if (only_dw0)
+        return 0;
+    int s2 = f->stage == 2;
+    evt[1] = ((f->access & IOFS_NEST_PRIV) ? 1ull << 33 : 0)
+             | ((f->access & IOFS_NEST_EXEC) ? 1ull << 34 : 0)
+             | ((f->access & IOFS_NEST_WRITE) ? 0 : 1ull << 35)
+             | (s2 ? 1ull << 39 : 0) | ((uint64_t)(f->cls & 3) << 40);
+    evt[2] = f->iova;
+    if (s2)
+        evt[3] = f->addr & BITS(51, 12);
+    return 0;
+}
+
 int64_t iofs_nest_s2_changed(struct iofs_nest *d)
 {
     return tlb_drop_if(d, pred_all, NULL);

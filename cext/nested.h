@@ -254,6 +254,17 @@ int64_t iofs_nest_inv_cd_all(struct iofs_nest *d);
 #define IOFS_NEST_SMMU_ATS    8u   /* IDR0.ATS */
 #define IOFS_NEST_SMMU_SSID  16u   /* IDR1.SSIDSIZE != 0 */
 int64_t iofs_nest_smmu_cmd(struct iofs_nest *d, const uint64_t cmd[2], uint32_t caps);
+/* The SMMUv3 event record (iommu_vevent_arm_smmuv3, ref §3.7) for a fault
+ * of iofs_nest_translate/walk on an SMMU domain, with StreamID = sid (the
+ * vSID for a vEVENTQ). EventType: C_BAD_STE 0x04, C_BAD_SUBSTREAMID 0x08,
+ * C_BAD_CD 0x0a (dword0 only), F_TRANSLATION 0x10, F_ADDR_SIZE 0x11,
+ * F_ACCESS 0x12, F_PERMISSION 0x13; SSV/SubstreamID when pasid !=
+ * IOFS_NEST_NO_PASID; dword1 RnW (read), PnU (PRIV), InD (EXEC), S2,
+ * CLASS; dword2 InputAddr = the IOVA; dword3 IPA[51:12] for stage-2
+ * faults. Stage-2 faults are not forwarded to a guest (ref §3.7): the
+ * caller decides. Returns 0; -EINVAL for no fault or an A/D race. */
+int iofs_nest_smmu_event(const struct iofs_nest_fault *f, uint32_t sid, uint32_t pasid,
+                         uint64_t evt[4]);
 /* Stage 2 changed (IOAS unmap / map-replace on the parent): every combined
  * entry goes (ref §5.2, §5.4). */
 int64_t iofs_nest_s2_changed(struct iofs_nest *d);

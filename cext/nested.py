@@ -94,6 +94,18 @@ class NestFault(OSError):
                               f"{f.addr:#x} (IOVA {f.iova:#x}, level {f.level})")
 
 
+def smmu_event(fault, sid, pasid=NO_PASID):
+    """The 4 dwords of the SMMUv3 event record (ref §3.7) for a
+    :class:`NestFault` of an SMMU domain, StreamID = ``sid``."""
+    f = ffi.new("struct iofs_nest_fault *")
+    f.stage, f.reason, f.err = fault.stage, fault.reason, -fault.errno
+    f.level, f.cls, f.access, f.iova, f.addr = (fault.level, fault.cls, fault.access,
+                                                 fault.iova, fault.addr)
+    evt = ffi.new("uint64_t[4]")
+    _check(lib.iofs_nest_smmu_event(f, sid, pasid, evt), "smmu_event")
+    return list(evt)
+
+
 class Memory:
     """Where stage-2 output addresses point (struct iofs_nest_mem)."""
 

@@ -857,6 +857,30 @@ def test_smmu_raw_commands_semantics():
     assert d.stats()["cd_entries"] == 0
 
 
+def test_smmu_event_records():
+    from cext.nested import smmu_event
+    g = Guest()
+    s = Smmu(g, ncd=2, cdmax=1)
+    t = s.tables[1]
+    data = g.alloc()
+    t.map(0x1000, data, attrs=3 | AF | AP1 | AP2)
+    t.map(0x2000, GPA_BASE + 700 * PAGE)
+    d = s.domain()
+    f = fault_of(d.translate, 0x1000, WRITE | PRIV, pasid=1)
+    e = smmu_event(f, sid=0x42, pasid=1)
+    assert e[0] == 0x13 | 1 << 11 | 1 << 12 | 0x42 << 32          # F_PERMISSION, SSV, SSID 1
+    assert e[1] == 1 << 33 | 2 << 40 and e[2] == 0x1000 and e[3] == 0   # PnU, write, CLASS IN
+    f = fault_of(d.translate, 0x2000, READ, pasid=1)
+    e = smmu_event(f, sid=7, pasid=1)
+    assert e[0] & 0xFF == 0x10 and e[1] == 1 << 35 | 1 << 39 | 2 << 40    # RnW, S2
+    assert e[3] == GPA_BASE + 700 * PAGE
+    f = fault_of(d.translate, 0x1000, READ, pasid=2)
+    assert smmu_event(f, sid=7, pasid=2) == [0x08 | 1 << 11 | 2 << 12 | 7 << 32, 0, 0, 0]
+    f = fault_of(d.translate, 0x5000, READ, pasid=1)
+    e = smmu_event(f, sid=7)
+    assert e[0] == 0x10 | 7 << 32 and e[1] == 1 << 35 | 1 << 40 and e[2] == 0x5000
+
+
 def test_smmu_cd_cache_and_cfgi_cd():
     g = Guest()
     s = Smmu(g, ncd=2)
@@ -1297,7 +1321,12 @@ int main(int argc, char **argv)
             struct iofs_nest_fault f;
             struct iofs_seg segs[4];
             switch (rnd() % 11) {
-            case 0: iofs_nest_walk(d, pasid, iova, acc, &r, &f); break;
+            case 0: {
+                uint64_t evt[4];
+                if (iofs_nest_walk(d, pasid, iova, acc, &r, &f))
+                    iofs_nest_smmu_event(&f, (uint32_t)rnd(), pasid, evt);
+                break;
+            }
             case 1: iofs_nest_translate_range(d, pasid, iova, rnd() % 20000, acc, segs, 4, &f); break;
             case 2: iofs_nest_inv_vtd(d, iova, pick(edges, 13), rnd() & 3); break;
             case 3: iofs_nest_inv_range(d, rnd() & 1, pasid, iova, pick(edges, 13)); break;
