@@ -219,6 +219,9 @@ class NestedDomain:
     def _p(self):
         if self._d is None:
             raise ValueError("nested domain is closed")
+        if self._s2 is not None and self._s2.closed:
+            # the C domain holds the parent's pointer: never walk a freed table
+            raise ValueError("the stage-2 page table of this nested domain is closed")
         return self._d
 
     @property
@@ -327,7 +330,11 @@ class NestedDomain:
         _check(lib.iofs_nest_set_capacity(self._p(), capacity), "set_capacity")
 
     def set_s2(self, s2):
-        _check(lib.iofs_nest_set_s2(self._p(), s2.cdata if s2 is not None else ffi.NULL),
+        """Replace stage 2 (None: identity); drops every cached translation.
+        Allowed after the old parent was closed."""
+        if self._d is None:
+            raise ValueError("nested domain is closed")
+        _check(lib.iofs_nest_set_s2(self._d, s2.cdata if s2 is not None else ffi.NULL),
                "set_s2")
         self._s2 = s2
 

@@ -936,6 +936,21 @@ def test_bad_arguments():
     assert ei.value.errno == errno.EINVAL
 
 
+def test_closed_parent_is_refused():
+    g, t, pages, d = _vtd_setup()
+    d.translate(0x10_0000)
+    g.s2.close()
+    with pytest.raises(ValueError):
+        d.translate(0x10_0000)
+    d.set_s2(None)                      # identity: GPA = HVA, here unreadable
+    assert d.stats()["entries"] == 0
+    f = fault_of(d.translate, 0x10_0000)
+    assert (f.stage, f.reason) == (2, lib.IOFS_NEST_F_MEMORY)
+    d.close()
+    with pytest.raises(ValueError):
+        d.translate(0x10_0000)
+
+
 def test_process_memory_accessor():
     """Stage-2 outputs as tagged addresses in a process (here: ourselves)."""
     import os
