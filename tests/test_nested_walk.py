@@ -209,6 +209,30 @@ def test_vtd_ad_bits_written_back():
     assert d.stats()["ad_writes"] >= 5
 
 
+def test_stage2_dirty_bits_see_nested_dma():
+    """The parent's dirty tracking sees nested DMA (ref §6): the output page
+    is dirty after a write, only accessed after a read; pages of the guest's
+    tables are written (A/D) and so dirty too; a hit adds nothing."""
+    from cext.pagetable import PTE_ACCESSED, PTE_DIRTY
+    g = Guest()
+    t = VtdTables(g)
+    rd, wr = g.alloc(), g.alloc()
+    leaf = t.map(0x1000, rd)
+    t.map(0x2000, wr)
+    d = vtd(g, t)
+    d.translate(0x1000, READ)
+    assert g.s2.get_ad(rd) & (PTE_ACCESSED | PTE_DIRTY) == PTE_ACCESSED
+    assert g.s2.get_ad(leaf) & PTE_DIRTY                     # A written into the PT page
+    d.translate(0x2000, WRITE)
+    assert g.s2.get_ad(wr) & PTE_DIRTY
+    g.s2.dirty(wr, PAGE, PAGE, clear=True)                   # GET_DIRTY_BITMAP clears
+    assert d.translate(0x2000, WRITE).hit                    # cached: dirtiness not seen...
+    assert not g.s2.get_ad(wr) & PTE_DIRTY
+    d.forget_dirty()                                         # ...until the IOTLB forgets it
+    assert not d.translate(0x2000, WRITE).hit
+    assert g.s2.get_ad(wr) & PTE_DIRTY
+
+
 def test_vtd_ad_compare_and_set():
     g = Guest()
     t = VtdTables(g)
