@@ -402,6 +402,19 @@ struct wctx {
     int nupd;
 };
 
+/* Only the scalar fields: upd[] is read below nupd only, so the hit path
+ * does not pay for clearing it. */
+static inline void wctx_init(struct wctx *w, struct iofs_nest *d, uint32_t pasid, uint64_t iova,
+                             unsigned access, struct iofs_nest_fault *f)
+{
+    w->d = d;
+    w->pasid = pasid;
+    w->iova = iova;
+    w->access = access;
+    w->f = f;
+    w->nupd = 0;
+}
+
 static int fault(struct wctx *w, unsigned stage, unsigned reason, int err, unsigned level,
                  unsigned cls, uint64_t addr)
 {
@@ -849,8 +862,8 @@ int iofs_nest_walk(struct iofs_nest *d, uint32_t pasid, uint64_t iova, unsigned 
         return -EINVAL;
     struct iofs_nest_fault fdummy;
     struct iofs_nest_result rdummy;
-    struct wctx w = {.d = d, .pasid = pasid, .iova = iova, .access = access,
-                     .f = fault_out ? fault_out : &fdummy};
+    struct wctx w;
+    wctx_init(&w, d, pasid, iova, access, fault_out ? fault_out : &fdummy);
     memset(w.f, 0, sizeof *w.f);
     uint32_t global;
     int cacheable;
@@ -866,8 +879,8 @@ int iofs_nest_translate(struct iofs_nest *d, uint32_t pasid, uint64_t iova, unsi
     struct iofs_nest_result rdummy;
     if (!res)
         res = &rdummy;
-    struct wctx w = {.d = d, .pasid = pasid, .iova = iova, .access = access,
-                     .f = fault_out ? fault_out : &fdummy};
+    struct wctx w;
+    wctx_init(&w, d, pasid, iova, access, fault_out ? fault_out : &fdummy);
     w.f->stage = 0;
     uint64_t page = iova >> PG_SHIFT;
     unsigned priv = !!(access & IOFS_NEST_PRIV);
@@ -882,8 +895,8 @@ int iofs_nest_translate(struct iofs_nest *d, uint32_t pasid, uint64_t iova, unsi
                  * fetched) must carry the entry's ASID (ref §3.6, §5.2). */
                 uint64_t cd0, cd1, faults = d->st.faults;
                 struct iofs_nest_fault f2;
-                struct wctx w2 = w;
-                w2.f = &f2;
+                struct wctx w2;
+                wctx_init(&w2, d, pasid, iova, access, &f2);
                 int rc = smmu_cd(&w2, 1, &cd0, &cd1);
                 if (rc != 0)
                     ok = 0;                         /* the walk below reports it */
@@ -893,8 +906,10 @@ int iofs_nest_translate(struct iofs_nest *d, uint32_t pasid, uint64_t iova, unsi
             }
             if (ok) {
                 uint64_t off = iova & (PG_SIZE - 1);
-                lru_unlink(d, i);
-                lru_push_front(d, i);
+                if (d->lru_head != i) {
+                    lru_unlink(d, i);
+                    lru_push_front(d, i);
+                }
                 res->out = x->out + off;
                 res->gpa = x->gpa + off;
                 res->page_size = x->size;
