@@ -11,7 +11,7 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = [p for p in ("procmem", "pagetable", "holes") if os.path.exists(os.path.join(HERE, p + ".c"))]
+PARTS = [p for p in ("procmem", "pagetable", "holes", "nested") if os.path.exists(os.path.join(HERE, p + ".c"))]
 
 ffibuilder = FFI()
 for part in PARTS:
