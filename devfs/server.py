@@ -98,7 +98,7 @@ from core import uapi
 from core.caller import Caller
 from core.errors import UapiError
 from core.files import (FD_PATH, NULL, POLLIN, REQUEST_FRAMES, SYNC_CLOSE, TRANSPORT_IOCTLS,
-                        WHOAMI, NeedFds, NotYet, Wait)
+                        WHOAMI, CallerFile, NeedFds, NotYet, Wait)
 from core.mm.usermem import FrameArg, MemArg, tgid_of
 
 from . import frames
@@ -780,6 +780,9 @@ class Server:
             os.close(pidfd)
         if dup < 0:
             return errno.EBADF
+        if file_type is CallerFile:
+            # Any open file (MAP_FILE's memfd): core owns the duplicate.
+            return CallerFile(dup)
         try:
             st = os.fstat(dup)
             if self.st_dev is None or st.st_dev != self.st_dev or not stat.S_ISREG(st.st_mode):
