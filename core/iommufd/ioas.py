@@ -17,14 +17,18 @@ Units: IOVA, lengths and user VAs in bytes; ranges ``(start, last)`` are
 inclusive, like ``struct iommu_iova_range``.
 """
 import errno
+import fcntl
+import os
 import struct
 
 from sortedcontainers import SortedDict
 
 from .. import uapi
 from ..errors import UapiError
+from ..files import CallerFile
 from ..mm.iova import (PAGE_SIZE, U64_MAX, FreeSpace, Reserved, alloc_iova, holes,
                        intersects, merge, subtract)
+from ..mm import filemem
 from ..mm.usermem import check_access
 from ..uapi import ffi
 from .context import Obj
@@ -67,11 +71,19 @@ class Pages:
     # The users are None, one Area, or a set of two or more: most memory is
     # never copied, and a set per mapping would be one more object for the
     # garbage collector to walk per area.
-    __slots__ = ("writable", "_users")
+    __slots__ = ("writable", "_users", "file")
 
-    def __init__(self, writable):
+    def __init__(self, writable, file=None):
         self.writable = writable
         self._users = None
+        # MAP_FILE: the core.mm.filemem.FileMapping the memory is (None:
+        # process memory of the area's owner).
+        self.file = file
+
+    def source_addr(self, va):
+        """The address the kernel aligns a new IOVA to for memory at ``va``:
+        the file offset for a file, the user VA otherwise (§7)."""
+        return va if self.file is None else self.file.offset(va)
 
     def areas(self):
         u = self._users
@@ -448,7 +460,7 @@ class Ioas(Obj):
             self._check_fixed(iova, length)
         else:
             # The first piece's source address guides the alignment (§7).
-            iova = self._alloc(pieces[0].user_va, length)
+            iova = self._alloc(pieces[0].pages.source_addr(pieces[0].user_va), length)
         new = []
         cur = iova
         for p in pieces:
@@ -489,6 +501,35 @@ class Ioas(Obj):
             raise UapiError(errno.EINVAL, f"length {length:#x}")
         pages = Pages(bool(prot & PROT_WRITE))
         return self._map_pieces([_Piece(pages, user_va, owner, length)], length, iova, fixed, prot)
+
+    def map_file(self, owner, fd, start, length, iova, prot, fixed):
+        """Map ``length`` bytes of the file open at ``fd`` (this process's
+        duplicate of the caller's) from byte ``start`` (IOAS_MAP_FILE after
+        its argument checks). The server maps the pages itself, shared, so
+        they outlive the caller's view; ``owner`` is this process's Owner.
+        Returns the IOVA.
+
+        Errors in order (§7): EINVAL length 0; EOVERFLOW start+length wraps;
+        EINVAL a file that is neither shmem (memfd, tmpfs) nor hugetlbfs, or
+        a range past the end of the file (also after ftruncate); EPERM
+        WRITEABLE on a file not open for writing (the 2026 rule of §7); then
+        the IOVA and alignment rules of :meth:`map_user`, with the file
+        offset as the source address.
+        """
+        if length == 0:
+            raise UapiError(errno.EINVAL, "length 0")
+        if start + length - 1 > U64_MAX:
+            raise UapiError(errno.EOVERFLOW, "start + length overflows")
+        if filemem.fs_type(fd) not in (filemem.TMPFS_MAGIC, filemem.HUGETLBFS_MAGIC):
+            raise UapiError(errno.EINVAL, "not a memfd, shmem or hugetlbfs file")
+        if start + length > os.fstat(fd).st_size:
+            raise UapiError(errno.EINVAL, f"{start:#x}+{length:#x} is past the end of the file")
+        writable = bool(prot & PROT_WRITE)
+        if writable and os.O_RDONLY == fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE:
+            raise UapiError(errno.EPERM, "WRITEABLE on a file not open for writing")
+        fm = filemem.FileMapping(fd, start, length, writable)
+        pages = Pages(writable, fm)
+        return self._map_pieces([_Piece(pages, fm.va(start), owner, length)], length, iova, fixed, prot)
 
     def get_pages(self, iova, length):
         """The source side of IOAS_COPY: the runs of memory behind IOVA
@@ -747,14 +788,33 @@ def ioas_map(ctx, caller, cmd):
         ctx.owners.release(owner)
 
 
+class _Server:
+    """This process as the caller of OwnerTable.hold: MAP_FILE's memory is
+    the server's own mapping of the file."""
+
+    tgid = os.getpid()
+    uid = os.getuid()
+
+
 @ioctl(uapi.IOMMU_IOAS_MAP_FILE, "iommu_ioas_map_file", "iova")
 def ioas_map_file(ctx, caller, cmd):
     """IOMMU_IOAS_MAP_FILE (§7): after :func:`_map_checks` (no
-    ``__reserved`` in this struct), ENOENT bad ioas_id; then EOPNOTSUPP:
-    mapping a file is not emulated yet."""
-    _map_checks(cmd.flags, 0, cmd.iova, cmd.length)
-    ctx.get(cmd.ioas_id, Ioas)
-    raise UapiError(errno.EOPNOTSUPP, "IOMMU_IOAS_MAP_FILE is not emulated yet")
+    ``__reserved`` in this struct), ENOENT bad ioas_id, EBADF ``fd`` not an
+    open fd of the caller (the transport takes a duplicate with
+    pidfd_getfd), then the rules of :meth:`Ioas.map_file`. ``iova`` is
+    written back (the chosen one without FIXED_IOVA)."""
+    flags, length, iova = cmd.flags, cmd.length, cmd.iova
+    _map_checks(flags, 0, iova, length)
+    ioas = ctx.get(cmd.ioas_id, Ioas)
+    if cmd.fd < 0:
+        raise UapiError(errno.EBADF, f"fd {cmd.fd}")
+    f = caller.fd(cmd.fd, CallerFile)
+    owner = ctx.owners.hold(_Server)
+    try:
+        cmd.iova = ioas.map_file(owner, f.fd, cmd.start, length, iova, map_prot(flags),
+                                 bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
+    finally:
+        ctx.owners.release(owner)
 
 
 @ioctl(uapi.IOMMU_IOAS_COPY, "iommu_ioas_copy", "src_iova")
@@ -852,11 +912,11 @@ def ioas_change_process(ctx, caller, cmd):
     """IOMMU_IOAS_CHANGE_PROCESS (§7): EOPNOTSUPP ``__reserved``; EINVAL an
     area mapped from process memory (IOAS_MAP, IOAS_COPY of it) in any IOAS
     of the context, since only file pages can change owner. With none, the
-    pinned-page accounting of the file areas moves to the caller: there is
-    none to move until MAP_FILE is emulated, so this is the successful
-    no-op QEMU probes for."""
+    pinned-page accounting of the file areas would move to the caller; the
+    emulator accounts no pins to processes (§15), so this succeeds with
+    nothing to move, which is also the no-op QEMU probes for."""
     if cmd.__reserved:
         raise UapiError(errno.EOPNOTSUPP, "__reserved")
     for obj in ctx.objects.values():
-        if isinstance(obj, Ioas) and obj.areas:
+        if isinstance(obj, Ioas) and any(a.pages.file is None for a in obj.areas.values()):
             raise UapiError(errno.EINVAL, f"IOAS {obj.id} has areas of process memory")

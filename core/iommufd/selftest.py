@@ -42,6 +42,7 @@ from ..fds import ReturnedFd
 from ..files import NULL, SYNC_CLOSE, WHOAMI
 from ..iommu import routing
 from ..iommu.routing import RID
+from ..mm.filemem import file_views, view_of
 from ..mm.iova import PAGE_SIZE, U64_MAX
 from ..mm.pins import first_refs_mismatch
 from ..mm.usermem import MemArg
@@ -359,7 +360,8 @@ def _md_check_map(ctx, caller, cmd):
 
 def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     """The byte offset of the first IOVA of ``[iova, iova+length)`` that
-    does not translate to ``uptr`` + offset in process ``tgid``, or None."""
+    does not translate to ``uptr`` + offset in process ``tgid``, or None.
+    MAP_FILE memory matches where the process maps the same file page."""
     limit = length
     try:
         segs = hwpt.pt.translate_range(iova, length, 0)
@@ -369,17 +371,26 @@ def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     except OSError:
         limit, segs = 0, []
     bad = limit if limit < length else None
+    views = None
     pos = 0
     for addr, n in segs:
-        if hwpt.untag(addr)[1] != uptr + pos:
-            bad = pos if bad is None else min(bad, pos)
-            break
-        pos += n
-    for area in hwpt.ioas.areas_in(iova, iova + length - 1):
-        if area.owner.tgid != tgid:
-            off = max(area.iova, iova) - iova
-            bad = off if bad is None else min(bad, off)
-            break
+        va = hwpt.untag(addr)[1]
+        while n:
+            area = hwpt.ioas.area_at(iova + pos)
+            take = n if area is None else min(n, area.last + 1 - (iova + pos))
+            fm = area.pages.file if area is not None else None
+            if fm is not None:
+                if views is None:
+                    views = file_views(tgid, uptr, uptr + length)
+                step = hwpt.page_size
+                for k in range(0, take, step):
+                    if view_of(views, uptr + pos + k) != (fm.dev, fm.ino, fm.offset(va + k)):
+                        return pos + k if bad is None else min(bad, pos + k)
+            elif va != uptr + pos or area is None or area.owner.tgid != tgid:
+                return pos if bad is None else min(bad, pos)
+            pos += take
+            va += take
+            n -= take
     return bad
 
 
@@ -471,10 +482,22 @@ def _check_pages(caller, pin, iova, uptr):
     user0 = uptr - iova % PAGE_SIZE
     k = 0
     bad = None
+    views = None
     for area, va, n in pin.pieces:
+        fm = area.pages.file
         same = area.owner.tgid == tgid
         for page in range(va - va % PAGE_SIZE, va + n, PAGE_SIZE):
-            if not same or (user0 + k * PAGE_SIZE) // PAGE_SIZE != page // PAGE_SIZE:
+            user = user0 + k * PAGE_SIZE
+            if fm is not None:
+                # MAP_FILE memory: the same page of the same file.
+                if views is None:
+                    total = sum(length for _, _, length in pin.pieces)
+                    views = file_views(tgid, user0 - user0 % PAGE_SIZE, user0 + total + PAGE_SIZE)
+                seen = view_of(views, user - user % PAGE_SIZE)
+                ok = seen == (fm.dev, fm.ino, fm.offset(page))
+            else:
+                ok = same and user // PAGE_SIZE == page // PAGE_SIZE
+            if not ok:
                 bad = k
                 break
             k += 1
