@@ -781,14 +781,21 @@ class Server:
         if dup < 0:
             return errno.EBADF
         if file_type is CallerFile:
-            # Any open file (MAP_FILE's memfd): core owns the duplicate.
-            return CallerFile(dup)
+            # Any open file (MAP_FILE's memfd): core owns the duplicate; one
+            # of this mount (a dma-buf fd) is resolved to its object below.
+            try:
+                ours = self.st_dev is not None and os.fstat(dup).st_dev == self.st_dev
+            except OSError:
+                ours = False
+            if not ours:
+                return CallerFile(dup)
         try:
             st = os.fstat(dup)
             if self.st_dev is None or st.st_dev != self.st_dev or not stat.S_ISREG(st.st_mode):
                 return errno.EBADFD
             node = self.tree.get(st.st_ino)
-            if node is None or node.target is None or not issubclass(node.target.file_type, file_type):
+            if node is None or node.target is None or not (
+                    file_type is CallerFile or issubclass(node.target.file_type, file_type)):
                 return errno.EBADFD
             try:
                 hid = fcntl.ioctl(dup, WHOAMI)
