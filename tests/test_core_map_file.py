@@ -166,3 +166,47 @@ def test_access_pages_checks_file_pages_against_the_callers_view(st):
     anon.close()
     view.close()
     os.close(mfd)
+
+
+def test_dmabuf_get_map_file_and_revoke(st):
+    from core.iommufd.selftest import DmabufFile
+    ioas = st.ioas()
+    _, _, idev = st.mock_domain(ioas)
+    for n in (0, 512 * PAGE + 1):
+        assert st.test_err(uapi.IOMMU_TEST_OP_DMABUF_GET, dmabuf_get={"length": n}) == errno.EINVAL
+    st.test(uapi.IOMMU_TEST_OP_DMABUF_GET, dmabuf_get={"length": 4 * PAGE - 100,
+                                                       "open_flags": os.O_CLOEXEC})
+    (dfile,) = st.last_caller.returned
+    assert isinstance(dfile, DmabufFile) and dfile.dmabuf.size == 4 * PAGE
+
+    def mapf(start, length, iova=0, flags=RW):
+        c = new("iommu_ioas_map_file", flags=flags, ioas_id=ioas, fd=FD, start=start,
+                length=length, iova=iova)
+        caller = Caller(st.caller.tid, st.caller.uid, st.caller.gid, fds={FD: dfile})
+        st.iommufd.ioctl(caller, uapi.IOMMU_IOAS_MAP_FILE, MemArg(caller.mem, addr(c)))
+        return c.iova
+
+    assert err(mapf, 0, 0) == errno.EINVAL
+    assert err(mapf, 4 * PAGE, 4 * PAGE) == errno.EINVAL
+    assert err(mapf, 0, 4 * PAGE + 1) == errno.EINVAL
+    iova = mapf(0, 4 * PAGE)
+
+    def revoke(fd, revoked, fds):
+        st.test(uapi.IOMMU_TEST_OP_DMABUF_REVOKE, fds=fds,
+                dmabuf_revoke={"dmabuf_fd": fd, "revoked": revoked})
+
+    assert st.test_err(uapi.IOMMU_TEST_OP_DMABUF_REVOKE, fds={},
+                       dmabuf_revoke={"dmabuf_fd": FD, "revoked": 1}) == errno.EBADF
+    assert st.test_err(uapi.IOMMU_TEST_OP_DMABUF_REVOKE, fds={},
+                       dmabuf_revoke={"dmabuf_fd": -1, "revoked": 1}) == errno.EBADF
+    assert st.test_err(uapi.IOMMU_TEST_OP_DMABUF_REVOKE, fds={FD: errno.EBADFD},
+                       dmabuf_revoke={"dmabuf_fd": FD, "revoked": 1}) == errno.EINVAL
+    revoke(FD, 1, {FD: dfile})
+    st.hwpt(idev, ioas)                        # a domain joins with the revoked buffer mapped
+    assert err(mapf, 0, 4 * PAGE) == errno.ENODEV
+    revoke(FD, 0, {FD: dfile})
+    iova2 = mapf(0, 4 * PAGE)
+    st.unmap(ioas, iova, 4 * PAGE)
+    assert mapf(0, 4 * PAGE, iova=iova, flags=RW | FIXED) == iova
+    assert iova2 != iova
+    dfile.close()

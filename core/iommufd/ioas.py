@@ -531,6 +531,22 @@ class Ioas(Obj):
         pages = Pages(writable, fm)
         return self._map_pieces([_Piece(pages, fm.va(start), owner, length)], length, iova, fixed, prot)
 
+    def map_dmabuf(self, owner, dmabuf, start, length, iova, prot, fixed):
+        """Map ``length`` bytes of a dma-buf (core.mm.filemem.DmaBuf) from
+        byte ``start``: ENODEV revoked; EINVAL length 0 or a range past its
+        end; EOVERFLOW start+length wraps; then as :meth:`map_file`."""
+        if dmabuf.revoked:
+            raise UapiError(errno.ENODEV, "the dma-buf is revoked")
+        if length == 0:
+            raise UapiError(errno.EINVAL, "length 0")
+        if start + length - 1 > U64_MAX:
+            raise UapiError(errno.EOVERFLOW, "start + length overflows")
+        if start + length > dmabuf.size:
+            raise UapiError(errno.EINVAL, f"{start:#x}+{length:#x} is past the end of the dma-buf")
+        fm = filemem.FileMapping(dmabuf.fd, start, length, True)
+        pages = Pages(bool(prot & PROT_WRITE), fm)
+        return self._map_pieces([_Piece(pages, fm.va(start), owner, length)], length, iova, fixed, prot)
+
     def get_pages(self, iova, length):
         """The source side of IOAS_COPY: the runs of memory behind IOVA
         ``[iova, iova+length)``, which must be covered by contiguous areas
@@ -809,10 +825,18 @@ def ioas_map_file(ctx, caller, cmd):
     if cmd.fd < 0:
         raise UapiError(errno.EBADF, f"fd {cmd.fd}")
     f = caller.fd(cmd.fd, CallerFile)
+    # A dma-buf fd of this mount resolves to its object (the selftest's
+    # DMABUF_GET): its memory is a memfd the server holds.
+    dmabuf = getattr(f, "dmabuf", None)
     owner = ctx.owners.hold(_Server)
     try:
-        cmd.iova = ioas.map_file(owner, f.fd, cmd.start, length, iova, map_prot(flags),
-                                 bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
+        fixed = bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA)
+        if dmabuf is not None:
+            cmd.iova = ioas.map_dmabuf(owner, dmabuf, cmd.start, length, iova, map_prot(flags), fixed)
+        elif isinstance(f, CallerFile):
+            cmd.iova = ioas.map_file(owner, f.fd, cmd.start, length, iova, map_prot(flags), fixed)
+        else:
+            raise UapiError(errno.EINVAL, "not a file whose pages can be pinned")
     finally:
         ctx.owners.release(owner)
 

@@ -100,3 +100,17 @@ def view_of(views, va):
         if lo <= va < hi:
             return dev, ino, off + va - lo
     return None
+
+
+class DmaBuf:
+    """The memory of a dma-buf the emulator exports (the selftest's mock
+    dma-buf): ``size`` bytes of a memfd of this process, ``fd``, and
+    ``revoked`` (its importers lose access: MAP_FILE then answers ENODEV).
+    The memfd closes with the object."""
+
+    def __init__(self, size):
+        self.size = size
+        self.revoked = False
+        self.fd = os.memfd_create("iommufs-dmabuf", os.MFD_CLOEXEC)
+        self._close = weakref.finalize(self, os.close, self.fd)
+        os.ftruncate(self.fd, size)
