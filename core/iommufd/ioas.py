@@ -71,7 +71,7 @@ class Pages:
     # The users are None, one Area, or a set of two or more: most memory is
     # never copied, and a set per mapping would be one more object for the
     # garbage collector to walk per area.
-    __slots__ = ("writable", "_users", "file")
+    __slots__ = ("writable", "_users", "file", "held")
 
     def __init__(self, writable, file=None):
         self.writable = writable
@@ -79,6 +79,10 @@ class Pages:
         # MAP_FILE: the core.mm.filemem.FileMapping the memory is (None:
         # process memory of the area's owner).
         self.file = file
+        # Process memory that is a MAP_SHARED mapping, once pinned: a hold
+        # on its object (core.mm.filemem.Held), so that it survives its
+        # process as pinned pages do (see :func:`adopt`).
+        self.held = None
 
     def source_addr(self, va):
         """The address the kernel aligns a new IOVA to for memory at ``va``:
@@ -262,10 +266,16 @@ class Ioas(Obj):
     def _pin(self, areas):
         """Pin-time check of each area's memory in its owner (§7 Pinning):
         EFAULT if a page is unmapped, unreadable, or read-only for writable
-        pages, or if the owner has exited."""
+        pages, or if the owner has exited. MAP_SHARED memory is also held
+        (``Pages.held``: one /proc/PID/maps lookup) so that it outlives its
+        process as pinned pages do (:func:`adopt`)."""
         for area in areas:
             for s, l in self._unpinned_parts(area):
                 check_access(area.owner, s, l - s + 1, area.pages.writable)
+            pages = area.pages
+            if pages.file is None and pages.held is None:
+                pages.held = filemem.hold_shared(area.owner.tgid, area.user_va, area.length,
+                                                 pages.writable)
 
     def _fill(self, areas, domains):
         """Map every area into every domain; on any failure unmap what was
@@ -776,6 +786,46 @@ def ioas_allow_iovas(ctx, caller, cmd):
     ioas.set_allowed(list(seen.items()))
 
 
+def adopt(ctx, pages):
+    """The process that owned ``pages`` (pinned shared memory, held: see
+    ``Pages.held``) has exited: its areas become memory of the server's own
+    mapping of the held object, in every IOAS of ``ctx`` and every domain,
+    as the kernel's pinned pages stay after their process. Returns False
+    when there is nothing to adopt (private memory, or never pinned)."""
+    held = pages.held
+    if held is None or pages.file is not None:
+        return False
+    areas = list(pages.areas())
+    lo = min(a.user_va for a in areas)
+    hi = max(a.user_va + a.length for a in areas)
+    fm = filemem.FileMapping(held.fd, held.offset_of(lo), hi - lo, held.writable)
+    pages.file, pages.held = fm, None
+    server = ctx.owners.hold(_SERVER)
+    try:
+        for obj in list(ctx.objects.values()):
+            if not isinstance(obj, Ioas):
+                continue
+            for area in [a for a in areas if obj.areas.get(a.iova) is a]:
+                va = fm.va(held.offset_of(area.user_va))
+                huge = not obj.disable_large_pages
+                for d in obj.domains:
+                    d.unmap(area.iova, area.length)
+                    d.map(area.iova, va, area.length, area.prot, huge, owner=server)
+                old, area.owner, area.user_va = area.owner, ctx.owners.share(server), va
+                ctx.owners.release(old)
+    finally:
+        ctx.owners.release(server)
+    return True
+
+
+def adopt_owner(ctx, owner):
+    """:func:`adopt` every held memory of ``owner`` (a process that has
+    exited) in the IOASes of ``ctx``. Returns True if any was adopted."""
+    pages = {a.pages for o in list(ctx.objects.values()) if isinstance(o, Ioas)
+             for a in o.areas.values() if a.owner is owner}
+    return any([adopt(ctx, p) for p in pages])
+
+
 def _map_checks(flags, reserved, *u64s):
     """The checks MAP, MAP_FILE and COPY share, in the kernel's order (§7):
     EOPNOTSUPP unknown flags (or MAP's ``__reserved``), EOVERFLOW an
@@ -806,10 +856,19 @@ def ioas_map(ctx, caller, cmd):
 
 class _Server:
     """This process as the caller of OwnerTable.hold: MAP_FILE's memory is
-    the server's own mapping of the file."""
+    the server's own mapping of the file. Asked each time, so that a
+    process forked after import is itself."""
 
-    tgid = os.getpid()
-    uid = os.getuid()
+    @property
+    def tgid(self):
+        return os.getpid()
+
+    @property
+    def uid(self):
+        return os.getuid()
+
+
+_SERVER = _Server()
 
 
 @ioctl(uapi.IOMMU_IOAS_MAP_FILE, "iommu_ioas_map_file", "iova")
@@ -828,7 +887,7 @@ def ioas_map_file(ctx, caller, cmd):
     # A dma-buf fd of this mount resolves to its object (the selftest's
     # DMABUF_GET): its memory is a memfd the server holds.
     dmabuf = getattr(f, "dmabuf", None)
-    owner = ctx.owners.hold(_Server)
+    owner = ctx.owners.hold(_SERVER)
     try:
         fixed = bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA)
         if dmabuf is not None:

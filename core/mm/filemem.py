@@ -114,3 +114,47 @@ class DmaBuf:
         self.fd = os.memfd_create("iommufs-dmabuf", os.MFD_CLOEXEC)
         self._close = weakref.finalize(self, os.close, self.fd)
         os.ftruncate(self.fd, size)
+
+
+class Held:
+    """A hold on the shmem or file object behind a MAP_SHARED mapping of a
+    client (an fd opened through /proc/PID/map_files while the client
+    lives): ``fd``, and ``offset`` the object offset of the client address
+    ``va``. Pinned pages outlive their process in the kernel; this is what
+    lets the emulator do the same for shared memory (issue 11, fork_gone).
+    Private anonymous memory has no such object: once its process is gone
+    it is gone, and only ptrace-ing the client could keep it."""
+
+    def __init__(self, fd, va, offset, writable):
+        self.fd = fd
+        self.va = va
+        self.offset = offset
+        self.writable = writable
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def offset_of(self, va):
+        return self.offset + va - self.va
+
+
+def hold_shared(tgid, va, length, writable):
+    """A :class:`Held` for ``[va, va+length)`` of process ``tgid`` when one
+    MAP_SHARED mapping of an object with an inode covers it, else None
+    (also when /proc/PID/map_files cannot be opened: it needs
+    CAP_SYS_ADMIN, which a server running as root has)."""
+    end = va + length
+    try:
+        with open(f"/proc/{tgid}/maps", "rb") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                lo, hi = (int(x, 16) for x in parts[0].split(b"-"))
+                if hi <= va:
+                    continue
+                if lo > va or end > hi or parts[1][3:4] != b"s" or not int(parts[4]):
+                    return None
+                path = f"/proc/{tgid}/map_files/{lo:x}-{hi:x}"
+                mode = os.O_RDWR if writable else os.O_RDONLY
+                fd = os.open(path, mode | os.O_CLOEXEC)
+                return Held(fd, va, int(parts[2], 16) + va - lo, writable)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
