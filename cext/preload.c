@@ -2,14 +2,14 @@
  *
  * LD_PRELOAD'ed into a program (by `iommufs run`, or by hand with
  * IOMMUFS_ROOT naming a mount), it makes the nodes of an iommufs mount
- * behave like the kernel's /dev/iommu and /dev/vfio/devices/vfioN (README,
+ * behave like the kernel's /dev/iommu and /dev/vfio/devices/vfioN (docs/shim.md,
  * "The preload shim"):
  *
  *   - ioctls that return an fd (IOMMU_FAULT_QUEUE_ALLOC out_fault_fd,
  *     IOMMU_VEVENTQ_ALLOC out_veventq_fd, IOMMU_TEST_CMD CREATE_ACCESS
  *     out_access_fd): after the server's success, IOMMUFS_FD_PATH tells the
  *     node under fds/; the shim opens it and writes the fd number into the
- *     struct (README, "Ioctls that return file descriptors");
+ *     struct (docs/nodes.md, "Ioctls that return file descriptors");
  *   - close() of the last reference to an iommufd or VFIO device open file,
  *     or to a fault or access fd the shim handed out, sends
  *     IOMMUFS_SYNC_CLOSE first, so the teardown is finished when close()
@@ -70,7 +70,7 @@
 #define EXPORT __attribute__((visibility("default")))
 #define HIDDEN __attribute__((visibility("hidden")))
 
-/* Device numbers reported for the nodes (README). The kernel gives
+/* Device numbers reported for the nodes (docs/nodes.md). The kernel gives
  * /dev/iommu a dynamic misc minor and vfio-dev a dynamic major: these are
  * fixed, plausible values. */
 #define IOMMU_MAJOR 10
@@ -1309,6 +1309,47 @@ static int kvm_vfio_file(int kvm_fd, const void *arg, int *ret)
     return 1;
 }
 
+/* ------------------------------------------- the legacy group's device fd */
+
+/* VFIO_GROUP_GET_DEVICE_FD returns a device fd as its result (reference
+ * vfio-device.md §10). The server cannot make an fd here: it answers with
+ * a placeholder and names the fd's node through IOMMUFS_FD_PATH, as for an
+ * fd field; the shim opens that node and returns the new fd instead. */
+#define IOFS_VFIO_GROUP_GET_DEVICE_FD 0x3b6aUL
+
+static int group_device_fd(int fd, int result)
+{
+    if (fd_kind(fd, NULL, NULL) != K_OTHER)
+        return result;
+    int saved = errno;
+    struct iommufs_fd_path p;
+    memset(&p, 0, sizeof(p));
+    p.size = sizeof(p);
+    if (REAL(ioctl)(fd, IOMMUFS_FD_PATH, &p) != 0) {
+        errno = saved;
+        return result;
+    }
+    p.path[sizeof(p.path) - 1] = 0;
+    if (strncmp(p.path, "fds/vfio-dev-", 13) != 0) {
+        errno = saved;
+        return result;
+    }
+    char path[PATH_BUF + sizeof(p.path)];
+    memcpy(path, g_root, g_root_len);
+    path[g_root_len] = '/';
+    strcpy(path + g_root_len + 1, p.path);
+    /* The kernel's device fd is O_RDWR | O_CLOEXEC. */
+    int nfd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC, 0);
+    if (nfd < 0)
+        return -1;
+    ino_t ino;
+    if (fd_kind(nfd, &ino, NULL) != K_NONE)
+        track(nfd, K_VFIO, 0, ino);
+    dbg("GET_DEVICE_FD on fd %d -> fd %d (%s)", fd, nfd, p.path);
+    errno = saved;
+    return nfd;
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...)
 {
     va_list ap;
@@ -1320,6 +1361,8 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     if (req == IOFS_KVM_SET_DEVICE_ATTR && g_root[0] && kvm_vfio_file(fd, arg, &kr))
         return kr;
     int r = REAL(ioctl)(fd, req, arg);
+    if (r >= 0 && req == IOFS_VFIO_GROUP_GET_DEVICE_FD && g_root[0])
+        return group_device_fd(fd, r);
     if (r < 0 || (req != IOMMU_FAULT_QUEUE_ALLOC && req != IOMMU_VEVENTQ_ALLOC && req != IOMMU_TEST_CMD))
         return r;
     return fd_returning(fd, req, arg, r);

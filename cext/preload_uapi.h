@@ -1,6 +1,6 @@
 /* The uAPI the preload shim (preload.c) reads and writes: the ioctls that
  * return an fd and the structs that carry it (reference §2, §5, §12), and
- * iommufs's private ioctls (README, "Private ioctls"). Written from the
+ * iommufs's private ioctls (docs/nodes.md, "Private ioctls"). Written from the
  * reference, with the uAPI's own names; the shim takes every offset from
  * these declarations (offsetof), and tests/test_layout.py holds them
  * against the reference's tables. */

@@ -29,7 +29,7 @@ class Caller:
       again; without (unit tests), an fd not in ``fds`` is EBADF;
     - ``returned``: objects behind the fds a successful ioctl returns (a
       core.iommufd.fault.FaultFile, ...), in the order of the struct's fd fields; the
-      transport publishes each as a node (README, "Ioctls that return file
+      transport publishes each as a node (docs/nodes.md, "Ioctls that return file
       descriptors").
     """
 

@@ -10,7 +10,16 @@ LiveDevice reads the config's. The Emulator holds one per topology device,
 plus the selftest's mock devices while they live, in its RID table.
 """
 import json
+import os
+import tempfile
 from dataclasses import fields
+
+from .iommu.port import IommuPort
+from .pci import FunctionOptions, PciDevice
+from .pci.models import make_model
+
+#: The size of the scratch image of a virtio-blk without ``disk`` (bytes).
+SCRATCH_DISK_BYTES = 64 << 20
 
 
 class LiveDevice:
@@ -32,6 +41,11 @@ class LiveDevice:
         self.pasids = None
         self.sva_bonds = {}
         self.prg_next = 0
+        self.pci = None          # the PciDevice while the VFIO node is open
+        self.vfio_opens = 0
+        self.watched_unmask = None   # (sink, fd) of a watched INTx unmask eventfd
+        self._emulator = None
+        self.scratch = None      # path of a scratch disk image this device made
 
     def __getattr__(self, name):
         # Only for what the instance lacks: the config's methods.
@@ -44,6 +58,56 @@ class LiveDevice:
         change, which then leaves the old attachment in place. The emulated
         PCI IOMMU accepts every change; the selftest mock device overrides
         this (core.iommufd.selftest: PASID 1024)."""
+
+    # -- the PCI function behind the VFIO node ---------------------------------
+
+    def open_function(self, emulator):
+        """An open of the VFIO node: the first one powers the function up (a
+        fresh model and config space, as vfio-pci enables the device on its
+        first open). Returns the PciDevice. Raises OSError if the model's
+        disk image cannot be opened."""
+        self._emulator = emulator
+        if self.pci is None:
+            self.pci = PciDevice(self._make_model(), IommuPort(emulator, self), FunctionOptions(
+                pcie=self.pcie, ats=self.ats, pri=self.pri, pasid_bits=self.pasid_bits))
+        self.vfio_opens += 1
+        return self.pci
+
+    def close_function(self):
+        """The last close of the VFIO node tears the function down (its
+        interrupts, its model's files; vfio-device.md §6.4)."""
+        self.vfio_opens -= 1
+        if self.vfio_opens == 0 and self.pci is not None:
+            if self.watched_unmask is not None and self._emulator is not None:
+                self._emulator.unwatch(self.watched_unmask[1])
+            self.watched_unmask = None
+            pci, self.pci = self.pci, None
+            pci.release()
+
+    def _make_model(self):
+        c = self.config
+        if c.model != "virtio-blk":
+            return make_model(c.model)
+        disk = c.disk
+        if disk is None:
+            if self.scratch is None:
+                fd, self.scratch = tempfile.mkstemp(prefix=f"iommufs-{c.vfio}-", suffix=".img")
+                os.ftruncate(fd, SCRATCH_DISK_BYTES)
+                os.close(fd)
+            disk = self.scratch
+        return make_model("virtio-blk", disk=disk, readonly=c.readonly)
+
+    def shutdown(self):
+        """Unmount: tear the function down and remove a scratch image."""
+        if self.pci is not None:
+            self.vfio_opens = 1
+            self.close_function()
+        if self.scratch is not None:
+            try:
+                os.unlink(self.scratch)
+            except OSError:
+                pass
+            self.scratch = None
 
     def info(self):
         """The ``info`` document (DESIGN.md): a dict ready for JSON."""
@@ -83,6 +147,15 @@ class LiveDevice:
                           for _, b in sorted(self.sva_bonds.items())]
         if self.pasids is not None:
             d["pasids_allocated"] = sorted(self.pasids.used)
+        # The PCI function (core/pci): its model and, while the node is
+        # open, the model's registers, queues and interrupt and DMA counts.
+        d["model"] = c.model
+        d["class"] = c.class_code
+        d["pcie"] = c.pcie
+        if c.model == "virtio-blk":
+            d["disk"] = c.disk or self.scratch
+            d["readonly"] = c.readonly
+        d["function"] = self.pci.state() if self.pci is not None else None
         return d
 
     def info_json(self):

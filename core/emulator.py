@@ -23,6 +23,7 @@ from .iommufd.context import Context
 from .iommufd.dispatch import IommufdFile
 from .topology import Topology
 from .vfio.cdev import VfioFile
+from .vfio.group import GroupFile
 
 
 def _natural(name):
@@ -63,6 +64,7 @@ class Emulator:
         self.watch_gen = 0
         # IOMMU_TEST_CMD SET_TEMP_MEMORY_LIMIT (core.iommufd.selftest): global, as in the kernel.
         self.test_memory_limit = 65536
+        self.open_groups = set()   # numbers of the groups whose vfio/N node is open (§10)
 
     # -- fds core wants to hear about -------------------------------------------
     def watch(self, fd, fn):
@@ -104,6 +106,12 @@ class Emulator:
                     (f"devices/{d.name}/info", Opener(partial(self._open_info, d), InfoFile, 0o444)),
                     (f"devices/{d.name}/driver",
                      Opener(partial(self._open_driver, d), DriverFile))]
+        # The legacy API (vfio-device.md §10): the container, an iommufd
+        # (CONFIG_IOMMUFD_VFIO_CONTAINER), and one node per IOMMU group.
+        # Last, so the inode numbers of the nodes above do not move.
+        out += [("vfio/vfio", Opener(self._open_iommufd, Context))]
+        out += [(f"vfio/{g}", Opener(partial(self._open_group, g), GroupFile))
+                for g in sorted(self.groups)]
         return out
 
     def node(self, path):
@@ -126,6 +134,17 @@ class Emulator:
         # Unbound until VFIO_DEVICE_BIND_IOMMUFD.
         return VfioFile(self, device, caller.uid)
 
+    def _open_group(self, number, caller, flags):
+        # One open at a time, and not while a device of it is bound through
+        # its cdev (vfio-device.md §10: EBUSY).
+        if number in self.open_groups:
+            raise UapiError(errno.EBUSY, f"group {number} is open")
+        for d in self.groups[number]:
+            if d.bound is not None and not getattr(d.bound, "group_obtained", False):
+                raise UapiError(errno.EBUSY, f"{d.name} is bound through its cdev")
+        self.open_groups.add(number)
+        return GroupFile(self, number, caller.uid)
+
     def _open_driver(self, device, caller, flags):
         return DriverFile(self, device, caller.uid)
 
@@ -142,6 +161,8 @@ class Emulator:
         """Unmount: close every context still open (releases pidfds)."""
         for ctx in list(self.contexts):
             ctx.close()
+        for d in self.devices.values():
+            d.shutdown()
         self.watches.clear()
         self.watch_gen += 1
 

@@ -1,4 +1,4 @@
-"""Objects behind the fds that ioctls return (README, "Ioctls that return
+"""Objects behind the fds that ioctls return (docs/nodes.md, "Ioctls that return
 file descriptors"): the fault fd (core.iommufd.fault), the access fd
 (core.iommufd.selftest).
 

@@ -26,13 +26,13 @@ import errno
 import os
 import select
 
-from . import uapi
+from . import uapi, wire
 from .errors import UapiError
 
 POLLIN = select.POLLIN | select.POLLRDNORM
 POLLOUT = select.POLLOUT | select.POLLWRNORM
 
-#: The transport's private ioctls (README, "Private ioctls"), for
+#: The transport's private ioctls (docs/nodes.md, "Private ioctls"), for
 #: :attr:`File.transport_ioctls`.
 NULL = uapi.IOMMUFS_NULL
 SYNC_CLOSE = uapi.IOMMUFS_SYNC_CLOSE
@@ -103,6 +103,36 @@ class CallerFile:
         self.close()
 
 
+class Eventfd:
+    """The interface of a caller's eventfd taken by the transport (for
+    ``caller.fd(fd, Eventfd)``: VFIO_DEVICE_SET_IRQS, reference
+    vfio-device.md §6): ``signal()`` adds 1 to its counter (an 8-byte
+    write), ``close()`` lets it go (idempotent). The transport resolves such
+    an fd with pidfd_getfd: EBADF not an open fd of the caller, EINVAL an
+    fd that is not an eventfd (the kernel's eventfd_ctx_fdget)."""
+
+    def signal(self):
+        raise NotImplementedError
+
+    def fileno(self):
+        """A file descriptor that polls readable when the eventfd was
+        signalled by its other users (an INTx unmask eventfd: KVM's
+        resample fd), or -1 when the sink cannot be watched."""
+        return -1
+
+    def drain(self):
+        """Reset the counter after it polled readable."""
+
+    def close(self):
+        raise NotImplementedError
+
+
+#: The file offset at which an ioctl-frame file whose offsets mean
+#: something else (a VFIO node: regions at ``index << 40``) takes and gives
+#: its frames (pwrite/pread there): core.wire.VFIO_FRAME_OFFSET.
+FRAME_OFFSET = wire.VFIO_FRAME_OFFSET
+
+
 class File:
     """One open of a node. The defaults are the VFS's for a file without
     the op (the op None): no ioctl (ENOTTY), no read or write (EINVAL),
@@ -119,7 +149,7 @@ class File:
       transport's (and ENOTTY if unknown);
     - ``transport_ioctls``: which of the transport's private ioctls it
       answers on this file (IOMMUFS_NULL, SYNC_CLOSE, WHOAMI, FD_PATH);
-    - ``returned``: the file of an fd an ioctl returned (README): a
+    - ``returned``: the file of an fd an ioctl returned (docs/nodes.md): a
       number it does not know is ENOTTY, as the kernel's fd has none.
 
     ``on_change`` is set by the transport: core calls it (core lock held)
@@ -127,6 +157,11 @@ class File:
     """
 
     frames = None
+    #: With ``frames``: the one file offset frames are written and read at
+    #: (:data:`FRAME_OFFSET`), other offsets going to read/write; None: any.
+    frame_offset = None
+    #: The node is opened seekable (pread/pwrite/lseek mean offsets).
+    seekable = False
     own_private = False
     transport_ioctls = frozenset()
     returned = False

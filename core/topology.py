@@ -1,6 +1,6 @@
 """The emulated PCI topology (DESIGN.md, "The emulated device").
 
-A topology is TOML (README, "Topology format"): one ``[iommu]`` table with the
+A topology is TOML (docs/topology.md): one ``[iommu]`` table with the
 IOMMU model, then ``[[device]]`` entries (PCI functions) and ``[[mdev]]``
 entries (mediated devices: a parent's RID plus a default PASID, seed 004).
 Devices behind a PCIe-to-PCI bridge name the bridge in ``alias``: they issue
@@ -10,8 +10,12 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from .pci.models import identity_of
+
 BUILTIN = """
-# The built-in topology: one device of each kind the seeds talk about.
+# The built-in topology: one device of each model, and the shapes the seeds
+# talk about (PASID, PRI, ENQCMD, a bridge, an mdev). A device's vendor and
+# device IDs are its model's unless the entry gives others.
 [iommu]
 address_width = 48            # IOVA bits: 48 (4-level) or 57 (5-level)
 page_sizes = [4096, 2097152, 1073741824]
@@ -20,14 +24,12 @@ pasid_bits = 20               # PASID width of the IOMMU: the system-wide (ENQCM
 
 [[device]]                    # a plain device: no PASID, no PRI
 name = "0000:00:03.0"
-vendor = 0x1af4
-device = 0x1041
+model = "virtio-blk"          # disk: a 64 MiB scratch image unless `disk = "PATH"`
 dirty_tracking = true
 
 [[device]]                    # an accelerator: PASID, PRI, ATS, ENQCMD (global PASIDs)
 name = "0000:00:04.0"
-vendor = 0x8086
-device = 0x0b25
+model = "dma-engine"
 pasid_bits = 20
 pasid_exec = true             # PCI PASID capability: Execute and Privileged Mode permitted
 pasid_priv = true
@@ -38,22 +40,19 @@ dirty_tracking = true
 
 [[device]]                    # a PASID device whose driver allocates PASIDs from its own space
 name = "0000:00:05.0"
-vendor = 0x15b3
-device = 0x101d
+model = "virtio-rng"
 pasid_bits = 8
 pri = true
 ats = true
 
 [[device]]                    # two conventional PCI devices behind a PCIe-to-PCI bridge
 name = "0000:01:00.0"
-vendor = 0x8086
-device = 0x100e
+model = "dma-engine"
 alias = "0000:00:1e.0"
 
 [[device]]
 name = "0000:01:01.0"
-vendor = 0x8086
-device = 0x100e
+model = "dma-engine"
 alias = "0000:00:1e.0"
 
 [[mdev]]                      # a mediated device carved out of the accelerator
@@ -61,6 +60,9 @@ name = "mdev0"
 parent = "0000:00:04.0"
 default_pasid = 1
 """
+
+#: Device models (core/pci/models), by the topology's ``model`` name.
+MODELS = ("virtio-blk", "virtio-rng", "dma-engine", "ioat")
 
 
 def parse_bdf(bdf):
@@ -146,6 +148,11 @@ class Device:
     parent: str = None
     default_pasid: int = None
     iommu: IommuModel = field(default_factory=IommuModel)
+    model: str = "dma-engine"         # the PCI device behind the VFIO node (core/pci/models)
+    disk: str = None                  # virtio-blk: the image file (None: a scratch image)
+    readonly: bool = False            # virtio-blk: VIRTIO_BLK_F_RO
+    pcie: bool = True                 # a PCI Express function (conventional behind a bridge)
+    class_code: int = 0xFF0000
     group: int = 0
     group_members: tuple = ()         # names of every device of the group, this one included
 
@@ -189,9 +196,21 @@ class Topology:
                 raise ValueError(f"{name}: pasid_bits must be 0..{iommu.pasid_bits} (the IOMMU's)")
             if d.get("enqcmd") and not pasid_bits:
                 raise ValueError(f"{name}: enqcmd needs pasid_bits")
+            model = d.get("model", "dma-engine")
+            if model not in MODELS:
+                raise ValueError(f"{name}: model must be one of {', '.join(MODELS)}")
+            if model != "virtio-blk" and ("disk" in d or "readonly" in d):
+                raise ValueError(f"{name}: disk and readonly are virtio-blk's")
+            vendor, device_id, class_code = identity_of(model)
+            # Behind a PCIe-to-PCI bridge a function is conventional PCI.
+            pcie = bool(d.get("pcie", not d.get("alias")))
+            if not pcie and (pasid_bits or d.get("pri") or d.get("ats")):
+                raise ValueError(f"{name}: PASID, PRI and ATS need a PCI Express function")
             devices.append(Device(
                 name=name, vfio=f"vfio{len(devices)}", rid=rid,
-                vendor=int(d.get("vendor", 0)), device_id=int(d.get("device", 0)),
+                vendor=int(d.get("vendor", vendor)), device_id=int(d.get("device", device_id)),
+                model=model, disk=d.get("disk"), readonly=bool(d.get("readonly", False)),
+                pcie=pcie, class_code=class_code,
                 pasid_bits=pasid_bits, pri=bool(d.get("pri", False)),
                 pasid_exec=bool(d.get("pasid_exec", False)) and pasid_bits > 0,
                 pasid_priv=bool(d.get("pasid_priv", False)) and pasid_bits > 0,
@@ -213,7 +232,8 @@ class Topology:
                 raise ValueError(f"mdev {m['name']}: default_pasid out of range")
             devices.append(Device(
                 name=m["name"], vfio=f"vfio{len(devices)}", rid=parent.rid,
-                vendor=parent.vendor, device_id=parent.device_id,
+                vendor=parent.vendor, device_id=parent.device_id, model=parent.model,
+                disk=parent.disk, readonly=parent.readonly, class_code=parent.class_code,
                 pasid_bits=0, pri=parent.pri, ats=parent.ats,
                 dirty_tracking=parent.dirty_tracking, parent=parent.name,
                 default_pasid=pasid, iommu=iommu))

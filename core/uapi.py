@@ -167,6 +167,20 @@ ffi.cdef(
         uint32_t argsz; uint32_t flags; uint32_t num_regions; uint32_t num_irqs;
         uint32_t cap_offset; uint32_t pad;
     };
+    /* The VFIO device half (vfio-device.md §2.3-§2.6). */
+    struct vfio_region_info {
+        uint32_t argsz; uint32_t flags; uint32_t index; uint32_t cap_offset;
+        uint64_t size; uint64_t offset;
+    };
+    struct vfio_irq_info { uint32_t argsz; uint32_t flags; uint32_t index; uint32_t count; };
+    struct vfio_irq_set {
+        uint32_t argsz; uint32_t flags; uint32_t index; uint32_t start; uint32_t count;
+    };
+    struct vfio_pci_dependent_device {
+        uint32_t devid; uint16_t segment; uint8_t bus; uint8_t devfn;
+    };
+    struct vfio_pci_hot_reset_info { uint32_t argsz; uint32_t flags; uint32_t count; };
+    struct vfio_pci_hot_reset { uint32_t argsz; uint32_t flags; uint32_t count; };
 
     /* VFIO type1 compatibility on /dev/iommu (reference §11.4). */
     struct vfio_info_cap_header { uint16_t id; uint16_t version; uint32_t next; };
@@ -232,6 +246,9 @@ VFIO_DEVICE_GET_REGION_INFO = _io(VFIO_BASE + 8)
 VFIO_DEVICE_GET_IRQ_INFO = _io(VFIO_BASE + 9)
 VFIO_DEVICE_SET_IRQS = _io(VFIO_BASE + 10)
 VFIO_DEVICE_RESET = _io(VFIO_BASE + 11)
+VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _io(VFIO_BASE + 12)
+VFIO_DEVICE_PCI_HOT_RESET = _io(VFIO_BASE + 13)
+VFIO_DEVICE_IOEVENTFD = _io(VFIO_BASE + 16)
 VFIO_IOMMU_GET_INFO = _io(VFIO_BASE + 12)
 VFIO_IOMMU_MAP_DMA = _io(VFIO_BASE + 13)
 VFIO_IOMMU_UNMAP_DMA = _io(VFIO_BASE + 14)
@@ -242,6 +259,28 @@ VFIO_IOMMU_DIRTY_PAGES = _io(VFIO_BASE + 17)
 VFIO_DEVICE_BIND_IOMMUFD = _io(VFIO_BASE + 18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(VFIO_BASE + 19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(VFIO_BASE + 20)
+
+# vfio-device.md §1.4.
+VFIO_REGION_INFO_FLAG_READ = 1
+VFIO_REGION_INFO_FLAG_WRITE = 2
+VFIO_REGION_INFO_FLAG_MMAP = 4
+VFIO_IRQ_INFO_EVENTFD = 1
+VFIO_IRQ_INFO_MASKABLE = 2
+VFIO_IRQ_INFO_AUTOMASKED = 4
+VFIO_IRQ_INFO_NORESIZE = 8
+VFIO_IRQ_SET_DATA_NONE = 1
+VFIO_IRQ_SET_DATA_BOOL = 2
+VFIO_IRQ_SET_DATA_EVENTFD = 4
+VFIO_IRQ_SET_ACTION_MASK = 8
+VFIO_IRQ_SET_ACTION_UNMASK = 0x10
+VFIO_IRQ_SET_ACTION_TRIGGER = 0x20
+VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX = 0, 1, 2
+VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX = 3, 4
+VFIO_PCI_CONFIG_REGION_INDEX = 7
+VFIO_PCI_HOT_RESET_FLAG_DEV_ID = 1
+VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 2
+VFIO_PCI_DEVID_OWNED = 0
+VFIO_PCI_DEVID_NOT_OWNED = 0xFFFFFFFF
 
 # §6 flags and enums.
 IOMMU_IOAS_MAP_FIXED_IOVA = 1
@@ -375,14 +414,14 @@ ULONG_MAX = U64_MAX
 # The host page size: pinning granule of the kernel and of this emulator.
 PAGE_SIZE = 4096
 
-# The project's own ioctls on its nodes (README, "Private ioctls"). _IO encoded,
+# The project's own ioctls on its nodes (docs/nodes.md, "Private ioctls"). _IO encoded,
 # type 0xF5, so that FUSE hands the raw pointer over like it does for ';'.
 IOMMUFS_TYPE = 0xF5
 IOMMUFS_NULL = (IOMMUFS_TYPE << 8) | 0x00
 IOMMUFS_SYNC_CLOSE = (IOMMUFS_TYPE << 8) | 0x01
 IOMMUFS_WHOAMI = (IOMMUFS_TYPE << 8) | 0x02
 IOMMUFS_FD_PATH = (IOMMUFS_TYPE << 8) | 0x03
-# The driver side of a device (devices/<name>/driver, README "The driver side").
+# The driver side of a device (devices/<name>/driver, docs/driver-side.md).
 IOMMUFS_PASID_ALLOC = (IOMMUFS_TYPE << 8) | 0x10
 IOMMUFS_PASID_FREE = (IOMMUFS_TYPE << 8) | 0x11
 IOMMUFS_SVA_BIND = (IOMMUFS_TYPE << 8) | 0x12

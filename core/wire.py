@@ -15,6 +15,10 @@ IOFS_REQUEST = struct.Struct("<4sIII")
 IOFS_REPLY = struct.Struct("<4siII")
 IOFS_HEADER_SIZE = 16
 IOFS_CMD_CLOSE = 0
+#: On a VFIO node, where file offsets are regions (``index << 40``), frames
+#: are written and read at this offset (pwrite/pread): region index 0xF5,
+#: which vfio-pci never has (the kernel answers EINVAL there).
+VFIO_FRAME_OFFSET = 0xF5 << 40
 
 # -- IODM: one DMA of an emulated device per write(), its reply on the next read() ----
 IODM_MAGIC = b"IODM"

@@ -80,6 +80,10 @@ class Node:
     raise OSError(errno).
     """
 
+    #: Where frames go on this node (None: write()/read(); a VFIO node's
+    #: offsets are regions, so its frames are at core.wire.VFIO_FRAME_OFFSET).
+    frame_offset = None
+
     def __init__(self, path, frames=False, flags=os.O_RDWR):
         self.path = path
         self.fd = os.open(path, flags | os.O_CLOEXEC)
@@ -116,8 +120,13 @@ class Node:
         else:
             n = ffi.sizeof(cdata[0]) if size is None else size
             arg = ffi.buffer(cdata, n)[:]
-        os.write(self.fd, FRAME_HDR.pack(wire.IOFS_MAGIC, cmd, len(arg), 0) + arg)
-        rep = os.read(self.fd, MAX_REPLY)
+        req = FRAME_HDR.pack(wire.IOFS_MAGIC, cmd, len(arg), 0) + arg
+        if self.frame_offset is None:
+            os.write(self.fd, req)
+            rep = os.read(self.fd, MAX_REPLY)
+        else:
+            os.pwrite(self.fd, req, self.frame_offset)
+            rep = os.pread(self.fd, MAX_REPLY, self.frame_offset)
         magic, result, arg_len, extra_len = REPLY_HDR.unpack_from(rep)
         if magic != wire.IOFS_MAGIC:
             raise OSError(0, "bad reply magic")
@@ -346,7 +355,15 @@ class Iommufd(Node):
 
 
 class VfioDevice(Node):
-    """An open VFIO cdev node, by node name (``vfio0``) or device name (BDF)."""
+    """An open VFIO cdev node, by node name (``vfio0``) or device name (BDF).
+
+    Besides BIND/ATTACH/DETACH: the PCI device behind it (reference
+    vfio-device.md): region info and region access by pread/pwrite at
+    ``index << 40``, config-space helpers, IRQ info, SET_IRQS with the
+    caller's eventfds, reset and the cdev form of hot reset.
+    """
+
+    frame_offset = wire.VFIO_FRAME_OFFSET
 
     def __init__(self, mount, name, frames=False):
         if not name.startswith("vfio"):
@@ -382,6 +399,99 @@ class VfioDevice(Node):
         self.ioctl(uapi.VFIO_DEVICE_GET_INFO, c)
         return {"flags": c.flags, "num_regions": c.num_regions, "num_irqs": c.num_irqs,
                 "cap_offset": c.cap_offset}
+
+    # -- the PCI device (vfio-device.md §3, §4) --------------------------------------
+    REGION_SHIFT = 40
+    CONFIG = uapi.VFIO_PCI_CONFIG_REGION_INDEX
+
+    def region_info(self, index):
+        """VFIO_DEVICE_GET_REGION_INFO -> dict (flags, size, offset, cap_offset)."""
+        c = _new("vfio_region_info", index=index)
+        self.ioctl(uapi.VFIO_DEVICE_GET_REGION_INFO, c)
+        return {"flags": c.flags, "size": c.size, "offset": c.offset, "cap_offset": c.cap_offset}
+
+    def region_read(self, index, offset, size):
+        """pread of ``size`` bytes at ``offset`` in region ``index`` -> bytes
+        (short at a BAR's end; OSError with the kernel's errno)."""
+        return os.pread(self.fd, size, (index << self.REGION_SHIFT) | offset)
+
+    def region_write(self, index, offset, data):
+        """pwrite of ``data`` at ``offset`` in region ``index`` -> bytes written."""
+        return os.pwrite(self.fd, data, (index << self.REGION_SHIFT) | offset)
+
+    def config_read(self, offset, size):
+        """Config space (region 7) as an integer of ``size`` (1, 2, 4) bytes."""
+        return int.from_bytes(self.region_read(self.CONFIG, offset, size), "little")
+
+    def config_write(self, offset, size, value):
+        """Write an integer of ``size`` bytes into config space."""
+        self.region_write(self.CONFIG, offset, value.to_bytes(size, "little"))
+
+    def capabilities(self):
+        """The standard capability list from config space: [(id, offset)]."""
+        out, seen = [], set()
+        if not self.config_read(0x06, 2) & 0x10:
+            return out
+        pos = self.config_read(0x34, 1) & ~3
+        while pos and pos not in seen:
+            seen.add(pos)
+            out.append((self.config_read(pos, 1), pos))
+            pos = self.config_read(pos + 1, 1) & ~3
+        return out
+
+    def ext_capabilities(self):
+        """The extended capability list (config 0x100..): [(id, offset)]."""
+        out, pos, seen = [], 0x100, set()
+        while pos and pos not in seen:
+            seen.add(pos)
+            hdr = self.config_read(pos, 4)
+            if hdr == 0:
+                break
+            out.append((hdr & 0xFFFF, pos))
+            pos = (hdr >> 20) & 0xFFC
+        return out
+
+    def irq_info(self, index):
+        """VFIO_DEVICE_GET_IRQ_INFO -> (flags, count)."""
+        c = _new("vfio_irq_info", index=index)
+        self.ioctl(uapi.VFIO_DEVICE_GET_IRQ_INFO, c)
+        return c.flags, c.count
+
+    def set_irqs(self, index, flags, start=0, count=0, data=b"", argsz=None):
+        """VFIO_DEVICE_SET_IRQS with ``data`` (bytes after the header)."""
+        buf = ffi.new("char[]", 20 + len(data))
+        hdr = ffi.cast("struct vfio_irq_set *", buf)
+        hdr.argsz = 20 + len(data) if argsz is None else argsz
+        hdr.flags, hdr.index, hdr.start, hdr.count = flags, index, start, count
+        ffi.memmove(buf + 20, data, len(data))
+        return self.ioctl(uapi.VFIO_DEVICE_SET_IRQS, hdr, size=20 + len(data))
+
+    def set_irq_eventfds(self, index, fds, start=0):
+        """Bind eventfds (-1: none) to vectors ``start..``: TRIGGER|DATA_EVENTFD."""
+        return self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
+                             start, len(fds), struct.pack(f"<{len(fds)}i", *fds))
+
+    def trigger_irq(self, index, start=0, count=1):
+        """Loopback trigger: TRIGGER|DATA_NONE (count 0 disables the index)."""
+        return self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
+                             start, count)
+
+    def reset(self):
+        """VFIO_DEVICE_RESET."""
+        return self.ioctl(uapi.VFIO_DEVICE_RESET)
+
+    def hot_reset_info(self, capacity=8):
+        """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO -> (flags, [(devid, segment, bus, devfn)])."""
+        buf = ffi.new("char[]", 12 + 8 * capacity)
+        c = ffi.cast("struct vfio_pci_hot_reset_info *", buf)
+        c.argsz = 12 + 8 * capacity
+        self.ioctl(uapi.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, c, size=12 + 8 * capacity)
+        raw = ffi.buffer(buf, 12 + 8 * c.count)[12:]
+        return c.flags, [struct.unpack_from("<IHBB", raw, 8 * i) for i in range(c.count)]
+
+    def hot_reset(self):
+        """VFIO_DEVICE_PCI_HOT_RESET, cdev form (no group fds)."""
+        return self.ioctl(uapi.VFIO_DEVICE_PCI_HOT_RESET, _new("vfio_pci_hot_reset"))
 
 
 class DeviceDriver(Node):

@@ -9,7 +9,8 @@ the emulated nodes:
 
 - ``/dev/iommu`` is a bind mount of ``<mnt>/iommu``;
 - ``/dev/vfio/devices/vfioN`` are bind mounts of ``<mnt>/vfio/devices/vfioN``
-  (one per topology device); ``/dev/vfio`` holds nothing else;
+  (one per topology device); ``/dev/vfio/vfio`` (the legacy container) and
+  ``/dev/vfio/N`` (one per IOMMU group) of ``<mnt>/vfio/``;
 - everything else is the host's ``/dev`` as it was when the program started.
 
 How that ``/dev`` is built (the host's ``/dev`` is never written): the child
@@ -239,6 +240,10 @@ def build_dev(mnt, nodes, dev="/dev"):
     os.makedirs(vdir, 0o755)
     for n in nodes:
         _place(os.path.join(mnt, "vfio", "devices", n), os.path.join(vdir, n))
+    # The legacy API (vfio-device.md §10): /dev/vfio/vfio and /dev/vfio/N.
+    for n in sorted(os.listdir(os.path.join(mnt, "vfio"))):
+        if n == "vfio" or n.isdigit():
+            _place(os.path.join(mnt, "vfio", n), os.path.join(dev, "vfio", n))
 
 
 def _user_namespace():

@@ -98,10 +98,11 @@ from core import uapi
 from core.caller import Caller
 from core.errors import UapiError
 from core.files import (FD_PATH, NULL, POLLIN, REQUEST_FRAMES, SYNC_CLOSE, TRANSPORT_IOCTLS,
-                        WHOAMI, CallerFile, NeedFds, NotYet, Wait)
+                        WHOAMI, CallerFile, Eventfd, NeedFds, NotYet, Wait)
 from core.mm.usermem import FrameArg, MemArg, tgid_of
 
 from . import frames
+from .eventfd import take_eventfd
 from .frames import FrameError, build_reply, check_dma_whole, parse_request
 from .fuse import ffi, req_ident
 from .nodes import Tree
@@ -256,7 +257,7 @@ class Server:
             self._publish(h, caller)
         return int(r or 0)
 
-    # -- fds returned by ioctls (README, "Ioctls that return file descriptors") --------
+    # -- fds returned by ioctls (docs/nodes.md, "Ioctls that return file descriptors") --------
     def _publish(self, h, caller):
         """Give every object core returned as an fd (a core.fds.ReturnedFd:
         it is the node's target) a node under ``fds/`` and remember the
@@ -276,7 +277,7 @@ class Server:
                 self._notify(h)
 
     def _fd_path(self, h, tid, arg):
-        """IOMMUFS_FD_PATH (README): EFAULT, EINVAL size, ENOENT no such fd."""
+        """IOMMUFS_FD_PATH (docs/nodes.md): EFAULT, EINVAL size, ENOENT no such fd."""
         size = int.from_bytes(arg.read(0, 4), "little")
         if size < FD_PATH_SIZE:
             raise UapiError(errno.EINVAL, f"size {size} < {FD_PATH_SIZE}")
@@ -296,6 +297,12 @@ class Server:
                 continue
             if hid not in self.handles:
                 return hid
+
+    def seekable(self, fh):
+        """Whether open file ``fh`` is opened seekable (its offsets mean
+        something: a VFIO node's regions)."""
+        h = self.handles.get(fh)
+        return h is not None and h.file.seekable
 
     def open(self, req, ino, flags):
         """open() of node ``ino`` with open ``flags`` -> the new fh (int).
@@ -417,7 +424,7 @@ class Server:
         return attempt
 
     def _private(self, h, tid, uid, cmd, arg):
-        """The transport's private ioctls (README) by thread ``tid`` of
+        """The transport's private ioctls (docs/nodes.md) by thread ``tid`` of
         ``uid``: ENOTTY for one the file does not take (and WHOAMI from
         another process on a returned fd, whose kernel twin has no ioctls);
         EACCES, like every uAPI ioctl on the file, for a uid other than the
@@ -462,7 +469,7 @@ class Server:
         """
         h = self._handle(fh)
         f = h.file
-        if not f.frames:
+        if not f.frames or (f.frame_offset is not None and off != f.frame_offset):
             if f.write is None:
                 raise UapiError(errno.EINVAL, "no write on this file")
             if h.closed:
@@ -565,7 +572,8 @@ class Server:
         h = self._handle(fh)
         f = h.file
         tid = req_ident(req)[0]
-        if not f.frames or (f.read is not None and not h.slots.holds(tid)):
+        if (not f.frames or (f.frame_offset is not None and off != f.frame_offset)
+                or (f.read is not None and f.frame_offset is None and not h.slots.holds(tid))):
             if f.read is None:
                 raise UapiError(errno.EINVAL, "no read on this file")
             if h.closed:
@@ -780,6 +788,8 @@ class Server:
             os.close(pidfd)
         if dup < 0:
             return errno.EBADF
+        if file_type is Eventfd:
+            return take_eventfd(dup)
         if file_type is CallerFile:
             # Any open file (MAP_FILE's memfd): core owns the duplicate; one
             # of this mount (a dma-buf fd) is resolved to its object below.

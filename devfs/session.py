@@ -631,7 +631,8 @@ def iofs_open(req, ino, fi):
         fh = s.server.open(req, ino, fi.flags)
         fi.fh = fh
         fi.direct_io = 1
-        fi.nonseekable = 1
+        # Offsets mean regions on a VFIO node (index << 40): seekable there.
+        fi.nonseekable = 0 if s.server.seekable(fh) else 1
         fi.keep_cache = 0
     except BaseException as exc:
         _reply_error(req, exc)

@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Boot a Debian guest whose own virtio drivers read and write a disk, step
-by step, printing each step.
+"""Passthrough without hardware, step by step: boot a Debian guest whose own
+virtio drivers read and write a disk and read an entropy device that are
+iommufs devices passed through by an unmodified QEMU.
 
-    sudo .venv/bin/python scripts/demo_guest.py            # QEMU's own virtio-blk/rng
-    sudo .venv/bin/python scripts/demo_guest.py --topology T.toml --bdf BDF [--rng-bdf BDF]
+    .venv/bin/python scripts/demo_guest.py                  # iommufs devices passed through
+    .venv/bin/python scripts/demo_guest.py --emulated       # QEMU's own virtio-blk/rng
+    .venv/bin/python scripts/demo_guest.py --topology T.toml --bdf BDF [--rng-bdf BDF]
 
-Without --topology the disk and the entropy device are QEMU's own emulated
-ones: the reference run. With --topology (a topology whose virtio-blk device
-has disk = "@IMAGE@", replaced here by the demo's image) and --bdf, QEMU runs
-under `iommufs run` and the devices are iommufs' models passed through with
-`-object iommufd -device vfio-pci,host=BDF`; nothing else changes. Needs
-`bash scripts/setup.sh install` first.
+By default the demo writes a topology with an iommufs virtio-blk on its image
+and a virtio-rng, and QEMU runs under `iommufs run` with `-object iommufd
+-device vfio-pci,iommufd=i0,host=01f5:00:03.0` (and :04.0): every DMA of
+those devices goes through iommufs' IOAS translation into the guest's RAM.
+--emulated is the reference run on QEMU's own devices; --topology takes your
+own topology (a virtio-blk device with disk = "@IMAGE@", replaced by the
+demo's image). Run as root after `bash scripts/setup.sh install`.
 """
 import argparse
 import hashlib
@@ -26,6 +29,19 @@ import boot  # noqa: E402
 
 SECTOR, BYTE = 2049, 0x5A
 
+# Emulated functions appear in sysfs domain 01f5 with the topology's bus,
+# device and function (docs/shim.md): 0000:00:03.0 is host=01f5:00:03.0.
+DEFAULT_TOPOLOGY = """
+[[device]]
+name = "0000:00:03.0"
+model = "virtio-blk"
+disk = "@IMAGE@"
+
+[[device]]
+name = "0000:00:04.0"
+model = "virtio-rng"
+"""
+
 
 def step(n, text):
     print("\n[%d] %s" % (n, text), flush=True)
@@ -37,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--topology", help="iommufs topology: pass its devices through")
     ap.add_argument("--bdf", help="BDF of the iommufs virtio-blk device")
     ap.add_argument("--rng-bdf", help="BDF of the iommufs virtio-rng device")
+    ap.add_argument("--emulated", action="store_true", help="QEMU's own devices instead")
     ap.add_argument("--quiet-console", action="store_true", help="do not echo the console")
     args = ap.parse_args(argv)
 
@@ -64,6 +81,13 @@ def main(argv=None):
 
     step(4, "the guest's devices")
     wrapper = []
+    if not args.topology and not args.emulated:
+        args.topology = os.path.join(workdir, "default.toml")
+        with open(args.topology, "w") as f:
+            f.write(DEFAULT_TOPOLOGY)
+        args.bdf, args.rng_bdf = "01f5:00:03.0", "01f5:00:04.0"
+        print("   a topology with an iommufs virtio-blk on the image and a virtio-rng:")
+        print("   " + DEFAULT_TOPOLOGY.strip().replace("\n", "\n   "))
     if args.topology:
         if not args.bdf:
             ap.error("--topology needs --bdf")

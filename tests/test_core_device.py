@@ -124,10 +124,16 @@ def test_get_info(kit):
     info = new("vfio_device_info", cap_offset=0x55, pad=0x77)
     kit.vfio(vf, uapi.VFIO_DEVICE_GET_INFO, info)
     assert (info.flags, info.num_regions, info.num_irqs, info.cap_offset) == (3, 9, 5, 0)
-    assert info.pad == 0x77                      # only the 20-byte minimum is written
-    info.argsz = 19
+    assert info.pad == 0                         # min(argsz, 24) bytes written (vfio-device.md §3.1)
+    info.argsz, info.pad, info.cap_offset = 20, 0x77, 0x55
+    kit.vfio(vf, uapi.VFIO_DEVICE_GET_INFO, info)
+    assert (info.cap_offset, info.pad) == (0, 0x77)   # a 20-byte caller gets 20 bytes
+    info.argsz = 16
+    kit.vfio(vf, uapi.VFIO_DEVICE_GET_INFO, info)
+    assert info.cap_offset == 0                  # 16 bytes: up to num_irqs
+    info.argsz = 15
     assert kit.vfio_err(vf, uapi.VFIO_DEVICE_GET_INFO, info) == errno.EINVAL
-    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_RESET, info) == errno.ENOTTY
+    assert kit.vfio_err(vf, uapi.VFIO_DEVICE_IOEVENTFD, info) == errno.ENOTTY
 
 
 # -- ATTACH / DETACH (§8, §11.3) -----------------------------------------------------

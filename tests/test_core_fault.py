@@ -68,7 +68,7 @@ class Setup:
         kit.caller.returned.clear()
         kit.ioctl(uapi.IOMMU_FAULT_QUEUE_ALLOC, c)
         self.fault_id = c.out_fault_id
-        assert c.out_fault_fd == 0xFFFFFFFF               # -1: the fd is a node (README)
+        assert c.out_fault_fd == 0xFFFFFFFF               # -1: the fd is a node (docs/nodes.md)
         self.ffile = kit.caller.returned.pop()
         self.ffile.opened()                               # the client opens the node
         self.q = self.ffile.queue

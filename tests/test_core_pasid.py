@@ -2,7 +2,7 @@
 
 PASID attach rules (reference §8, §11.3), PASID spaces (seed 003), routing
 by {RID, PASID}, groups and RID aliases (seed 001), mdevs (seed 004), SVA
-bonds (seed 002) and the driver node's commands (README, "The driver side").
+bonds (seed 002) and the driver node's commands (docs/driver-side.md).
 Every routing claim is proven by DMA bytes landing (or not) in real memory.
 """
 import errno

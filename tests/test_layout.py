@@ -1,7 +1,7 @@
 """Struct layouts and numbers against the reference's tables: every struct's
 sizeof and every field's offset and size (reference §5, §11.2, §11.4, §12,
-and the project's own structs of the README), and the ioctl numbers (§2,
-§11.1, §12, README "Private ioctls").
+and the project's own structs of docs/nodes.md), and the ioctl numbers (§2,
+§11.1, §12, docs/nodes.md "Private ioctls").
 
 One table, LAYOUTS, and every declaration of these structs in the project
 held against it:
@@ -67,6 +67,17 @@ LAYOUTS = {
     "vfio_device_detach_iommufd_pt": (12, [("argsz", 0, 4), ("flags", 4, 4), ("pasid", 8, 4)]),
     "vfio_device_info": (24, [("argsz", 0, 4), ("flags", 4, 4), ("num_regions", 8, 4),
                               ("num_irqs", 12, 4), ("cap_offset", 16, 4), ("pad", 20, 4)]),
+    # vfio-device.md §2.3-§2.6 (the device half). Only the fixed parts: core
+    # declares no flexible arrays (vfio_irq_set's data at 20, the hot reset
+    # arrays at 12), which the C header has but this table does not hold.
+    "vfio_region_info": (32, [("argsz", 0, 4), ("flags", 4, 4), ("index", 8, 4), ("cap_offset", 12, 4),
+                              ("size", 16, 8), ("offset", 24, 8)]),
+    "vfio_irq_info": (16, [("argsz", 0, 4), ("flags", 4, 4), ("index", 8, 4), ("count", 12, 4)]),
+    "vfio_irq_set": (20, [("argsz", 0, 4), ("flags", 4, 4), ("index", 8, 4), ("start", 12, 4),
+                          ("count", 16, 4)]),
+    "vfio_pci_dependent_device": (8, [("devid", 0, 4), ("segment", 4, 2), ("bus", 6, 1), ("devfn", 7, 1)]),
+    "vfio_pci_hot_reset_info": (12, [("argsz", 0, 4), ("flags", 4, 4), ("count", 8, 4)]),
+    "vfio_pci_hot_reset": (12, [("argsz", 0, 4), ("flags", 4, 4), ("count", 8, 4)]),
     # §11.4 (type1 compatibility); a flexible array member has size None.
     "vfio_info_cap_header": (8, [("id", 0, 2), ("version", 2, 2), ("next", 4, 4)]),
     "vfio_iommu_type1_info": (24, [("argsz", 0, 4), ("flags", 4, 4), ("iova_pgsizes", 8, 8),
@@ -100,7 +111,7 @@ LAYOUTS = {
                                  ("type", 12, 4), ("veventq_depth", 16, 4),
                                  ("out_veventq_id", 20, 4), ("out_veventq_fd", 24, 4),
                                  ("__reserved", 28, 4)]),
-    # The project's own (README: "Ioctls that return file descriptors", "The
+    # The project's own (docs/nodes.md: "Ioctls that return file descriptors", "The
     # driver side", "Frames", "Device DMA"); a flexible array member has size None.
     "iommufs_fd_path": (264, [("size", 0, 4), ("index", 4, 4), ("path", 8, 256)]),
     "iommufs_pasid": (16, [("size", 0, 4), ("flags", 4, 4), ("pasid", 8, 4), ("__reserved", 12, 4)]),
@@ -232,7 +243,7 @@ def test_struct_formats_match_reference(where, st, name):
 
 # -- numbers -------------------------------------------------------------------------------
 
-# §2, §11.1 and README "Private ioctls".
+# §2, §11.1 and docs/nodes.md "Private ioctls".
 IOCTL_NUMBERS = {
     "IOMMU_DESTROY": 0x3B80, "IOMMU_IOAS_ALLOC": 0x3B81, "IOMMU_IOAS_ALLOW_IOVAS": 0x3B82,
     "IOMMU_IOAS_COPY": 0x3B83, "IOMMU_IOAS_IOVA_RANGES": 0x3B84, "IOMMU_IOAS_MAP": 0x3B85,
@@ -241,6 +252,9 @@ IOCTL_NUMBERS = {
     "IOMMU_IOAS_MAP_FILE": 0x3B8F, "IOMMU_VEVENTQ_ALLOC": 0x3B93, "IOMMU_HW_QUEUE_ALLOC": 0x3B94,
     "IOMMU_TEST_CMD": 0x3BA0,
     "VFIO_GET_API_VERSION": 0x3B64, "VFIO_DEVICE_GET_INFO": 0x3B6B, "VFIO_IOMMU_GET_INFO": 0x3B70,
+    "VFIO_DEVICE_GET_REGION_INFO": 0x3B6C, "VFIO_DEVICE_GET_IRQ_INFO": 0x3B6D, "VFIO_DEVICE_SET_IRQS": 0x3B6E,
+    "VFIO_DEVICE_RESET": 0x3B6F, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": 0x3B70,
+    "VFIO_DEVICE_PCI_HOT_RESET": 0x3B71,
     "VFIO_IOMMU_MAP_DMA": 0x3B71, "VFIO_IOMMU_UNMAP_DMA": 0x3B72, "VFIO_DEVICE_FEATURE": 0x3B75,
     "VFIO_IOMMU_DIRTY_PAGES": 0x3B75,
     "VFIO_DEVICE_BIND_IOMMUFD": 0x3B76, "VFIO_DEVICE_ATTACH_IOMMUFD_PT": 0x3B77,
@@ -333,7 +347,7 @@ def _c_program(header, structs):
 
 @pytest.mark.parametrize("header", C_HEADERS)
 def test_c_header_layouts_match_reference(header, tmp_path):
-    """Every struct the header declares is one the reference (or the README)
+    """Every struct the header declares is one the reference (or docs/nodes.md)
     defines, and gcc lays it out as LAYOUTS says: sizeof, each field's
     offset and size, iommu_test_cmd's union members; every number it
     defines of the tables above has the reference's value."""

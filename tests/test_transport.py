@@ -641,7 +641,7 @@ def test_sigkill_with_auto_unmount_leaves_no_mount(mount_factory):
     m = mount_factory(emulator=FAKE)
     kill_pid(m.pid)
     m.proc.wait(timeout=10)
-    end = time.monotonic() + 5
+    end = time.monotonic() + 15   # the helper is slow to run on a loaded machine
     while m.mounted() and time.monotonic() < end:
         time.sleep(0.01)
     assert not m.mounted()

@@ -45,7 +45,7 @@ def reply(status=0, moved=0, fault_iova=0, data=b""):
     return REPLY.pack(MAGIC, status, moved, 0, fault_iova) + data
 
 
-def _record_fault(device, pasid, iova, access, err):
+def record_fault(device, pasid, iova, access, err):
     device.fault_log.append({
         "time": time.time(), "rid": device.rid,
         "pasid": None if pasid is RID else pasid, "iova": iova,
@@ -175,7 +175,7 @@ class _Dma:
         self.pri = pri
 
     def fail(self, err, iova, moved=0, data=b""):
-        _record_fault(self.device, self.pasid, iova, self.access, err)
+        record_fault(self.device, self.pasid, iova, self.access, err)
         return reply(-err, moved, iova, data)
 
     def run(self, adopted=False):
@@ -192,7 +192,7 @@ class _Dma:
     def _page_request(self, r, e):
         target = r.target
         if isinstance(target, SvaBond):
-            # The emulated kernel handler answers at once (README, driver side).
+            # The emulated kernel handler answers at once (docs/driver-side.md).
             target.driver.iopf(target, e.iova, self.access)
             return
         queue = target.fault

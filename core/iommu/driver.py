@@ -1,4 +1,4 @@
-"""The driver side of a device: ``devices/<name>/driver`` (README).
+"""The driver side of a device: ``devices/<name>/driver`` (docs/driver-side.md).
 
 The RFC's kernel drivers (vfio-pci, an mdev parent, IDXD) do things no
 iommufd ioctl does: allocate PASIDs from the device's or the global space

@@ -126,6 +126,12 @@ class PciDevice:
     def msi_mask_written(self):
         self.irqs.msi_mask_written()
 
+    def gap_read(self, pos, size):
+        return self.model.config_gap_read(pos, size)
+
+    def gap_write(self, pos, size, value):
+        self.model.config_gap_write(pos, size, value)
+
     # -- state the gates read -------------------------------------------------
 
     def d3hot(self):
@@ -346,26 +352,54 @@ class PciDevice:
         """Model DMA from memory: ``length`` bytes at IOVA ``iova`` (in the
         address space of ``pasid``, None = RID). Raises DmaError: EIO while
         Bus Master Enable is clear or in D3hot; the port's errno otherwise."""
-        self._dma_gate(iova)
-        try:
-            data = self.dma_port.read(iova, length, pasid=pasid)
-        except DmaError:
-            self.counters["dma_faults"] += 1
-            raise
+        return self.dma_read_spans([(iova, length)], pasid)
+
+    def dma_write(self, iova, data, pasid=None):
+        """Model DMA to memory: ``data`` at IOVA ``iova``; errors as dma_read."""
+        self.dma_write_spans([(iova, len(data))], data, pasid)
+
+    def dma_read_spans(self, spans, pasid=None):
+        """Model DMA gathering ``spans`` ([(iova, bytes)], e.g. the readable
+        buffers of a virtqueue chain) into one bytes object; errors as
+        dma_read. A port with ``read_spans`` moves them in one go."""
+        port = self.dma_port
+        if len(spans) == 1:
+            move = lambda: port.read(spans[0][0], spans[0][1], pasid=pasid)   # noqa: E731
+        elif hasattr(port, "read_spans"):
+            move = lambda: port.read_spans(spans, pasid=pasid)   # noqa: E731
+        else:
+            move = lambda: b"".join(port.read(a, n, pasid=pasid) for a, n in spans)   # noqa: E731
+        data = self._dma(spans, move)
         self.counters["dma_reads"] += 1
         self.counters["dma_bytes_read"] += len(data)
         return data
 
-    def dma_write(self, iova, data, pasid=None):
-        """Model DMA to memory: ``data`` at IOVA ``iova``; errors as dma_read."""
-        self._dma_gate(iova)
+    def dma_write_spans(self, spans, data, pasid=None):
+        """Model DMA scattering ``data`` over ``spans`` ([(iova, bytes)]
+        summing to len(data)); errors as dma_read."""
+        port, data = self.dma_port, bytes(data)
+        if len(spans) == 1:
+            move = lambda: port.write(spans[0][0], data, pasid=pasid)   # noqa: E731
+        elif hasattr(port, "write_spans"):
+            move = lambda: port.write_spans(spans, data, pasid=pasid)   # noqa: E731
+        else:
+            def move():
+                done = 0
+                for a, n in spans:
+                    port.write(a, data[done:done + n], pasid=pasid)
+                    done += n
+        self._dma(spans, move)
+        self.counters["dma_writes"] += 1
+        self.counters["dma_bytes_written"] += len(data)
+
+    def _dma(self, spans, move):
+        # Bus Master gates every DMA; a port's refusal is counted as a fault.
+        self._dma_gate(spans[0][0] if spans else 0)
         try:
-            self.dma_port.write(iova, bytes(data), pasid=pasid)
+            return move()
         except DmaError:
             self.counters["dma_faults"] += 1
             raise
-        self.counters["dma_writes"] += 1
-        self.counters["dma_bytes_written"] += len(data)
 
     def msix_raise(self, vector):
         """Send MSI-X ``vector`` (see Irqs.msix_raise)."""

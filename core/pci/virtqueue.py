@@ -49,16 +49,25 @@ class Chain:
 
     def read(self, fn, offset, length):
         """Gather ``length`` bytes of the readable part from byte ``offset``
-        (fewer if the chain is shorter). Raises DmaError."""
-        return b"".join(fn.dma_read(a, n) for a, n in self._spans(self.readable, offset, length))
+        (fewer if the chain is shorter), as one DMA over the spans. Raises
+        DmaError."""
+        spans = list(self._spans(self.readable, offset, length))
+        if len(spans) == 1 or not hasattr(fn, "dma_read_spans"):
+            return b"".join(fn.dma_read(a, n) for a, n in spans)
+        return fn.dma_read_spans(spans)
 
     def write(self, fn, offset, data):
-        """Scatter ``data`` into the writable part at byte ``offset``; returns
-        bytes written. Raises DmaError."""
-        done = 0
-        for a, n in self._spans(self.writable, offset, len(data)):
-            fn.dma_write(a, data[done:done + n])
-            done += n
+        """Scatter ``data`` into the writable part at byte ``offset``, as one
+        DMA over the spans; returns bytes written. Raises DmaError."""
+        spans = list(self._spans(self.writable, offset, len(data)))
+        done = sum(n for _, n in spans)
+        if len(spans) == 1 or not hasattr(fn, "dma_write_spans"):
+            at = 0
+            for a, n in spans:
+                fn.dma_write(a, data[at:at + n])
+                at += n
+            return done
+        fn.dma_write_spans(spans, data[:done])
         return done
 
 

@@ -12,41 +12,69 @@ import errno
 
 from .. import uapi
 from ..errors import UapiError
-from ..files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
+from ..files import FRAME_OFFSET, IOCTL_FRAMES, TRANSPORT_IOCTLS, File
 from ..iommufd.device import RID, BoundDevice
 from ..iommufd.ucmd import copy_from_user, read_struct
 from ..uapi import ffi
-
-# vfio-pci's fixed counts: BAR0-5, ROM, CONFIG, VGA regions; INTX, MSI, MSIX, ERR, REQ irqs.
-VFIO_PCI_NUM_REGIONS = 9
-VFIO_PCI_NUM_IRQS = 5
+from . import pci
 
 
 class VfioFile(File):
-    """One open VFIO device file: ``device`` (topology Device), ``idev``
-    (the BoundDevice after BIND), ``uid`` of the opener. ioctl() is
-    :func:`vfio_ioctl`; release() is :meth:`close`."""
+    """One open VFIO device file: ``device`` (a core.devices.LiveDevice),
+    ``pci`` (its PCI function, core.pci.PciDevice, powered while any open
+    of the node lives), ``idev`` (the BoundDevice after BIND), ``uid`` of
+    the opener. ioctl() is :func:`vfio_ioctl`; read/write at an offset are
+    region accesses (vfio-device.md §4: ``index << 40``), except at
+    core.files.FRAME_OFFSET, where ioctl frames are written and read;
+    release() is :meth:`close`."""
 
     frames = IOCTL_FRAMES
+    frame_offset = FRAME_OFFSET
+    seekable = True
     transport_ioctls = TRANSPORT_IOCTLS
+    #: A device fd from VFIO_GROUP_GET_DEVICE_FD (core.vfio.group), not the cdev.
+    group_obtained = False
 
     def __init__(self, emulator, device, uid):
         self.emulator = emulator
         self.device = device
         self.uid = uid
         self.idev = None
+        self.pci = device.open_function(emulator)
         self.open = True
 
     def ioctl(self, caller, cmd, arg):
         return vfio_ioctl(self, caller, cmd, arg)
+
+    def _check_access(self, caller):
+        # vfio_device_fops read/write: like an ioctl, closed is EBADF,
+        # another uid EACCES, and before BIND access is not granted: EINVAL.
+        if not self.open:
+            raise UapiError(errno.EBADF, "device file closed")
+        if caller.uid != self.uid:
+            raise UapiError(errno.EACCES, f"device file of uid {self.uid}")
+        if self.idev is None:
+            raise UapiError(errno.EINVAL, "not bound")
+
+    def read(self, caller, size, off):
+        self._check_access(caller)
+        return pci.region_read(self, size, off)
+
+    def write(self, caller, data, off):
+        self._check_access(caller)
+        return pci.region_write(self, data, off)
 
     def release(self):
         self.close()
 
     def close(self):
         """close() of the device fd: detach the RID and every PASID, destroy
-        the DEVICE object, release the context (§11.3). Idempotent."""
-        self.open = False
+        the DEVICE object, release the context (§11.3); the last open of the
+        node also powers the PCI function down (interrupts torn down, Bus
+        Master cleared, the model reset: vfio-device.md §6.4). Idempotent."""
+        if self.open:
+            self.open = False
+            self.device.close_function()
         idev, self.idev = self.idev, None
         if idev is None:
             return
@@ -78,6 +106,11 @@ def bind(vfile, caller, arg):
     cmd = read_struct(arg, "struct vfio_device_bind_iommufd *", sz, argsz)
     if cmd.iommufd < 0 or cmd.flags & ~uapi.VFIO_DEVICE_BIND_FLAG_TOKEN:
         raise UapiError(errno.EINVAL, "iommufd < 0 or unknown flags")
+    if vfile.group_obtained:
+        raise UapiError(errno.EINVAL, "a device fd from a VFIO group is bound already")
+    if vfile.device.group in vfile.emulator.open_groups:
+        # The legacy group node and the cdev exclude each other (§11.3).
+        raise UapiError(errno.EBUSY, f"/dev/vfio/{vfile.device.group} is open")
     if vfile.idev is not None:
         raise UapiError(errno.EINVAL, "already bound")
     if cmd.flags & uapi.VFIO_DEVICE_BIND_FLAG_TOKEN:
@@ -151,24 +184,6 @@ def detach(vfile, caller, arg):
     return 0
 
 
-def get_info(vfile, caller, arg):
-    """VFIO_DEVICE_GET_INFO of the emulated vfio-pci driver.
-
-    EFAULT unreadable; EINVAL argsz < 20 (offsetofend cap_offset). Writes
-    back the 20-byte minimum: flags RESET|PCI, 9 regions, 5 irqs, no caps.
-    """
-    minsz = 20
-    cmd = copy_from_user(arg, "vfio_device_info", minsz)
-    if cmd.argsz < minsz:
-        raise UapiError(errno.EINVAL, f"argsz {cmd.argsz}")
-    cmd.flags = uapi.VFIO_DEVICE_FLAGS_RESET | uapi.VFIO_DEVICE_FLAGS_PCI
-    cmd.num_regions = VFIO_PCI_NUM_REGIONS
-    cmd.num_irqs = VFIO_PCI_NUM_IRQS
-    cmd.cap_offset = 0
-    arg.write(0, ffi.buffer(cmd, minsz)[:])
-    return 0
-
-
 FEATURE_GET, FEATURE_SET, FEATURE_PROBE = 1 << 16, 1 << 17, 1 << 18
 
 
@@ -186,9 +201,6 @@ def feature(vfile, caller, arg):
     raise UapiError(errno.ENOTTY, f"feature {flags & 0xFFFF}")
 
 
-_DRIVER = {uapi.VFIO_DEVICE_GET_INFO: get_info}
-
-
 def vfio_ioctl(vfile, caller, cmd, arg):
     """ioctl(devfd, cmd, arg) on a VFIO cdev file: result or UapiError.
 
@@ -203,13 +215,14 @@ def vfio_ioctl(vfile, caller, cmd, arg):
         return bind(vfile, caller, arg)
     if vfile.idev is None:
         raise UapiError(errno.EINVAL, "not bound")
-    if cmd == uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
+    # On a group-obtained fd these two are not the core's: vfio-pci's ENOTTY.
+    if cmd == uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT and not vfile.group_obtained:
         return attach(vfile, caller, arg)
-    if cmd == uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT:
+    if cmd == uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT and not vfile.group_obtained:
         return detach(vfile, caller, arg)
     if cmd == uapi.VFIO_DEVICE_FEATURE:
         return feature(vfile, caller, arg)
-    handler = _DRIVER.get(cmd)
+    handler = pci.DRIVER.get(cmd)
     if handler is None:
         raise UapiError(errno.ENOTTY, f"vfio-pci has no ioctl {cmd:#x}")
     return handler(vfile, caller, arg)

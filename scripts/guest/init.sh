@@ -13,11 +13,15 @@
 #   iommufs.readbs=SIZE      block size of that read (default 1M)
 #   iommufs.dmesg=1          dump the kernel log before powering off
 #   iommufs.wait=SECONDS     how long to wait for the disk (default 20)
+#   iommufs.straydma=IOVA    program an iommufs dma-engine (d1f5:0001, no guest
+#                            driver) through /dev/mem to fill 4 KiB at IOVA, a
+#                            guest-physical address the VMM never mapped
 #
 # Lines: INIT, MODULE-ERROR, DISK, DISK-ABSENT, DISK-SHA256 <hex> <bytes>,
 # WRITE <sector> <hh> <sha256 of the block read back>, HWRNG <hex>,
 # READ-MBPS <MB/s> <bytes> <usecs>, PCI <bdf> <vendor>:<device> class=.. driver=..,
-# VIRTIO <name> device=.. status=.. features=.., ERROR <text>, DONE <uptime>.
+# VIRTIO <name> device=.. status=.. features=.., STRAYDMA status=.. error=..
+# fault=.., ERROR <text>, DONE <uptime>.
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -124,6 +128,26 @@ if [ "$n" != 0 ]; then
     else
         say "HWRNG-ABSENT"
     fi
+fi
+
+# A device DMA the VMM did not map: the dma-engine's BAR0 is programmed with
+# loads and stores through /dev/mem (no driver claims it), after Memory Space
+# and Bus Master are set in its config space (COMMAND = 0x0006).
+if iova=$(param straydma); then
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor")" = 0xd1f5 ] || continue
+        printf '\006\000' | dd of="$d/config" bs=1 seek=4 conv=notrunc 2>/dev/null
+        bar=$(head -n1 "$d/resource" | cut -d' ' -f1)
+        reg() { printf '0x%x' $((bar + $1)); }
+        devmem "$(reg 0x10)" 32 $((iova & 0xffffffff))      # DST_LO
+        devmem "$(reg 0x14)" 32 $((iova >> 32))             # DST_HI
+        devmem "$(reg 0x18)" 32 4096                        # LENGTH
+        devmem "$(reg 0x1c)" 32 1                           # OP: fill
+        devmem "$(reg 0x20)" 32 0x5a5a5a5a                  # PATTERN
+        devmem "$(reg 0x2c)" 32 1                           # DOORBELL
+        say "STRAYDMA status=$(devmem "$(reg 0x30)" 32) error=$(devmem "$(reg 0x34)" 32) fault=$(devmem "$(reg 0x3c)" 32)$(devmem "$(reg 0x38)" 32 | cut -c3-)"
+        break
+    done
 fi
 
 for d in /sys/bus/pci/devices/*; do

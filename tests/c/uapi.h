@@ -42,6 +42,12 @@
 #define VFIO_CHECK_EXTENSION IOMMUFD_IO(VFIO_BASE + 1)
 #define VFIO_SET_IOMMU IOMMUFD_IO(VFIO_BASE + 2)
 #define VFIO_DEVICE_GET_INFO IOMMUFD_IO(VFIO_BASE + 7)
+#define VFIO_DEVICE_GET_REGION_INFO IOMMUFD_IO(VFIO_BASE + 8)
+#define VFIO_DEVICE_GET_IRQ_INFO IOMMUFD_IO(VFIO_BASE + 9)
+#define VFIO_DEVICE_SET_IRQS IOMMUFD_IO(VFIO_BASE + 10)
+#define VFIO_DEVICE_RESET IOMMUFD_IO(VFIO_BASE + 11)
+#define VFIO_DEVICE_GET_PCI_HOT_RESET_INFO IOMMUFD_IO(VFIO_BASE + 12)
+#define VFIO_DEVICE_PCI_HOT_RESET IOMMUFD_IO(VFIO_BASE + 13)
 #define VFIO_IOMMU_GET_INFO IOMMUFD_IO(VFIO_BASE + 12)
 #define VFIO_IOMMU_MAP_DMA IOMMUFD_IO(VFIO_BASE + 13)
 #define VFIO_IOMMU_UNMAP_DMA IOMMUFD_IO(VFIO_BASE + 14)
@@ -260,6 +266,90 @@ struct vfio_device_info {
     __u32 num_irqs;
     __u32 cap_offset;
     __u32 pad;
+};
+
+/* ------------------------------- vfio-device.md §1.2-§1.4, §2.3-§2.6: the PCI device */
+
+/* Region i lives at file offset i << 40 of the device fd (§1.2). */
+#define VFIO_PCI_OFFSET_SHIFT 40
+#define VFIO_PCI_BAR0_REGION_INDEX 0
+#define VFIO_PCI_ROM_REGION_INDEX 6
+#define VFIO_PCI_CONFIG_REGION_INDEX 7
+#define VFIO_PCI_VGA_REGION_INDEX 8
+#define VFIO_PCI_INTX_IRQ_INDEX 0
+#define VFIO_PCI_MSI_IRQ_INDEX 1
+#define VFIO_PCI_MSIX_IRQ_INDEX 2
+#define VFIO_PCI_ERR_IRQ_INDEX 3
+#define VFIO_PCI_REQ_IRQ_INDEX 4
+
+#define VFIO_DEVICE_FLAGS_RESET 1
+#define VFIO_DEVICE_FLAGS_PCI 2
+#define VFIO_REGION_INFO_FLAG_READ 1
+#define VFIO_REGION_INFO_FLAG_WRITE 2
+#define VFIO_REGION_INFO_FLAG_MMAP 4
+#define VFIO_REGION_INFO_FLAG_CAPS 8
+#define VFIO_IRQ_INFO_EVENTFD 1
+#define VFIO_IRQ_INFO_MASKABLE 2
+#define VFIO_IRQ_INFO_AUTOMASKED 4
+#define VFIO_IRQ_INFO_NORESIZE 8
+#define VFIO_IRQ_SET_DATA_NONE 1
+#define VFIO_IRQ_SET_DATA_BOOL 2
+#define VFIO_IRQ_SET_DATA_EVENTFD 4
+#define VFIO_IRQ_SET_ACTION_MASK 8
+#define VFIO_IRQ_SET_ACTION_UNMASK 0x10
+#define VFIO_IRQ_SET_ACTION_TRIGGER 0x20
+#define VFIO_PCI_HOT_RESET_FLAG_DEV_ID 1
+#define VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED 2
+#define VFIO_PCI_DEVID_OWNED 0
+#define VFIO_PCI_DEVID_NOT_OWNED (-1)
+
+struct vfio_region_info {
+    __u32 argsz;
+    __u32 flags;
+    __u32 index;
+    __u32 cap_offset;
+    __aligned_u64 size;
+    __aligned_u64 offset;
+};
+
+struct vfio_irq_info {
+    __u32 argsz;
+    __u32 flags;
+    __u32 index;
+    __u32 count;
+};
+
+struct vfio_irq_set {
+    __u32 argsz;
+    __u32 flags;
+    __u32 index;
+    __u32 start;
+    __u32 count;
+    __u8 data[];                         /* count x u8 (BOOL) or s32 (EVENTFD); not 8-aligned */
+};
+
+struct vfio_pci_dependent_device {
+    union {
+        __u32 group_id;                  /* group form */
+        __u32 devid;                     /* cdev form (flags DEV_ID) */
+    };
+    __u16 segment;
+    __u8 bus;
+    __u8 devfn;
+};
+
+struct vfio_pci_hot_reset_info {
+    __u32 argsz;
+    __u32 flags;
+    __u32 count;
+    struct vfio_pci_dependent_device devices[];
+};
+
+struct vfio_pci_hot_reset {
+    __u32 argsz;
+    __u32 flags;
+    __u32 count;                         /* 0 on a cdev: ownership comes from the iommufd */
+    __s32 group_fds[];
 };
 
 /* ------------------------------------------- §11.4: type1 compatibility */
