@@ -15,7 +15,7 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = [p for p in ("procmem", "pagetable", "holes") if os.path.exists(os.path.join(HERE, p + ".c"))]
+PARTS = [p for p in ("procmem", "pagetable", "holes", "nested") if os.path.exists(os.path.join(HERE, p + ".c"))]
 
 
 def make_ffibuilder(cflags=("-O2",), ldflags=(), absolute=False):

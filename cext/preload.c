@@ -1139,6 +1139,9 @@ static __u32 test_op(const void *arg)
     return op;
 }
 
+/* fd_off of an ioctl whose result, not a struct field, is the new fd. */
+#define FD_IS_RESULT ((size_t)-1)
+
 /* After a successful fd-returning ioctl on our iommufd: open the node the
  * server made and put its fd where the kernel would have. The fds of fault
  * queues and accesses are tracked: their last close is synchronous. */
@@ -1156,6 +1159,8 @@ static int fd_returning(int fd, unsigned long req, void *arg, int result)
     } else if (req == IOMMU_TEST_CMD && arg && test_op(arg) == IOMMU_TEST_OP_CREATE_ACCESS) {
         fd_off = offsetof(struct iommu_test_cmd, create_access.out_access_fd);
         k = K_ACCESS;
+    } else if (req == IOMMU_TEST_CMD && arg && test_op(arg) == IOMMU_TEST_OP_DMABUF_GET) {
+        fd_off = FD_IS_RESULT;        /* the kernel returns the dma-buf fd itself */
     } else {
         return result;
     }
@@ -1212,6 +1217,11 @@ static int fd_returning(int fd, unsigned long req, void *arg, int result)
                     : destroyed == 0 || !id_off ? "object released" : "object not destroyed");
         errno = err;
         return -1;
+    }
+    if (fd_off == FD_IS_RESULT) {
+        dbg("ioctl %x on fd %d: %s -> fd %d (the result)", (unsigned)req, fd, p.path, nfd);
+        errno = saved;
+        return nfd;
     }
     __s32 v = nfd;
     memcpy((char *)arg + fd_off, &v, sizeof(v));

@@ -18,6 +18,7 @@
 #define IOMMU_TEST_CMD IOMMUFD_IO(0x80 + 32)
 
 #define IOMMU_TEST_OP_CREATE_ACCESS 5
+#define IOMMU_TEST_OP_DMABUF_GET 22
 
 struct iommu_destroy {
     __u32 size;

@@ -149,6 +149,7 @@ class LiveDevice:
             d["pasids_allocated"] = sorted(self.pasids.used)
         # The PCI function (core/pci): its model and, while the node is
         # open, the model's registers, queues and interrupt and DMA counts.
+        d["sysfs"] = c.sysfs_name
         d["model"] = c.model
         d["class"] = c.class_code
         d["pcie"] = c.pcie

@@ -23,6 +23,7 @@ NEED_DATA as a type), raised from wherever core finds out:
 So the transport never decodes a uAPI struct itself.
 """
 import errno
+import os
 import select
 
 from . import uapi, wire
@@ -81,6 +82,25 @@ class NeedFds(NotYet):
     def __init__(self, fds):
         super().__init__(fds)
         self.fds = fds
+
+
+class CallerFile:
+    """An open file of the caller's process that is not a file of this
+    mount (IOMMU_IOAS_MAP_FILE's ``fd``), as a ``file_type`` of
+    :class:`NeedFds`: the transport resolves it to a duplicate descriptor
+    ``fd`` of this process, which core then owns (closed with this object
+    or by :meth:`close`)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def close(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
 
 
 class Eventfd:

@@ -55,14 +55,25 @@ name = "0000:01:01.0"
 model = "dma-engine"
 alias = "0000:00:1e.0"
 
+[[device]]                    # Intel CBDMA: the kernel's VFIO selftests' ioat driver binds to it
+name = "0000:00:06.0"
+model = "ioat"
+
 [[mdev]]                      # a mediated device carved out of the accelerator
 name = "mdev0"
 parent = "0000:00:04.0"
 default_pasid = 1
 """
 
+#: The PCI domain (segment) emulated functions take in the sysfs view of
+#: ``iommufs run`` (docs/shim.md): a topology's ``0000:00:03.0`` shows as
+#: ``01f5:00:03.0``, so it never shadows a host function, and that is the
+#: device name programs give (QEMU's host=, the VFIO selftests' BDF,
+#: VFIO_GROUP_GET_DEVICE_FD).
+SYSFS_DOMAIN = 0x01F5
+
 #: Device models (core/pci/models), by the topology's ``model`` name.
-MODELS = ("virtio-blk", "virtio-rng", "dma-engine")
+MODELS = ("virtio-blk", "virtio-rng", "dma-engine", "ioat")
 
 
 def parse_bdf(bdf):
@@ -159,6 +170,14 @@ class Device:
     @property
     def is_mdev(self):
         return self.parent is not None
+
+    @property
+    def sysfs_name(self):
+        """The function's name in the run's sysfs view (``SYSFS_DOMAIN``
+        with this BDF's bus, device and function); None for an mdev."""
+        if self.is_mdev:
+            return None
+        return f"{SYSFS_DOMAIN:04x}:{self.name.split(':', 1)[1]}"
 
     def hw_info(self):
         """The IOMMU driver's GET_HW_INFO answer for the device: ``(type,

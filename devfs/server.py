@@ -98,7 +98,7 @@ from core import uapi
 from core.caller import Caller
 from core.errors import UapiError
 from core.files import (FD_PATH, NULL, POLLIN, REQUEST_FRAMES, SYNC_CLOSE, TRANSPORT_IOCTLS,
-                        WHOAMI, Eventfd, NeedFds, NotYet, Wait)
+                        WHOAMI, CallerFile, Eventfd, NeedFds, NotYet, Wait)
 from core.mm.usermem import FrameArg, MemArg, tgid_of
 
 from . import frames
@@ -801,12 +801,22 @@ class Server:
             return errno.EBADF
         if file_type is Eventfd:
             return take_eventfd(dup)
+        if file_type is CallerFile:
+            # Any open file (MAP_FILE's memfd): core owns the duplicate; one
+            # of this mount (a dma-buf fd) is resolved to its object below.
+            try:
+                ours = self.st_dev is not None and os.fstat(dup).st_dev == self.st_dev
+            except OSError:
+                ours = False
+            if not ours:
+                return CallerFile(dup)
         try:
             st = os.fstat(dup)
             if self.st_dev is None or st.st_dev != self.st_dev or not stat.S_ISREG(st.st_mode):
                 return errno.EBADFD
             node = self.tree.get(st.st_ino)
-            if node is None or node.target is None or not issubclass(node.target.file_type, file_type):
+            if node is None or node.target is None or not (
+                    file_type is CallerFile or issubclass(node.target.file_type, file_type)):
                 return errno.EBADFD
             try:
                 hid = fcntl.ioctl(dup, WHOAMI)

@@ -112,7 +112,7 @@ def build_sysfs(infos, mount, pci_dir=PCI_DEVICES):
     for name in os.listdir(pci_dir):
         path = os.path.join(pci_dir, name)
         host[name] = os.readlink(path) if os.path.islink(path) else None
-    wanted = [(sysfs_name(i["name"]), i) for i in infos]
+    wanted = [(i.get("sysfs") or sysfs_name(i["name"]), i) for i in infos]
     for name, _info in wanted:
         if name in host:
             raise OSError(errno.EEXIST, f"the host has a PCI function {name}")

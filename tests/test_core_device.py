@@ -42,7 +42,7 @@ def dma(kit, name, op, iova, length=0, data=b"", pasid=None):
 def test_builtin_topology_rids_groups_and_nodes():
     t = Topology.builtin()
     by = {d.name: d for d in t.devices}
-    assert [d.vfio for d in t.devices] == [f"vfio{i}" for i in range(6)]
+    assert [d.vfio for d in t.devices] == [f"vfio{i}" for i in range(7)]
     assert by[PLAIN].rid == 0x18 and by[ACCEL].rid == 0x20
     assert by[BR0].rid == by[BR1].rid == parse_bdf("0000:00:1e.0") == 0xF0
     assert by[BR0].group == by[BR1].group != by[PLAIN].group

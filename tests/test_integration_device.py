@@ -823,7 +823,7 @@ def test_hot_reset_info_and_hot_reset(mount):
         assert one.hot_reset() == 0
         one.sync_close()
         # An mdev has no slot or bus to reset.
-        m = open_bound("vfio5", fd)
+        m = open_bound("vfio6", fd)
         assert errno_of(m.hot_reset_info) == errno.ENODEV
         assert errno_of(m.hot_reset) == errno.ENODEV
         m.sync_close()

@@ -20,6 +20,7 @@ from cext._native import ffi
 from .. import uapi, wire
 from ..errors import DmaFault, UapiError
 from ..files import REQUEST_FRAMES, File, NotYet, Wait
+from ..iommufd import ioas as _ioas
 from ..iommufd.fault import SUCCESS, FaultGroup
 from . import routing
 from .routing import RID
@@ -177,7 +178,7 @@ class _Dma:
         record_fault(self.device, self.pasid, iova, self.access, err)
         return reply(-err, moved, iova, data)
 
-    def run(self):
+    def run(self, adopted=False):
         r = None
         try:
             r = route(self.emulator, self.device, self.pasid, self.iova)
@@ -186,7 +187,7 @@ class _Dma:
             if self.pri and r is not None and e.errno in (errno.EFAULT, errno.EACCES):
                 self._page_request(r, e)      # raises DmaWait when a queue takes it
             return self.fail(e.errno, e.iova)
-        return self.move(pieces)
+        return self.move(pieces, None if adopted else getattr(r.target, "ctx", None))
 
     def _page_request(self, r, e):
         target = r.target
@@ -214,7 +215,7 @@ class _Dma:
 
         raise DmaWait(group, resume)
 
-    def move(self, pieces):
+    def move(self, pieces, ctx=None):
         caller, length, op = self.caller, self.length, self.op
         for owner, _ in pieces:
             if caller.uid not in (0, owner.uid):
@@ -238,6 +239,10 @@ class _Dma:
                 done = 0
             moved += done
             if done != n:
+                # Shared memory pinned by a process that has exited lives on
+                # (core.iommufd.ioas.adopt): translate again, once.
+                if ctx is not None and not owner.alive() and _ioas.adopt_owner(ctx, owner):
+                    return self.run(adopted=True)
                 data = ffi.buffer(local, moved)[:] if op == OP_READ else b""
                 return self.fail(errno.EFAULT, self.iova + moved, moved, data)
         data = ffi.buffer(local, length)[:] if op == OP_READ else b""

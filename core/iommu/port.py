@@ -58,7 +58,17 @@ class IommuPort:
 
     def _dma(self, access, spans, pasid, local):
         dev = self.device
-        spans = [(a, n) for a, n in spans if n]
+        # IOVA-contiguous spans (a guest's pages are often adjacent) are one
+        # translation: the per-span cost is what a virtqueue chain pays.
+        merged_spans = []
+        for a, n in spans:
+            if not n:
+                continue
+            if merged_spans and merged_spans[-1][0] + merged_spans[-1][1] == a:
+                merged_spans[-1][1] += n
+            else:
+                merged_spans.append([a, n])
+        spans = merged_spans
         if not spans:
             return
         first = spans[0][0]

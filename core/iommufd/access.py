@@ -188,7 +188,16 @@ class Access(Obj):
             n = end - start + 1
             seg[0].addr = area.user_va + (start - area.iova)
             seg[0].len = n
-            if area.owner.rw_segments(seg, 1, local + done, write) != n:
+            try:
+                moved = area.owner.rw_segments(seg, 1, local + done, write)
+            except UapiError:
+                # Its process has exited: shared memory it pinned lives on.
+                if not area.owner.alive() and _ioas.adopt(self.ctx, area.pages):
+                    seg[0].addr = area.user_va + (start - area.iova)
+                    moved = area.owner.rw_segments(seg, 1, local + done, write)
+                else:
+                    moved = 0
+            if moved != n:
                 raise UapiError(errno.EFAULT, f"memory behind IOVA {start:#x} is not there")
             done += n
         if not runs or runs[-1][2] != last:

@@ -17,14 +17,18 @@ Units: IOVA, lengths and user VAs in bytes; ranges ``(start, last)`` are
 inclusive, like ``struct iommu_iova_range``.
 """
 import errno
+import fcntl
+import os
 import struct
 
 from sortedcontainers import SortedDict
 
 from .. import uapi
 from ..errors import UapiError
+from ..files import CallerFile
 from ..mm.iova import (PAGE_SIZE, U64_MAX, FreeSpace, Reserved, alloc_iova, holes,
                        intersects, merge, subtract)
+from ..mm import filemem
 from ..mm.usermem import check_access
 from ..uapi import ffi
 from .context import Obj
@@ -67,11 +71,23 @@ class Pages:
     # The users are None, one Area, or a set of two or more: most memory is
     # never copied, and a set per mapping would be one more object for the
     # garbage collector to walk per area.
-    __slots__ = ("writable", "_users")
+    __slots__ = ("writable", "_users", "file", "held")
 
-    def __init__(self, writable):
+    def __init__(self, writable, file=None):
         self.writable = writable
         self._users = None
+        # MAP_FILE: the core.mm.filemem.FileMapping the memory is (None:
+        # process memory of the area's owner).
+        self.file = file
+        # Process memory that is a MAP_SHARED mapping, once pinned: a hold
+        # on its object (core.mm.filemem.Held), so that it survives its
+        # process as pinned pages do (see :func:`adopt`).
+        self.held = None
+
+    def source_addr(self, va):
+        """The address the kernel aligns a new IOVA to for memory at ``va``:
+        the file offset for a file, the user VA otherwise (§7)."""
+        return va if self.file is None else self.file.offset(va)
 
     def areas(self):
         u = self._users
@@ -250,10 +266,16 @@ class Ioas(Obj):
     def _pin(self, areas):
         """Pin-time check of each area's memory in its owner (§7 Pinning):
         EFAULT if a page is unmapped, unreadable, or read-only for writable
-        pages, or if the owner has exited."""
+        pages, or if the owner has exited. MAP_SHARED memory is also held
+        (``Pages.held``: one /proc/PID/maps lookup) so that it outlives its
+        process as pinned pages do (:func:`adopt`)."""
         for area in areas:
             for s, l in self._unpinned_parts(area):
                 check_access(area.owner, s, l - s + 1, area.pages.writable)
+            pages = area.pages
+            if pages.file is None and pages.held is None:
+                pages.held = filemem.hold_shared(area.owner.tgid, area.user_va, area.length,
+                                                 pages.writable)
 
     def _fill(self, areas, domains):
         """Map every area into every domain; on any failure unmap what was
@@ -448,7 +470,7 @@ class Ioas(Obj):
             self._check_fixed(iova, length)
         else:
             # The first piece's source address guides the alignment (§7).
-            iova = self._alloc(pieces[0].user_va, length)
+            iova = self._alloc(pieces[0].pages.source_addr(pieces[0].user_va), length)
         new = []
         cur = iova
         for p in pieces:
@@ -489,6 +511,51 @@ class Ioas(Obj):
             raise UapiError(errno.EINVAL, f"length {length:#x}")
         pages = Pages(bool(prot & PROT_WRITE))
         return self._map_pieces([_Piece(pages, user_va, owner, length)], length, iova, fixed, prot)
+
+    def map_file(self, owner, fd, start, length, iova, prot, fixed):
+        """Map ``length`` bytes of the file open at ``fd`` (this process's
+        duplicate of the caller's) from byte ``start`` (IOAS_MAP_FILE after
+        its argument checks). The server maps the pages itself, shared, so
+        they outlive the caller's view; ``owner`` is this process's Owner.
+        Returns the IOVA.
+
+        Errors in order (§7): EINVAL length 0; EOVERFLOW start+length wraps;
+        EINVAL a file that is neither shmem (memfd, tmpfs) nor hugetlbfs, or
+        a range past the end of the file (also after ftruncate); EPERM
+        WRITEABLE on a file not open for writing (the 2026 rule of §7); then
+        the IOVA and alignment rules of :meth:`map_user`, with the file
+        offset as the source address.
+        """
+        if length == 0:
+            raise UapiError(errno.EINVAL, "length 0")
+        if start + length - 1 > U64_MAX:
+            raise UapiError(errno.EOVERFLOW, "start + length overflows")
+        if filemem.fs_type(fd) not in (filemem.TMPFS_MAGIC, filemem.HUGETLBFS_MAGIC):
+            raise UapiError(errno.EINVAL, "not a memfd, shmem or hugetlbfs file")
+        if start + length > os.fstat(fd).st_size:
+            raise UapiError(errno.EINVAL, f"{start:#x}+{length:#x} is past the end of the file")
+        writable = bool(prot & PROT_WRITE)
+        if writable and os.O_RDONLY == fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE:
+            raise UapiError(errno.EPERM, "WRITEABLE on a file not open for writing")
+        fm = filemem.FileMapping(fd, start, length, writable)
+        pages = Pages(writable, fm)
+        return self._map_pieces([_Piece(pages, fm.va(start), owner, length)], length, iova, fixed, prot)
+
+    def map_dmabuf(self, owner, dmabuf, start, length, iova, prot, fixed):
+        """Map ``length`` bytes of a dma-buf (core.mm.filemem.DmaBuf) from
+        byte ``start``: ENODEV revoked; EINVAL length 0 or a range past its
+        end; EOVERFLOW start+length wraps; then as :meth:`map_file`."""
+        if dmabuf.revoked:
+            raise UapiError(errno.ENODEV, "the dma-buf is revoked")
+        if length == 0:
+            raise UapiError(errno.EINVAL, "length 0")
+        if start + length - 1 > U64_MAX:
+            raise UapiError(errno.EOVERFLOW, "start + length overflows")
+        if start + length > dmabuf.size:
+            raise UapiError(errno.EINVAL, f"{start:#x}+{length:#x} is past the end of the dma-buf")
+        fm = filemem.FileMapping(dmabuf.fd, start, length, True)
+        pages = Pages(bool(prot & PROT_WRITE), fm)
+        return self._map_pieces([_Piece(pages, fm.va(start), owner, length)], length, iova, fixed, prot)
 
     def get_pages(self, iova, length):
         """The source side of IOAS_COPY: the runs of memory behind IOVA
@@ -719,6 +786,46 @@ def ioas_allow_iovas(ctx, caller, cmd):
     ioas.set_allowed(list(seen.items()))
 
 
+def adopt(ctx, pages):
+    """The process that owned ``pages`` (pinned shared memory, held: see
+    ``Pages.held``) has exited: its areas become memory of the server's own
+    mapping of the held object, in every IOAS of ``ctx`` and every domain,
+    as the kernel's pinned pages stay after their process. Returns False
+    when there is nothing to adopt (private memory, or never pinned)."""
+    held = pages.held
+    if held is None or pages.file is not None:
+        return False
+    areas = list(pages.areas())
+    lo = min(a.user_va for a in areas)
+    hi = max(a.user_va + a.length for a in areas)
+    fm = filemem.FileMapping(held.fd, held.offset_of(lo), hi - lo, held.writable)
+    pages.file, pages.held = fm, None
+    server = ctx.owners.hold(_SERVER)
+    try:
+        for obj in list(ctx.objects.values()):
+            if not isinstance(obj, Ioas):
+                continue
+            for area in [a for a in areas if obj.areas.get(a.iova) is a]:
+                va = fm.va(held.offset_of(area.user_va))
+                huge = not obj.disable_large_pages
+                for d in obj.domains:
+                    d.unmap(area.iova, area.length)
+                    d.map(area.iova, va, area.length, area.prot, huge, owner=server)
+                old, area.owner, area.user_va = area.owner, ctx.owners.share(server), va
+                ctx.owners.release(old)
+    finally:
+        ctx.owners.release(server)
+    return True
+
+
+def adopt_owner(ctx, owner):
+    """:func:`adopt` every held memory of ``owner`` (a process that has
+    exited) in the IOASes of ``ctx``. Returns True if any was adopted."""
+    pages = {a.pages for o in list(ctx.objects.values()) if isinstance(o, Ioas)
+             for a in o.areas.values() if a.owner is owner}
+    return any([adopt(ctx, p) for p in pages])
+
+
 def _map_checks(flags, reserved, *u64s):
     """The checks MAP, MAP_FILE and COPY share, in the kernel's order (§7):
     EOPNOTSUPP unknown flags (or MAP's ``__reserved``), EOVERFLOW an
@@ -747,14 +854,50 @@ def ioas_map(ctx, caller, cmd):
         ctx.owners.release(owner)
 
 
+class _Server:
+    """This process as the caller of OwnerTable.hold: MAP_FILE's memory is
+    the server's own mapping of the file. Asked each time, so that a
+    process forked after import is itself."""
+
+    @property
+    def tgid(self):
+        return os.getpid()
+
+    @property
+    def uid(self):
+        return os.getuid()
+
+
+_SERVER = _Server()
+
+
 @ioctl(uapi.IOMMU_IOAS_MAP_FILE, "iommu_ioas_map_file", "iova")
 def ioas_map_file(ctx, caller, cmd):
     """IOMMU_IOAS_MAP_FILE (§7): after :func:`_map_checks` (no
-    ``__reserved`` in this struct), ENOENT bad ioas_id; then EOPNOTSUPP:
-    mapping a file is not emulated yet."""
-    _map_checks(cmd.flags, 0, cmd.iova, cmd.length)
-    ctx.get(cmd.ioas_id, Ioas)
-    raise UapiError(errno.EOPNOTSUPP, "IOMMU_IOAS_MAP_FILE is not emulated yet")
+    ``__reserved`` in this struct), ENOENT bad ioas_id, EBADF ``fd`` not an
+    open fd of the caller (the transport takes a duplicate with
+    pidfd_getfd), then the rules of :meth:`Ioas.map_file`. ``iova`` is
+    written back (the chosen one without FIXED_IOVA)."""
+    flags, length, iova = cmd.flags, cmd.length, cmd.iova
+    _map_checks(flags, 0, iova, length)
+    ioas = ctx.get(cmd.ioas_id, Ioas)
+    if cmd.fd < 0:
+        raise UapiError(errno.EBADF, f"fd {cmd.fd}")
+    f = caller.fd(cmd.fd, CallerFile)
+    # A dma-buf fd of this mount resolves to its object (the selftest's
+    # DMABUF_GET): its memory is a memfd the server holds.
+    dmabuf = getattr(f, "dmabuf", None)
+    owner = ctx.owners.hold(_SERVER)
+    try:
+        fixed = bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA)
+        if dmabuf is not None:
+            cmd.iova = ioas.map_dmabuf(owner, dmabuf, cmd.start, length, iova, map_prot(flags), fixed)
+        elif isinstance(f, CallerFile):
+            cmd.iova = ioas.map_file(owner, f.fd, cmd.start, length, iova, map_prot(flags), fixed)
+        else:
+            raise UapiError(errno.EINVAL, "not a file whose pages can be pinned")
+    finally:
+        ctx.owners.release(owner)
 
 
 @ioctl(uapi.IOMMU_IOAS_COPY, "iommu_ioas_copy", "src_iova")
@@ -852,11 +995,11 @@ def ioas_change_process(ctx, caller, cmd):
     """IOMMU_IOAS_CHANGE_PROCESS (§7): EOPNOTSUPP ``__reserved``; EINVAL an
     area mapped from process memory (IOAS_MAP, IOAS_COPY of it) in any IOAS
     of the context, since only file pages can change owner. With none, the
-    pinned-page accounting of the file areas moves to the caller: there is
-    none to move until MAP_FILE is emulated, so this is the successful
-    no-op QEMU probes for."""
+    pinned-page accounting of the file areas would move to the caller; the
+    emulator accounts no pins to processes (§15), so this succeeds with
+    nothing to move, which is also the no-op QEMU probes for."""
     if cmd.__reserved:
         raise UapiError(errno.EOPNOTSUPP, "__reserved")
     for obj in ctx.objects.values():
-        if isinstance(obj, Ioas) and obj.areas:
+        if isinstance(obj, Ioas) and any(a.pages.file is None for a in obj.areas.values()):
             raise UapiError(errno.EINVAL, f"IOAS {obj.id} has areas of process memory")

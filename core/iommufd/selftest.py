@@ -22,9 +22,9 @@ against that interface run here with the kernel's results and errnos.
   destroys the access. The file keeps the pins ACCESS_PAGES made, by item id.
 - **Pin counts**: MD_CHECK_REFS compares core.mm.pins' model of FOLL_PIN counts.
 
-Only the ops a program needs without nesting, vIOMMU or dma-buf are
-implemented (and DEV_CHECK_CACHE, which reads the mock device's cache that
-only vIOMMU invalidations would change); the others (and unknown ops) answer EOPNOTSUPP.
+Only the ops a program needs without nesting or a vIOMMU are implemented
+(and DEV_CHECK_CACHE, which reads the mock device's cache that only vIOMMU
+invalidations would change); the others (and unknown ops) answer EOPNOTSUPP.
 Each op checks in the kernel's order; the struct is written back only by
 the ops that respond in the kernel (:data:`RESPOND_OPS`).
 """
@@ -42,6 +42,8 @@ from ..fds import ReturnedFd
 from ..files import NULL, SYNC_CLOSE, WHOAMI
 from ..iommu import routing
 from ..iommu.routing import RID
+from ..mm import filemem
+from ..mm.filemem import file_views, view_of
 from ..mm.iova import PAGE_SIZE, U64_MAX
 from ..mm.pins import first_refs_mismatch
 from ..mm.usermem import MemArg
@@ -59,6 +61,8 @@ from .ucmd import ioctl, read_struct, write_struct
 ACCESS_MAX = 16 << 20
 # The memory-limit knob's floor: one batch element (an unsigned long + u32).
 MEMORY_LIMIT_MIN = 12
+# DMABUF_GET's largest dma-buf, in pages (§12).
+DMABUF_MAX_PAGES = 512
 # Mock devices take RIDs from here up, skipping RIDs the topology uses.
 MOCK_RID_FIRST = 0xFE00
 
@@ -254,6 +258,24 @@ class AccessFile(ReturnedFd):
             access.destroy()
 
 
+class DmabufFile(ReturnedFd):
+    """The dma-buf fd of DMABUF_GET (the kernel selftest's mock exporter):
+    ``dmabuf`` (core.mm.filemem.DmaBuf) is its memory, which
+    IOMMU_IOAS_MAP_FILE maps and DMABUF_REVOKE revokes. Lifetime and node:
+    core.fds.ReturnedFd; areas that mapped it keep its pages."""
+
+    node_kind = "dmabuf"
+    # WHOAMI: a dma-buf fd is passed back in (MAP_FILE's fd, DMABUF_REVOKE).
+    transport_ioctls = frozenset((NULL, SYNC_CLOSE, WHOAMI))
+
+    def __init__(self, ctx, uid, size):
+        super().__init__(ctx, uid)
+        self.dmabuf = filemem.DmaBuf(size)
+
+    def _close(self):
+        pass
+
+
 def _access_file(caller, fd):
     """The AccessFile behind the caller's fd ``fd`` (resolved by the
     transport into ``caller.fds``). The kernel answers EBADFD both for an
@@ -359,7 +381,8 @@ def _md_check_map(ctx, caller, cmd):
 
 def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     """The byte offset of the first IOVA of ``[iova, iova+length)`` that
-    does not translate to ``uptr`` + offset in process ``tgid``, or None."""
+    does not translate to ``uptr`` + offset in process ``tgid``, or None.
+    MAP_FILE memory matches where the process maps the same file page."""
     limit = length
     try:
         segs = hwpt.pt.translate_range(iova, length, 0)
@@ -369,17 +392,26 @@ def _first_map_mismatch(hwpt, iova, length, uptr, tgid):
     except OSError:
         limit, segs = 0, []
     bad = limit if limit < length else None
+    views = None
     pos = 0
     for addr, n in segs:
-        if hwpt.untag(addr)[1] != uptr + pos:
-            bad = pos if bad is None else min(bad, pos)
-            break
-        pos += n
-    for area in hwpt.ioas.areas_in(iova, iova + length - 1):
-        if area.owner.tgid != tgid:
-            off = max(area.iova, iova) - iova
-            bad = off if bad is None else min(bad, off)
-            break
+        va = hwpt.untag(addr)[1]
+        while n:
+            area = hwpt.ioas.area_at(iova + pos)
+            take = n if area is None else min(n, area.last + 1 - (iova + pos))
+            fm = area.pages.file if area is not None else None
+            if fm is not None:
+                if views is None:
+                    views = file_views(tgid, uptr, uptr + length)
+                step = hwpt.page_size
+                for k in range(0, take, step):
+                    if view_of(views, uptr + pos + k) != (fm.dev, fm.ino, fm.offset(va + k)):
+                        return pos + k if bad is None else min(bad, pos + k)
+            elif va != uptr + pos or area is None or area.owner.tgid != tgid:
+                return pos if bad is None else min(bad, pos)
+            pos += take
+            va += take
+            n -= take
     return bad
 
 
@@ -471,10 +503,22 @@ def _check_pages(caller, pin, iova, uptr):
     user0 = uptr - iova % PAGE_SIZE
     k = 0
     bad = None
+    views = None
     for area, va, n in pin.pieces:
+        fm = area.pages.file
         same = area.owner.tgid == tgid
         for page in range(va - va % PAGE_SIZE, va + n, PAGE_SIZE):
-            if not same or (user0 + k * PAGE_SIZE) // PAGE_SIZE != page // PAGE_SIZE:
+            user = user0 + k * PAGE_SIZE
+            if fm is not None:
+                # MAP_FILE memory: the same page of the same file.
+                if views is None:
+                    total = sum(length for _, _, length in pin.pieces)
+                    views = file_views(tgid, user0 - user0 % PAGE_SIZE, user0 + total + PAGE_SIZE)
+                seen = view_of(views, user - user % PAGE_SIZE)
+                ok = seen == (fm.dev, fm.ino, fm.offset(page))
+            else:
+                ok = same and user // PAGE_SIZE == page // PAGE_SIZE
+            if not ok:
                 bad = k
                 break
             k += 1
@@ -584,6 +628,34 @@ def _dirty(ctx, caller, cmd):
     d.out_nr_dirty = count
 
 
+def _dmabuf_get(ctx, caller, cmd):
+    """DMABUF_GET: a mock dma-buf of ``length`` bytes rounded up to pages:
+    EINVAL for 0 or more than 512 pages (§12). The kernel returns the fd as
+    the ioctl's result; here the DmabufFile goes to ``caller.returned`` and
+    the shim opens its node and returns that fd (README, "Ioctls that
+    return file descriptors")."""
+    npages = -(-cmd.dmabuf_get.length // PAGE_SIZE)
+    if not 1 <= npages <= DMABUF_MAX_PAGES:
+        raise UapiError(errno.EINVAL, f"dma-buf of {cmd.dmabuf_get.length} bytes")
+    caller.returned.append(DmabufFile(ctx, caller.uid, npages * PAGE_SIZE))
+
+
+def _dmabuf_revoke(ctx, caller, cmd):
+    """DMABUF_REVOKE: EBADF ``dmabuf_fd`` not an open fd; EINVAL not a
+    dma-buf of this mount (dma_buf_get's answer for another file); then
+    revoked is set or cleared: a later MAP_FILE of it is ENODEV while set."""
+    fd = cmd.dmabuf_revoke.dmabuf_fd
+    if fd < 0:
+        raise UapiError(errno.EBADF, f"fd {fd}")
+    try:
+        f = caller.fd(fd, DmabufFile)
+    except UapiError as e:
+        raise UapiError(errno.EBADF if e.errno == errno.EBADF else errno.EINVAL, str(e)) from None
+    if not isinstance(f, DmabufFile):
+        raise UapiError(errno.EINVAL, f"fd {fd} is not a dma-buf")
+    f.dmabuf.revoked = bool(cmd.dmabuf_revoke.revoked)
+
+
 def _trigger_iopf(ctx, caller, cmd):
     """TRIGGER_IOPF: ENOENT ``dev_id`` not a DEVICE. Reports a one-page
     fault group (LAST_PAGE; PASID_VALID when pasid != 0) for the device's
@@ -669,6 +741,8 @@ OPS = {
     uapi.IOMMU_TEST_OP_PASID_REPLACE: _pasid_replace,
     uapi.IOMMU_TEST_OP_PASID_DETACH: _pasid_detach,
     uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT: _pasid_check_hwpt,
+    uapi.IOMMU_TEST_OP_DMABUF_GET: _dmabuf_get,
+    uapi.IOMMU_TEST_OP_DMABUF_REVOKE: _dmabuf_revoke,
 }
 
 # The ops that copy the struct back (iommufd_ucmd_respond); the others write nothing.
@@ -691,8 +765,8 @@ def _respond(arg, cdata, size):
 def iommu_test_cmd(ctx, caller, cmd):
     """IOMMU_TEST_CMD (reference §12): the op in ``op``, its object or
     access fd in ``id``, its fields in the union. EOPNOTSUPP for ops not
-    emulated (MD_CHECK_IOTLB, TRIGGER_VEVENT,
-    DMABUF_*) and unknown ones; each op's rules are in its function here."""
+    emulated (MD_CHECK_IOTLB, TRIGGER_VEVENT: nesting and the vIOMMU) and
+    unknown ones; each op's rules are in its function here."""
     handler = OPS.get(cmd.op)
     if handler is None:
         raise UapiError(errno.EOPNOTSUPP, f"test op {cmd.op}")

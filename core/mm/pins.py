@@ -19,6 +19,7 @@ work.
 """
 from ..iommufd.access import Access
 from ..iommufd.ioas import Ioas
+from .filemem import file_views
 from .iova import PAGE_SIZE
 
 
@@ -33,6 +34,7 @@ def pinned_runs(emulator, tgid, start, end):
     process ``tgid``) is pinned: a sorted list of ``(lo, hi, count)``
     half-open VA runs with count >= 1; pages in no run count 0."""
     spans = {}     # Pages -> [(lo, hi)]
+    views = None
 
     def add(pages, va, length):
         lo, hi = _page_span(va, length)
@@ -40,17 +42,35 @@ def pinned_runs(emulator, tgid, start, end):
         if lo < hi:
             spans.setdefault(pages, []).append((lo, hi))
 
+    def add_memory(area, va, length):
+        nonlocal views
+        fm = area.pages.file
+        if fm is None:
+            if area.owner.tgid == tgid:
+                add(area.pages, va, length)
+            return
+        # MAP_FILE pages count wherever the process maps that file (its
+        # pages are the file's, as the kernel's struct pages are).
+        if views is None:
+            views = file_views(tgid, start, end)
+        fo = fm.offset(va)
+        for lo, hi, dev, ino, voff in views:
+            if (dev, ino) != (fm.dev, fm.ino):
+                continue
+            a, b = max(fo, voff), min(fo + length, voff + hi - lo)
+            if a < b:
+                add(area.pages, lo + a - voff, b - a)
+
     for ctx in list(emulator.contexts):
         for obj in list(ctx.objects.values()):
             if isinstance(obj, Ioas) and obj.domains:
                 for area in obj.areas.values():
-                    if area.pinned and area.owner.tgid == tgid:
-                        add(area.pages, area.user_va, area.length)
+                    if area.pinned:
+                        add_memory(area, area.user_va, area.length)
             elif isinstance(obj, Access):
                 for pin in obj.pins:
                     for area, va, length in pin.pieces:
-                        if area.owner.tgid == tgid:
-                            add(area.pages, va, length)
+                        add_memory(area, va, length)
     events = []
     for ranges in spans.values():
         ranges.sort()

@@ -4,8 +4,9 @@ One generic read/write path (vfio-device.md §4.1) over the permission tables
 of caps.py (§5): accesses are cut into chunks that never cross a dword or a
 block boundary, and each chunk is merged from the function's registers
 ("hardware", ``hw``) and vfio's virtual copy (``vconfig``) by the owner's
-masks. Bytes owned by no block (gaps) pass through to hardware, where nothing
-is implemented: they read 0 and ignore writes.
+masks. Bytes owned by no block (gaps) pass through raw to hardware, as
+vfio-pci's unassigned_perms do (§5): to the events' ``gap_read``/``gap_write``,
+i.e. the model's own config registers (0 and dropped unless it has some).
 """
 import errno
 
@@ -108,6 +109,12 @@ class NullEvents:
     def msi_mask_written(self):
         pass
 
+    def gap_read(self, pos, size):
+        return 0
+
+    def gap_write(self, pos, size, value):
+        pass
+
 
 class ConfigSpace:
     """The config region (index 7) of one function.
@@ -116,7 +123,8 @@ class ConfigSpace:
     dword-aligned); ``ext_blocks``: extended ones (placed from 0x100, only in
     a 4096-byte space). ``events`` receives side effects: ``command_written()``,
     ``power_state_written(state)``, ``flr()``, ``msi_state() -> (enabled,
-    qmax)``, ``msi_mask_written()`` (see PciDevice).
+    qmax)``, ``msi_mask_written()``, ``gap_read(pos, size) -> int`` and
+    ``gap_write(pos, size, value)`` for bytes no block owns (see PciDevice).
     """
 
     def __init__(self, identity, bars, rom_size=0, blocks=(), ext_blocks=(), pcie=True, events=None):
@@ -222,13 +230,15 @@ class ConfigSpace:
         return len(data)
 
     def _read_chunk(self, p, n):
-        value = self.merged(p, n)
         owner = self.owner[p]
-        if owner is not None:
-            value = owner.on_read(self, p - owner.offset, n, value)
-        return value
+        if owner is None:
+            return self.events.gap_read(p, n) & ((1 << (8 * n)) - 1)
+        return owner.on_read(self, p - owner.offset, n, self.merged(p, n))
 
     def _write_chunk(self, p, n, value):
+        if self.owner[p] is None:
+            self.events.gap_write(p, n, value)
+            return
         vm, wm = _get(self.virt, p, n), _get(self.wmask, p, n)
         to_virt, to_hw = wm & vm, wm & ~vm
         _put(self.vconfig, p, n, (_get(self.vconfig, p, n) & ~to_virt) | (value & to_virt))

@@ -126,6 +126,12 @@ class PciDevice:
     def msi_mask_written(self):
         self.irqs.msi_mask_written()
 
+    def gap_read(self, pos, size):
+        return self.model.config_gap_read(pos, size)
+
+    def gap_write(self, pos, size, value):
+        self.model.config_gap_write(pos, size, value)
+
     # -- state the gates read -------------------------------------------------
 
     def d3hot(self):

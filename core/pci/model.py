@@ -10,6 +10,10 @@ transport. The function calls:
 - ``bar_read(bar, offset, size) -> int`` and ``bar_write(bar, offset, size,
   value)`` with ``size`` in 1/2/4/8 bytes, naturally aligned, ``offset`` in
   bytes into BAR ``bar``, little-endian values (vfio-device.md §4.2);
+- ``config_gap_read(offset, size) -> int`` and ``config_gap_write(offset, size,
+  value)``: config-space bytes no capability owns (vfio passes them through
+  raw, vfio-device.md §5), for device registers there (ioat's CHANERR_INT);
+  a chunk never crosses a dword;
 - ``reset()``: power-on state of the model's registers (§3.5, §7);
 - ``release()``: the device is closed for good (files closed);
 - ``state() -> dict``: JSON-able registers, queues and counts for ``info``.
@@ -62,6 +66,12 @@ class Model:
         return 0
 
     def bar_write(self, bar, offset, size, value):
+        pass
+
+    def config_gap_read(self, offset, size):
+        return 0
+
+    def config_gap_write(self, offset, size, value):
         pass
 
     def reset(self):

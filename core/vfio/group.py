@@ -140,7 +140,9 @@ class GroupFile(File):
         name = _c_string(arg)
         if self.ctx is None:
             raise UapiError(errno.EINVAL, "no container")
-        dev = next((d for d in self.devices if d.name == name), None)
+        # The kernel matches dev_name(): the sysfs BDF programs read from
+        # /sys/bus/pci/devices; the topology's own name is taken as well.
+        dev = next((d for d in self.devices if name in (d.name, d.sysfs_name)), None)
         if dev is None:
             raise UapiError(errno.ENODEV, f"no device {name!r} in group {self.number}")
         live = next((d for d in self.devfds if not d.closed and d.device is dev), None)

@@ -2,9 +2,10 @@
 
 ``make_model(kind, **params)`` builds one by its topology name:
 ``virtio-blk`` (params: ``disk`` path, ``readonly``, ``serial``),
-``virtio-rng`` and ``dma-engine`` (no params). Unknown kinds raise KeyError.
+``virtio-rng``, ``dma-engine`` and ``ioat`` (no params). Unknown kinds raise KeyError.
 """
 from .dma_engine import DmaEngine
+from .ioat import Ioat
 from .virtio_blk import VirtioBlk
 from .virtio_rng import VirtioRng
 
@@ -13,7 +14,7 @@ def _blk(disk, readonly=False, serial=None):
     return VirtioBlk(disk, readonly=readonly, serial=serial)
 
 
-MODELS = {"virtio-blk": _blk, "virtio-rng": VirtioRng, "dma-engine": DmaEngine}
+MODELS = {"virtio-blk": _blk, "virtio-rng": VirtioRng, "dma-engine": DmaEngine, "ioat": Ioat}
 
 
 def make_model(kind, **params):
@@ -24,8 +25,8 @@ def make_model(kind, **params):
 def identity_of(kind):
     """``(vendor, device, class_code)`` a model of ``kind`` shows in config
     space (the topology's default IDs for it). KeyError for an unknown kind."""
-    if kind == "dma-engine":
-        i = DmaEngine.identity
+    if kind in ("dma-engine", "ioat"):
+        i = MODELS[kind].identity
         return i.vendor, i.device, i.class_code
     cls = {"virtio-blk": VirtioBlk, "virtio-rng": VirtioRng}[kind]
     return 0x1AF4, 0x1040 + cls.virtio_id, cls.class_code
