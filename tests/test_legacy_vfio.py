@@ -59,6 +59,10 @@ out["set_iommu"] = io(cont, SET_IOMMU, 3)
 dev = io(g, G_GETFD, ptr(name))
 out["devfd_is_fd"] = dev > 2 and os.fstat(dev) is not None
 out["getfd_unknown"] = io(g, G_GETFD, ptr(ctypes.create_string_buffer(b"0000:00:03.0")))
+out["getfd_name_unreadable"] = io(g, G_GETFD, 0x10)
+page = mmap.mmap(-1, 8192)
+page[:] = b"x" * 8192                       # no NUL within a page: the kernel's strndup_user
+out["getfd_name_too_long"] = io(g, G_GETFD, ctypes.addressof(ctypes.c_char.from_buffer(page)))
 info = ctypes.create_string_buffer(struct.pack("<IIIIII", 24, 0, 0, 0, 0, 0))
 io(dev, DEV_INFO, ptr(info))
 out["info"] = list(struct.unpack("<IIIIII", info.raw[:24]))
@@ -99,6 +103,7 @@ def test_group_container_and_device_fd(mount):
         "set_container_minus1": -EINVAL, "set_container_not_iommufd": -EBADFD,
         "set_container": 0, "set_container_again": -EINVAL, "flags_after": 3,
         "set_iommu": 0, "devfd_is_fd": True, "getfd_unknown": -ENODEV,
+        "getfd_name_unreadable": -14, "getfd_name_too_long": -EINVAL,
         "info": [24, 3, 9, 5, 0, 0],                                  # PCI|RESET, 9 regions, 5 irqs
         "bind_on_group_fd": -EINVAL, "attach_on_group_fd": -ENOTTY,
         "map_dma": 0, "engine_status": [1, 0], "filled": True,        # DONE, no error
