@@ -698,8 +698,13 @@ class Server:
                 d.finish(*out)
 
         # Interrupted before its task started, the work never runs: what it
-        # was to wait for is abandoned all the same.
-        return self.port.defer(req, work, discard=lambda: self._abandon(notyet))
+        # was to wait for is abandoned all the same. Resolving the caller's
+        # fds only defers the answer, it never waits on anything: the
+        # kernel's ioctl would not return EINTR there (a VMM's BIND did, as
+        # its threads' signals came during the resolution), so only a real
+        # wait (a DMA waiting for its page response) is interruptible.
+        return self.port.defer(req, work, discard=lambda: self._abandon(notyet),
+                               interruptible=not isinstance(notyet, NeedFds))
 
     def _background(self, h, tid, attempt, failure, notyet, pending=None):
         """Serve a frame request after its write() returned: the reply lands

@@ -457,19 +457,23 @@ class Session:
             return False
 
     # -- deferred requests (called by the Server on the loop thread) -------------------
-    def defer(self, req, work, discard=None):
+    def defer(self, req, work, discard=None, interruptible=True):
         """Answer ``req`` later: ``await work(d)`` runs in a trio task and
         replies through ``d`` (:class:`Deferred`). Returns DEFERRED; never
         raises once the request is registered. If the request is answered
         (INTERRUPT, unmount) before the task started, ``work`` never runs
-        and ``discard()`` (if given) is called instead.
+        and ``discard()`` (if given) is called instead. Not ``interruptible``:
+        an INTERRUPT is ignored and the request runs to its answer, as a
+        kernel ioctl that never sleeps interruptibly does (BIND resolving
+        its iommufd must not fail with EINTR because a signal came by).
         """
         with self._dlock:
             self._ids += 1
             d = Deferred(self, req, self._ids)
             self._deferred[d.id] = d
         # If the INTERRUPT is already here, this calls iofs_interrupt at once.
-        lib.fuse_req_interrupt_func(req, lib.iofs_interrupt, ffi.cast("void *", d.id))
+        if interruptible:
+            lib.fuse_req_interrupt_func(req, lib.iofs_interrupt, ffi.cast("void *", d.id))
         if not self._call_soon(self._spawn, d, work, discard):
             d.fail(errno.ENOTCONN)
             _discard(discard)
