@@ -216,37 +216,60 @@ class _Dma:
         raise DmaWait(group, resume)
 
     def move(self, pieces, ctx=None):
-        caller, length, op = self.caller, self.length, self.op
-        for owner, _ in pieces:
-            if caller.uid not in (0, owner.uid):
-                return self.fail(errno.EACCES, self.iova)
-        if op == OP_WRITE:
-            local = ffi.from_buffer(self.request)
-            offset = REQ.size
+        if foreign_owner(pieces, self.caller.uid) is not None:
+            return self.fail(errno.EACCES, self.iova)
+        if self.op == OP_WRITE:
+            local = ffi.from_buffer(self.request) + REQ.size
         else:
-            local = ffi.new("char[]", length)
-            offset = 0
-        moved = 0
-        for owner, osegs in pieces:
-            n = sum(s[1] for s in osegs)
-            csegs = ffi.new("struct iofs_seg[]", len(osegs))
-            for i, (a, ln) in enumerate(osegs):
-                csegs[i].addr = a
-                csegs[i].len = ln
-            try:
-                done = owner.rw_segments(csegs, len(osegs), local + offset + moved, op == OP_WRITE)
-            except UapiError:
-                done = 0
-            moved += done
-            if done != n:
-                # Shared memory pinned by a process that has exited lives on
-                # (core.iommufd.ioas.adopt): translate again, once.
-                if ctx is not None and not owner.alive() and _ioas.adopt_owner(ctx, owner):
-                    return self.run(adopted=True)
-                data = ffi.buffer(local, moved)[:] if op == OP_READ else b""
-                return self.fail(errno.EFAULT, self.iova + moved, moved, data)
-        data = ffi.buffer(local, length)[:] if op == OP_READ else b""
+            local = ffi.new("char[]", self.length)
+        moved, short = copy_pieces(pieces, local, self.op == OP_WRITE)
+        if short is not None:
+            # Shared memory pinned by a process that has exited lives on
+            # (core.iommufd.ioas.adopt): translate again, once.
+            if ctx is not None and not short.alive() and _ioas.adopt_owner(ctx, short):
+                return self.run(adopted=True)
+            data = ffi.buffer(local, moved)[:] if self.op == OP_READ else b""
+            return self.fail(errno.EFAULT, self.iova + moved, moved, data)
+        data = ffi.buffer(local, self.length)[:] if self.op == OP_READ else b""
         return reply(0, moved, 0, data)
+
+
+def foreign_owner(pieces, uid):
+    """The first owner in ``pieces`` whose memory a DMA on behalf of ``uid``
+    may not touch (only the owner's uid or root may: DESIGN.md, security),
+    or None."""
+    for owner, _ in pieces:
+        if uid not in (0, owner.uid):
+            return owner
+    return None
+
+
+def copy_pieces(pieces, local, write):
+    """Move bytes between ``local`` (a cffi char pointer) and the memory of
+    the owners in ``pieces`` (``[(Owner, [(va, bytes)])]`` in IOVA order,
+    as HWPT.dma_pieces gives them), ``write`` towards the owners. A run of
+    pieces of one owner is one process_vm_* call. Returns ``(bytes moved,
+    None)``, or ``(bytes moved before it, Owner)`` for the owner whose copy
+    fell short (unmapped, gone)."""
+    moved = i = 0
+    while i < len(pieces):
+        owner, segs = pieces[i][0], list(pieces[i][1])
+        i += 1
+        while i < len(pieces) and pieces[i][0] is owner:
+            segs.extend(pieces[i][1])
+            i += 1
+        csegs = ffi.new("struct iofs_seg[]", len(segs))
+        for k, (a, ln) in enumerate(segs):
+            csegs[k].addr = a
+            csegs[k].len = ln
+        try:
+            done = owner.rw_segments(csegs, len(segs), local + moved, write)
+        except UapiError:
+            done = 0
+        moved += done
+        if done != sum(ln for _, ln in segs):
+            return moved, owner
+    return moved, None
 
 
 def next_grpid(device):

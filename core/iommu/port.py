@@ -14,9 +14,10 @@ import errno
 
 from cext._native import ffi
 
-from ..errors import DmaFault, UapiError
+from ..errors import DmaFault
+from ..iommufd.ioas import adopt_owner
 from ..pci.dma import DmaError
-from .dma import READ, WRITE, record_fault, route
+from .dma import READ, WRITE, copy_pieces, foreign_owner, record_fault, route
 from .routing import RID
 
 
@@ -56,7 +57,7 @@ class IommuPort:
         summing to len(data)), translated first, moved as :meth:`read_spans`."""
         self._dma(WRITE, spans, pasid, ffi.from_buffer(data))
 
-    def _dma(self, access, spans, pasid, local):
+    def _dma(self, access, spans, pasid, local, adopted=False):
         dev = self.device
         # IOVA-contiguous spans (a guest's pages are often adjacent) are one
         # translation: the per-span cost is what a virtqueue chain pays.
@@ -92,28 +93,16 @@ class IommuPort:
                 raise DmaError(e.errno, e.iova) from None
         bound = dev.bound
         uid = bound.ctx.uid if bound is not None else 0
-        # Consecutive pieces of one owner become one process_vm_* call.
-        merged = []
-        for owner, osegs in pieces:
-            if uid not in (0, owner.uid):
-                record_fault(dev, pasid, first, access, errno.EACCES)
-                raise DmaError(errno.EACCES, first, f"memory of uid {owner.uid}")
-            if merged and merged[-1][0] is owner:
-                merged[-1][1].extend(osegs)
-            else:
-                merged.append((owner, list(osegs)))
-        moved = 0
-        for owner, osegs in merged:
-            n = sum(ln for _, ln in osegs)
-            csegs = ffi.new("struct iofs_seg[]", len(osegs))
-            for i, (a, ln) in enumerate(osegs):
-                csegs[i].addr = a
-                csegs[i].len = ln
-            try:
-                done = owner.rw_segments(csegs, len(osegs), local + moved, access == WRITE)
-            except UapiError:
-                done = 0
-            moved += done
-            if done != n:
-                record_fault(dev, pasid, first, access, errno.EFAULT)
-                raise DmaError(errno.EFAULT, first, "owner memory unreachable")
+        foreign = foreign_owner(pieces, uid)
+        if foreign is not None:
+            record_fault(dev, pasid, first, access, errno.EACCES)
+            raise DmaError(errno.EACCES, first, f"memory of uid {foreign.uid}")
+        _moved, short = copy_pieces(pieces, local, access == WRITE)
+        if short is not None:
+            # As the dma node's DMA: shared memory pinned by a process that
+            # has exited lives on (core.iommufd.ioas.adopt); translate again.
+            if (not adopted and bound is not None and not short.alive()
+                    and adopt_owner(bound.ctx, short)):
+                return self._dma(access, spans, pasid, local, adopted=True)
+            record_fault(dev, pasid, first, access, errno.EFAULT)
+            raise DmaError(errno.EFAULT, first, "owner memory unreachable")
