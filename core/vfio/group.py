@@ -29,6 +29,7 @@ from ..files import IOCTL_FRAMES, TRANSPORT_IOCTLS, File
 from ..iommufd.context import Context
 from ..iommufd.device import RID, BoundDevice
 from ..iommufd.ioas import Ioas
+from ..uapi import ffi
 from .cdev import VfioFile
 
 VFIO_GROUP_GET_STATUS = uapi.VFIO_BASE + 3 | (ord(";") << 8)
@@ -167,25 +168,16 @@ class GroupFile(File):
 
 
 def _c_string(arg):
-    out = b""
-    while len(out) < _PAGE:
-        # Read in small steps: the string may end just before unmapped memory.
-        n = min(64, _PAGE - len(out))
-        try:
-            chunk = arg.read(len(out), n)
-        except UapiError:
-            chunk = b""
-            for i in range(n):
-                try:
-                    b = arg.read(len(out) + i, 1)
-                except UapiError:
-                    raise UapiError(errno.EFAULT, "device name unreadable") from None
-                chunk += b
-                if b == b"\0":
-                    break
-        if b"\0" in chunk:
-            return (out + chunk[:chunk.index(b"\0")]).decode(errors="replace")
-        out += chunk
+    """The NUL-terminated string at ``arg``, as the kernel's
+    strndup_user(arg, PAGE_SIZE): EFAULT when a byte before the NUL is
+    unreadable, EINVAL when no NUL comes within a page."""
+    buf = ffi.new("char[]", _PAGE)
+    got = ffi.buffer(buf, arg.read_into(0, buf, _PAGE))[:]
+    end = got.find(b"\0")
+    if end >= 0:
+        return got[:end].decode(errors="replace")
+    if len(got) < _PAGE:
+        raise UapiError(errno.EFAULT, "device name unreadable")
     raise UapiError(errno.EINVAL, "device name longer than a page")
 
 
