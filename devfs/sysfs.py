@@ -19,8 +19,9 @@ its ``iommu_group`` points into ``.iommufs/iommu_groups/N`` inside the same
 tmpfs (the link's basename is the group number, which is what its readers
 take).
 
-Emulated functions sit in a PCI domain of their own, :data:`DOMAIN`
-(``0x01f5``), keeping bus, device and function from the topology: a
+Emulated functions sit in a PCI domain of their own (core.topology's
+SYSFS_DOMAIN, ``0x01f5``; each ``info`` names the function's ``sysfs``
+BDF), keeping bus, device and function from the topology: a
 topology's ``0000:00:03.0`` shows as ``01f5:00:03.0``. Hosts use domain 0
 (and a few more on large machines), so the built-in topology's BDFs, which
 clash with typical hosts' (``0000:00:03.0`` is often a host NIC), never
@@ -31,20 +32,11 @@ import errno
 import json
 import os
 
-#: The PCI domain (segment) of emulated functions in the sysfs view.
-DOMAIN = 0x01F5
 PCI_DEVICES = "/sys/bus/pci/devices"
 GROUPS_DIR = ".iommufs/iommu_groups"
 #: Device numbers the preload shim reports for /dev/vfio/devices/vfioN
 #: (cext/preload.c: VFIO_DEV_MAJOR, minor N).
 VFIO_DEV_MAJOR = 511
-
-
-def sysfs_name(name):
-    """The sysfs BDF of topology device ``name`` (``"DDDD:BB:DD.F"``):
-    the same bus, device and function in domain :data:`DOMAIN`."""
-    _dom, rest = name.split(":", 1)
-    return f"{DOMAIN:04x}:{rest}"
 
 
 def device_files(info):
@@ -59,21 +51,23 @@ def device_files(info):
     if not vfio.startswith("vfio") or not vfio[4:].isdigit():
         raise ValueError(f"bad vfio node {info['vfio']!r}")
     minor = int(vfio[4:])
+    vendor, device = info["vendor"], info["device"]
+    sub_vendor = info.get("subsystem_vendor", vendor)
+    sub_device = info.get("subsystem_device", device)
+    cls = info.get("class", 0xFF0000)
     files = {
-        "vendor": f"0x{info['vendor']:04x}\n",
-        "device": f"0x{info['device']:04x}\n",
-        "subsystem_vendor": f"0x{info.get('subsystem_vendor', info['vendor']):04x}\n",
-        "subsystem_device": f"0x{info.get('subsystem_device', info['device']):04x}\n",
-        "class": f"0x{info.get('class', 0xFF0000):06x}\n",
+        "vendor": f"0x{vendor:04x}\n",
+        "device": f"0x{device:04x}\n",
+        "subsystem_vendor": f"0x{sub_vendor:04x}\n",
+        "subsystem_device": f"0x{sub_device:04x}\n",
+        "class": f"0x{cls:06x}\n",
         "revision": f"0x{info.get('revision', 0):02x}\n",
         "numa_node": "-1\n",
         "driver_override": "(null)\n",
         "irq": "0\n",
         f"vfio-dev/{vfio}/dev": f"{VFIO_DEV_MAJOR}:{minor}\n",
-        "modalias": "pci:v{:08X}d{:08X}sv{:08X}sd{:08X}bc{:02X}sc{:02X}i{:02X}\n".format(
-            info["vendor"], info["device"], info.get("subsystem_vendor", info["vendor"]),
-            info.get("subsystem_device", info["device"]), info.get("class", 0xFF0000) >> 16,
-            (info.get("class", 0xFF0000) >> 8) & 0xFF, info.get("class", 0xFF0000) & 0xFF),
+        "modalias": (f"pci:v{vendor:08X}d{device:08X}sv{sub_vendor:08X}sd{sub_device:08X}"
+                     f"bc{cls >> 16:02X}sc{(cls >> 8) & 0xFF:02X}i{cls & 0xFF:02X}\n"),
     }
     out = {k: v.encode() for k, v in files.items()}
     out["driver"] = ("link", "../../../bus/pci/drivers/vfio-pci")
@@ -92,7 +86,7 @@ def read_infos(mnt):
                 info = json.load(f)
         except (OSError, ValueError):
             continue
-        if info.get("parent") is not None or name.count(":") != 2:
+        if info.get("sysfs") is None:       # an mdev: no PCI function of its own
             continue
         out.append(info)
     return out
@@ -112,7 +106,7 @@ def build_sysfs(infos, mount, pci_dir=PCI_DEVICES):
     for name in os.listdir(pci_dir):
         path = os.path.join(pci_dir, name)
         host[name] = os.readlink(path) if os.path.islink(path) else None
-    wanted = [(i.get("sysfs") or sysfs_name(i["name"]), i) for i in infos]
+    wanted = [(i["sysfs"], i) for i in infos]
     for name, _info in wanted:
         if name in host:
             raise OSError(errno.EEXIST, f"the host has a PCI function {name}")

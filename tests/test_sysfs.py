@@ -46,8 +46,11 @@ stat -c %t:%T /dev/vfio/devices/vfio0
 
 
 def test_sysfs_name_keeps_bus_device_function():
-    assert sysfs.sysfs_name("0000:00:03.0") == "01f5:00:03.0"
-    assert sysfs.sysfs_name("0000:1f:1f.7") == "01f5:1f:1f.7"
+    from core.topology import Topology
+    t = Topology.from_string('[[device]]\nname = "0000:1f:1f.7"\n'
+                             '[[device]]\nname = "0000:00:03.0"\npasid_bits = 8\n'
+                             '[[mdev]]\nname = "m"\nparent = "0000:00:03.0"\ndefault_pasid = 1\n')
+    assert [d.sysfs_name for d in t.devices] == ["01f5:1f:1f.7", "01f5:00:03.0", None]
 
 
 def test_device_files_follow_sysfs_formats():
