@@ -102,14 +102,15 @@ def compare(results, expected):
     return problems
 
 
-def report(problems):
-    """Human-readable text of :func:`compare`'s problems ('' when none)."""
+def report(problems, listed="tests/kselftest_expected.txt"):
+    """Human-readable text of :func:`compare`'s problems ('' when none);
+    ``listed``: the expected-results file the text tells to edit."""
     heads = {
         "regressed": "expected PASS, did not pass (a regression):",
-        "improved": "listed in tests/kselftest_expected.txt but now PASS: "
+        "improved": f"listed in {listed} but now PASS: "
                     "remove them from the list (it only shrinks):",
         "changed": "listed with one result, got another:",
-        "stale": "listed in tests/kselftest_expected.txt but not run "
+        "stale": f"listed in {listed} but not run "
                  "(renamed or removed upstream?): remove them:",
     }
     out = []
@@ -176,24 +177,34 @@ def test_expected_list_parses_and_compare_is_exact(tmp_path):
 # --- the real run -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def kselftest_run(tmp_path_factory):
-    """Run scripts/kselftest.sh once; yields (its result file's content, its output)."""
-    results = tmp_path_factory.mktemp("kselftest") / "results.json"
+def run_script(script, results):
+    """Run a selftest script (``--results results``) once; returns (its
+    result file's content, its output). Exit 0 is all passed, 1 some
+    failed; anything else means no full run (no download, no build, a
+    binary that died): that is the calling test's failure."""
     t0 = time.monotonic()
     proc = subprocess.run(
-        ["bash", SCRIPT, "--results", str(results)],
+        ["bash", script, "--results", str(results)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800,
     )
     took = time.monotonic() - t0
-    # 0: all passed, 1: some failed; anything else means no full run (no
-    # download, no build, a binary that died): that is this test's failure.
     assert proc.returncode in (0, 1), (
-        f"scripts/kselftest.sh exited {proc.returncode} after {took:.0f}s "
+        f"{os.path.relpath(script, ROOT)} exited {proc.returncode} after {took:.0f}s "
         f"(set IOMMUFS_NO_KSELFTEST=1 to skip deliberately):\n{proc.stdout[-6000:]}"
     )
     with open(results) as f:
-        yield json.load(f), proc.stdout
+        return json.load(f), proc.stdout
+
+
+def server_errors(data):
+    """{binary: the iommufs server's internal errors} of a result file."""
+    return {name: b["server_errors"] for name, b in data["binaries"].items() if b["server_errors"]}
+
+
+@pytest.fixture(scope="module")
+def kselftest_run(tmp_path_factory):
+    """Run scripts/kselftest.sh once: (its result file's content, its output)."""
+    return run_script(SCRIPT, tmp_path_factory.mktemp("kselftest") / "results.json")
 
 
 @disabled
@@ -207,8 +218,7 @@ def test_every_instance_ran(kselftest_run):
 
 @disabled
 def test_no_server_error(kselftest_run):
-    data, _ = kselftest_run
-    errors = {name: b["server_errors"] for name, b in data["binaries"].items() if b["server_errors"]}
+    errors = server_errors(kselftest_run[0])
     assert not errors, f"the iommufs server logged internal errors: {errors}"
 
 

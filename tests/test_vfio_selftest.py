@@ -14,14 +14,11 @@ Set IOMMUFS_NO_KSELFTEST=1 to skip them, as for tests/test_kselftest.py (the
 only way: a machine that cannot download the package fails them, loudly).
 """
 import importlib.util
-import json
 import os
-import subprocess
-import time
 
 import pytest
 
-from test_kselftest import compare, load_expected
+from test_kselftest import compare, disabled, load_expected, report, run_script, server_errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "vfio_selftest.sh")
@@ -33,31 +30,6 @@ _spec = importlib.util.spec_from_file_location(
     "iommufs_vfio_selftest_results", os.path.join(ROOT, "scripts", "vfio_selftest", "results.py"))
 results_py = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(results_py)
-
-disabled = pytest.mark.skipif(
-    os.environ.get("IOMMUFS_NO_KSELFTEST") == "1",
-    reason="IOMMUFS_NO_KSELFTEST=1",
-)
-
-
-def report(problems):
-    """Human-readable text of compare()'s problems ('' when none)."""
-    heads = {
-        "regressed": "expected PASS, did not pass (a regression):",
-        "improved": "listed in tests/vfio_selftest_expected.txt but now PASS: "
-                    "remove them from the list (it only shrinks):",
-        "changed": "listed with one result, got another:",
-        "stale": "listed in tests/vfio_selftest_expected.txt but not run "
-                 "(a function or test renamed or removed?): remove them:",
-    }
-    out = []
-    for kind, head in heads.items():
-        if problems[kind]:
-            out.append(f"{len(problems[kind])} {head}")
-            for binary, instance, want, got, detail in problems[kind]:
-                out.append(f"  {binary} {instance}: want {want}, got {got}  ({detail})")
-    return "\n".join(out)
-
 
 # --- the parsers, without the download ------------------------------------------
 
@@ -117,21 +89,8 @@ def test_expected_list_parses():
 
 @pytest.fixture(scope="module")
 def vfio_run(tmp_path_factory):
-    """Run scripts/vfio_selftest.sh once; yields (its result file's content, its output)."""
-    results = tmp_path_factory.mktemp("vfio_selftest") / "results.json"
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        ["bash", SCRIPT, "--results", str(results)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800,
-    )
-    took = time.monotonic() - t0
-    # 0: all passed, 1: some failed; anything else means no full run.
-    assert proc.returncode in (0, 1), (
-        f"scripts/vfio_selftest.sh exited {proc.returncode} after {took:.0f}s "
-        f"(set IOMMUFS_NO_KSELFTEST=1 to skip deliberately):\n{proc.stdout[-6000:]}"
-    )
-    with open(results) as f:
-        yield json.load(f), proc.stdout
+    """Run scripts/vfio_selftest.sh once: (its result file's content, its output)."""
+    return run_script(SCRIPT, tmp_path_factory.mktemp("vfio_selftest") / "results.json")
 
 
 @disabled
@@ -144,15 +103,14 @@ def test_every_binary_ran(vfio_run):
 
 @disabled
 def test_no_server_error(vfio_run):
-    data, _ = vfio_run
-    errors = {name: b["server_errors"] for name, b in data["binaries"].items() if b["server_errors"]}
+    errors = server_errors(vfio_run[0])
     assert not errors, f"the iommufs server logged internal errors: {errors}"
 
 
 @disabled
 def test_every_instance_as_expected(vfio_run):
     data, out = vfio_run
-    text = report(compare(data["binaries"], load_expected(EXPECTED)))
+    text = report(compare(data["binaries"], load_expected(EXPECTED)), "tests/vfio_selftest_expected.txt")
     summary = "\n".join(line for line in out.splitlines()
                         if "instances on" in line or line.startswith("  "))
     meta = data["meta"]
