@@ -105,25 +105,24 @@ def tgid_of(tid):
 def uid_of(pid):
     """The real uid of process ``pid`` (from /proc). Raises
     UapiError(ESRCH) when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    raise UapiError(errno.ESRCH, f"no process {pid}")
+    return _status_field(pid, b"Uid:", f"no process {pid}")
 
 
 def _tgid_from_proc(tid):
+    return _status_field(tid, b"Tgid:", f"thread {tid} is gone")
+
+
+def _status_field(pid, key, gone):
+    # The first number after ``key`` in /proc/<pid>/status; ESRCH (``gone``)
+    # when the task is no more.
     try:
-        with open(f"/proc/{tid}/status", "rb") as f:
+        with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"Tgid:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
-    raise UapiError(errno.ESRCH, f"thread {tid} is gone")
+    raise UapiError(errno.ESRCH, gone)
 
 
 class Owner:
