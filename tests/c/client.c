@@ -18,21 +18,6 @@
 
 #include "util.h"          /* fail(), device_dma(); uapi.h */
 
-/* Expect ioctl to fail with errno e. */
-static void expect_err(const char *what, int r, int e)
-{
-    if (r != -1 || errno != e)
-        fail(what, r == -1 ? -errno : r, -e);
-    printf("ok %s\n", what);
-}
-
-static void expect_ok(const char *what, int r)
-{
-    if (r != 0)
-        fail(what, -errno, 0);
-    printf("ok %s\n", what);
-}
-
 int main(int argc, char **argv)
 {
     char path[4096];

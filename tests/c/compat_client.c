@@ -20,13 +20,6 @@
 
 #include "util.h"          /* fail(), device_dma(); uapi.h */
 
-static void expect_err(const char *what, int r, int e)
-{
-    if (r != -1 || errno != e)
-        fail(what, r == -1 ? -errno : r, -e);
-    printf("ok %s\n", what);
-}
-
 static void expect_val(const char *what, int r, int want)
 {
     if (r != want)

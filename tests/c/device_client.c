@@ -44,20 +44,6 @@ enum {
 
 static int devfd;
 
-static void expect_err(const char *what, int r, int e)
-{
-    if (r != -1 || errno != e)
-        fail(what, r == -1 ? -errno : r, -e);
-    printf("ok %s\n", what);
-}
-
-static void expect_ok(const char *what, int r)
-{
-    if (r != 0)
-        fail(what, -errno, 0);
-    printf("ok %s\n", what);
-}
-
 static off_t region(unsigned index, uint64_t pos)
 {
     return (off_t)(((uint64_t)index << VFIO_PCI_OFFSET_SHIFT) | pos);

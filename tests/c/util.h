@@ -19,6 +19,22 @@ static inline void fail(const char *what, long got, long want)
     exit(1);
 }
 
+/* A call returned r: -1 with errno e expected; prints "ok WHAT". */
+static inline void expect_err(const char *what, int r, int e)
+{
+    if (r != -1 || errno != e)
+        fail(what, r == -1 ? -errno : r, -e);
+    printf("ok %s\n", what);
+}
+
+/* A call returned r: 0 expected; prints "ok WHAT". */
+static inline void expect_ok(const char *what, int r)
+{
+    if (r != 0)
+        fail(what, -errno, 0);
+    printf("ok %s\n", what);
+}
+
 /* ioctl() returned r: 0 expected. */
 static inline void check_ok(const char *what, int r)
 {
