@@ -43,8 +43,7 @@ class LiveDevice:
         self.prg_next = 0
         self.pci = None          # the PciDevice while the VFIO node is open
         self.vfio_opens = 0
-        self.watched_unmask = None   # (sink, fd) of a watched INTx unmask eventfd
-        self._emulator = None
+        self.watched_unmask = None   # (sink, fd) of a watched INTx unmask eventfd (core.vfio.pci)
         self.scratch = None      # path of a scratch disk image this device made
 
     def __getattr__(self, name):
@@ -66,7 +65,6 @@ class LiveDevice:
         fresh model and config space, as vfio-pci enables the device on its
         first open). Returns the PciDevice. Raises OSError if the model's
         disk image cannot be opened."""
-        self._emulator = emulator
         if self.pci is None:
             self.pci = PciDevice(self._make_model(), IommuPort(emulator, self), FunctionOptions(
                 pcie=self.pcie, ats=self.ats, pri=self.pri, pasid_bits=self.pasid_bits))
@@ -78,9 +76,6 @@ class LiveDevice:
         interrupts, its model's files; vfio-device.md §6.4)."""
         self.vfio_opens -= 1
         if self.vfio_opens == 0 and self.pci is not None:
-            if self.watched_unmask is not None and self._emulator is not None:
-                self._emulator.unwatch(self.watched_unmask[1])
-            self.watched_unmask = None
             pci, self.pci = self.pci, None
             pci.release()
 

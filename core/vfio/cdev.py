@@ -17,6 +17,7 @@ from ..iommufd.device import RID, BoundDevice
 from ..iommufd.ucmd import copy_from_user, read_struct
 from ..uapi import ffi
 from . import pci
+from .pci import follow_unmask_eventfd
 
 
 class VfioFile(File):
@@ -46,13 +47,17 @@ class VfioFile(File):
     def ioctl(self, caller, cmd, arg):
         return vfio_ioctl(self, caller, cmd, arg)
 
-    def _check_access(self, caller):
-        # vfio_device_fops read/write: like an ioctl, closed is EBADF,
-        # another uid EACCES, and before BIND access is not granted: EINVAL.
+    def check_caller(self, caller):
+        """EBADF after a synchronous close; EACCES for another uid than
+        the opener's (every op of the file, ioctl, read and write)."""
         if not self.open:
             raise UapiError(errno.EBADF, "device file closed")
         if caller.uid != self.uid:
             raise UapiError(errno.EACCES, f"device file of uid {self.uid}")
+
+    def _check_access(self, caller):
+        # vfio_device_fops read/write: before BIND access is not granted.
+        self.check_caller(caller)
         if self.idev is None:
             raise UapiError(errno.EINVAL, "not bound")
 
@@ -75,6 +80,8 @@ class VfioFile(File):
         if self.open:
             self.open = False
             self.device.close_function()
+            # Powered down, it has no unmask eventfd left to watch.
+            follow_unmask_eventfd(self.device, self.emulator)
         idev, self.idev = self.idev, None
         if idev is None:
             return
@@ -207,10 +214,7 @@ def vfio_ioctl(vfile, caller, cmd, arg):
     EBADF after the file was closed synchronously; EACCES for another uid
     than the opener; EINVAL for anything but BIND before BIND (§11.3).
     """
-    if not vfile.open:
-        raise UapiError(errno.EBADF, "device file closed")
-    if caller.uid != vfile.uid:
-        raise UapiError(errno.EACCES, f"device file of uid {vfile.uid}")
+    vfile.check_caller(caller)
     if cmd == uapi.VFIO_DEVICE_BIND_IOMMUFD:
         return bind(vfile, caller, arg)
     if vfile.idev is None:

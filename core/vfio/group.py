@@ -31,6 +31,7 @@ from ..iommufd.device import RID, BoundDevice
 from ..iommufd.ioas import Ioas
 from ..uapi import ffi
 from .cdev import VfioFile
+from .pci import follow_unmask_eventfd
 
 VFIO_GROUP_GET_STATUS = uapi.VFIO_BASE + 3 | (ord(";") << 8)
 VFIO_GROUP_SET_CONTAINER = uapi.VFIO_BASE + 4 | (ord(";") << 8)
@@ -261,6 +262,8 @@ class GroupDeviceFile(VfioFile):
         if self.open:
             self.open = False
             self.device.close_function()
+            # Powered down, it has no unmask eventfd left to watch.
+            follow_unmask_eventfd(self.device, self.emulator)
             self.idev = None
             self.devfd.released()
 

@@ -100,7 +100,7 @@ def follow_unmask_eventfd(device, emulator):
     """Watch the INTx unmask eventfd of ``device``'s function (UNMASK|
     DATA_EVENTFD, §6.1: KVM's resample fd), if it has one: each signal on
     it unmasks INTx, as the kernel's virqfd does. Called after every
-    SET_IRQS and before the function powers down (then it has none)."""
+    SET_IRQS and after each close of the node (powered down, it has none)."""
     pci = device.pci
     sink = pci.irqs.intx_unmask if pci is not None else None
     old = device.watched_unmask
