@@ -33,10 +33,6 @@ from ..uapi import ffi
 from .cdev import VfioFile
 from .pci import follow_unmask_eventfd
 
-VFIO_GROUP_GET_STATUS = uapi.VFIO_BASE + 3 | (ord(";") << 8)
-VFIO_GROUP_SET_CONTAINER = uapi.VFIO_BASE + 4 | (ord(";") << 8)
-VFIO_GROUP_UNSET_CONTAINER = uapi.VFIO_BASE + 5 | (ord(";") << 8)
-VFIO_GROUP_GET_DEVICE_FD = uapi.VFIO_BASE + 6 | (ord(";") << 8)
 VFIO_GROUP_FLAGS_VIABLE = 1
 VFIO_GROUP_FLAGS_CONTAINER_SET = 2
 #: What GET_DEVICE_FD returns on the wire: no fd of the caller's (the shim
@@ -77,10 +73,10 @@ class GroupFile(File):
             raise UapiError(errno.EBADF, "group file closed")
         if caller.uid != self.uid:
             raise UapiError(errno.EACCES, f"group file of uid {self.uid}")
-        handler = {VFIO_GROUP_GET_STATUS: self.get_status,
-                   VFIO_GROUP_SET_CONTAINER: self.set_container,
-                   VFIO_GROUP_UNSET_CONTAINER: self.unset_container,
-                   VFIO_GROUP_GET_DEVICE_FD: self.get_device_fd}.get(cmd)
+        handler = {uapi.VFIO_GROUP_GET_STATUS: self.get_status,
+                   uapi.VFIO_GROUP_SET_CONTAINER: self.set_container,
+                   uapi.VFIO_GROUP_UNSET_CONTAINER: self.unset_container,
+                   uapi.VFIO_GROUP_GET_DEVICE_FD: self.get_device_fd}.get(cmd)
         if handler is None:
             raise UapiError(errno.ENOTTY, f"no group ioctl {cmd:#x}")
         return handler(caller, arg)
