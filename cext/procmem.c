@@ -175,6 +175,21 @@ int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write)
     return 0;
 }
 
+int iofs_vma_query(int maps_fd, uint64_t addr, struct iofs_vma *out)
+{
+    struct iofs_procmap_query q = { .size = sizeof(q), .query_addr = addr };
+    if (ioctl(maps_fd, IOFS_PROCMAP_QUERY, &q) < 0)
+        return -errno;
+    if (q.vma_start > addr)
+        return -ENOENT;
+    out->start = q.vma_start;
+    out->end = q.vma_end;
+    out->flags = q.vma_flags;
+    out->offset = q.vma_offset;
+    out->inode = q.inode;
+    return 0;
+}
+
 int iofs_pin_check(int pidfd, int pid, int maps_fd, uint64_t addr, uint64_t len, int write)
 {
     if (pidfd < 0 || iofs_pidfd_exited(pidfd) != 0)

@@ -43,6 +43,16 @@ int iofs_pidfd_exited(int pidfd);
  * /proc/<pid>/maps; -EFAULT if not; -ENOTTY on kernels without the ioctl;
  * -ESRCH once the process is gone. */
 int iofs_vma_check(int maps_fd, uint64_t addr, uint64_t len, int write);
+struct iofs_vma {
+    uint64_t start, end;   /* [start, end) */
+    uint64_t flags;        /* PROCMAP_QUERY_VMA_*: 1 read, 2 write, 4 exec, 8 shared */
+    uint64_t offset;       /* file offset of start */
+    uint64_t inode;        /* 0 for anonymous memory */
+};
+/* The VMA that covers addr, asked through PROCMAP_QUERY on an open
+ * /proc/<pid>/maps: 0 and *out filled; -ENOENT none covers it; -ENOTTY a
+ * kernel without the ioctl; -ESRCH the process is gone. */
+int iofs_vma_query(int maps_fd, uint64_t addr, struct iofs_vma *out);
 /* The pin-time check of IOMMU_IOAS_MAP (reference §7, Pinning) in one call:
  * the process behind pidfd (pid its pid, maps_fd its /proc/<pid>/maps or -1)
  * has not exited; every page of [addr, addr+len) is readable (probed with

@@ -274,7 +274,7 @@ class Ioas(Obj):
                 check_access(area.owner, s, l - s + 1, area.pages.writable)
             pages = area.pages
             if pages.file is None and pages.held is None:
-                pages.held = filemem.hold_shared(area.owner.tgid, area.user_va, area.length,
+                pages.held = filemem.hold_shared(area.owner, area.user_va, area.length,
                                                  pages.writable)
 
     def _fill(self, areas, domains):
